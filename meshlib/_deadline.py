@@ -1,0 +1,123 @@
+"""Deadlines on contextvars: one time budget shared by every call inside it."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from datetime import timedelta
+from types import TracebackType
+
+from ._policy import duration
+from ._runtime import runtime
+
+__all__ = [
+    "DEADLINE_SLACK",
+    "DEFAULT_HEADER",
+    "GRPC_HEADER",
+    "current_deadline",
+    "deadline",
+    "deadline_until",
+    "parse_budget_header",
+    "remaining",
+]
+
+#: The header Envoy-based meshes use for the time a caller will wait, in ms.
+DEFAULT_HEADER = "x-envoy-expected-rq-timeout-ms"
+#: gRPC's deadline header: up to 8 digits and a unit, e.g. ``250m``.
+GRPC_HEADER = "grpc-timeout"
+#: A timeout that fires this close to the deadline is the deadline's doing.
+DEADLINE_SLACK = 0.01
+
+# The absolute monotonic instant by which the current work must finish.
+_deadline: ContextVar[float | None] = ContextVar("meshlib.deadline", default=None)
+
+current_deadline = _deadline.get
+
+
+class deadline:
+    """Bound everything inside the block by `seconds`, in sync and async code.
+
+    Nested deadlines keep the earliest: an inner block can shorten what is left,
+    never lengthen it. Every wrapped client and every `resilient` function
+    inside the block honours it, and outbound calls inside the mesh carry what
+    is left in a header.
+
+    Args:
+        seconds: the budget, as float seconds or a `datetime.timedelta`.
+
+    Raises:
+        ConfigError: `seconds` is negative, NaN, infinite or not a duration.
+    """
+
+    __slots__ = ("_seconds", "_token")
+
+    def __init__(self, seconds: float | timedelta) -> None:
+        self._seconds: float = duration("deadline", "seconds", seconds)  # type: ignore[assignment]
+        self._token: Token[float | None] | None = None
+
+    def __enter__(self) -> deadline:
+        at = runtime.clock.now() + self._seconds
+        outer = _deadline.get()
+        self._token = _deadline.set(at if outer is None or at < outer else outer)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            _deadline.reset(self._token)
+            self._token = None
+
+
+def remaining() -> float | None:
+    """Return the seconds left in the current deadline (never negative), or None outside one."""
+    at = _deadline.get()
+    if at is None:
+        return None
+    return max(0.0, at - runtime.clock.now())
+
+
+@contextmanager
+def deadline_until(at: float) -> Iterator[None]:
+    """Bound the block by the absolute clock reading `at` (keeping an earlier one)."""
+    outer = _deadline.get()
+    token = _deadline.set(at if outer is None or at < outer else outer)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+_logger = logging.getLogger("meshlib")
+_GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def parse_budget_header(name: str, value: str) -> float | None:
+    """Return the seconds a caller's budget header grants, or None when malformed.
+
+    ``x-envoy-expected-rq-timeout-ms`` (and any other name) holds whole
+    milliseconds; ``grpc-timeout`` holds up to 8 digits and a unit (H, M, S,
+    m, u, n). A malformed value is logged at debug level and ignored: a bad
+    header never turns into an error response.
+    """
+    text = value.strip()
+    if name == GRPC_HEADER:
+        match = _GRPC_TIMEOUT.fullmatch(text)
+        if match is not None:
+            return int(match.group(1)) * _GRPC_UNITS[match.group(2)]
+    elif text.isascii() and text.isdigit() and len(text) <= 12:
+        return int(text) / 1000
+    _logger.debug(
+        "ignoring malformed %s header %r",
+        name,
+        value,
+        extra={"meshlib_event": "bad_deadline_header", "meshlib_header": name},
+    )
+    return None

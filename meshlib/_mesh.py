@@ -1,0 +1,173 @@
+"""The head office: destination patterns mapped to policies, and their shared state."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+
+import httpx
+
+from ._budget import RetryBudget
+from ._deadline import DEFAULT_HEADER
+from ._errors import ConfigError
+from ._policy import STANDARD, Budget, Policy
+from ._propagation import inside_mesh
+from ._state import BoundedMap, Destination, SharedState
+
+__all__ = ["Mesh", "Route", "default_mesh"]
+
+
+def _normalise_pattern(pattern: str) -> str:
+    """Lowercase a pattern and drop the host's trailing dot, before any ``:port``."""
+    host, colon, port = pattern.strip().lower().rpartition(":")
+    if colon and port.isdigit() and not host.endswith("]") and ":" not in host:
+        return f"{host.rstrip('.')}:{port}"
+    if colon and port.isdigit() and host.endswith("]"):
+        return f"{host}:{port}"  # an IPv6 literal with a port: [::1]:8080
+    return pattern.strip().lower().rstrip(".")
+
+
+class Route:
+    """Where one request goes and with what: a policy and the destination's state.
+
+    Routes are cached per (policy, destination), so the success path finds
+    everything it needs with one dictionary lookup.
+    """
+
+    __slots__ = ("budget", "deadline_header", "destination", "label", "policy", "requested")
+
+    def __init__(
+        self,
+        requested: Policy | None,
+        policy: Policy,
+        destination: Destination,
+        budget: RetryBudget | None,
+    ) -> None:
+        self.requested = requested  # the policy asked for, or None for the Mesh's own
+        self.policy = policy
+        self.destination = destination
+        self.label = str(destination)
+        self.budget = budget
+        # Only destinations inside the mesh learn how long the caller will wait.
+        timeout = policy.timeout
+        header = DEFAULT_HEADER if timeout is None else timeout.header
+        self.deadline_header = header if inside_mesh(destination.host) else None
+
+
+class Mesh:
+    """Map destinations to policies and hold their shared state.
+
+    Patterns are an exact host (``payments.internal``), a host and port
+    (``payments.internal:8443``) or a glob (``*.svc.cluster.local``). A
+    request takes the policy of, in order: its ``host:port``, its host, the
+    longest matching glob, else `default`. Clients wrapped with the same Mesh
+    share breakers, budgets and bulkheads per destination.
+
+    Args:
+        default: the policy for destinations no pattern names.
+        destinations: pattern to policy.
+        max_destinations: how many destinations keep state at once; the least
+            recently used are forgotten first.
+
+    Raises:
+        ConfigError: a pattern is not a non-empty string or a value is not a Policy.
+    """
+
+    def __init__(
+        self,
+        default: Policy = STANDARD,
+        destinations: Mapping[str, Policy] | None = None,
+        *,
+        max_destinations: int = 10_000,
+    ) -> None:
+        if not isinstance(default, Policy):
+            raise ConfigError(f"Mesh.default: expected a meshlib.Policy, got {default!r}")
+        if (
+            isinstance(max_destinations, bool)
+            or not isinstance(max_destinations, int)
+            or (max_destinations < 1)
+        ):
+            raise ConfigError(
+                f"Mesh.max_destinations: expected an int >= 1, got {max_destinations!r}"
+            )
+        self.default = default
+        self.destinations: dict[str, Policy] = {}
+        for pattern, policy in (destinations or {}).items():
+            if not isinstance(pattern, str) or not pattern.strip():
+                raise ConfigError(f"Mesh.destinations: expected a host pattern, got {pattern!r}")
+            if not isinstance(policy, Policy):
+                raise ConfigError(
+                    f"Mesh.destinations[{pattern!r}]: expected a meshlib.Policy, got {policy!r}"
+                )
+            self.destinations[_normalise_pattern(pattern)] = policy
+        self._globs = sorted(
+            (p for p in self.destinations if any(c in p for c in "*?[")), key=len, reverse=True
+        )
+        self._routes: BoundedMap[tuple[int, str, str, int | None], Route] = BoundedMap(
+            max_destinations
+        )
+        self._budgets: SharedState[tuple[Destination, Budget], RetryBudget] = SharedState()
+
+    def policy_for(self, host: str, port: int | None = None) -> Policy:
+        """Return the policy that applies to `host` (and `port`)."""
+        host = host.lower().rstrip(".")
+        found = self.destinations.get(f"{host}:{port}") if port is not None else None
+        if found is None:
+            found = self.destinations.get(host)
+        if found is None:
+            for pattern in self._globs:
+                if fnmatch.fnmatchcase(host, pattern) or (
+                    port is not None and fnmatch.fnmatchcase(f"{host}:{port}", pattern)
+                ):
+                    return self.destinations[pattern]
+            return self.default
+        return found
+
+    def route(self, policy: Policy | None, url: httpx.URL) -> Route:
+        """Return the route for a request to `url`, under `policy` or the Mesh's own."""
+        # httpx's parsed form: reading its fields costs a fraction of url.netloc's
+        # encoding, and this runs on every request (httpx is pinned below 0.29).
+        ref = url._uri_reference
+        # Keyed by identity: hashing a policy by value costs a Python call. A
+        # recycled id is caught by the identity check below.
+        key = (id(policy), ref.scheme, ref.host, ref.port)
+        found = self._routes.get(key)
+        if found is not None and found.requested is policy:
+            return found
+        return self._routes.replace(key, self._new_route(policy, url))
+
+    def function_route(self, policy: Policy | None, key: str) -> Route:
+        """Return the route for a `resilient` function named `key`."""
+        route_key = (id(policy), "function", key, None)
+        found = self._routes.get(route_key)
+        if found is not None and found.requested is policy:
+            return found
+        destination = Destination("function", key, 0)
+        return self._routes.replace(route_key, self._new_route(policy, destination))
+
+    def _new_route(self, requested: Policy | None, target: httpx.URL | Destination) -> Route:
+        destination = target if isinstance(target, Destination) else Destination.of(target)
+        policy = requested
+        if policy is None:
+            policy = self.policy_for(destination.host, destination.port)
+        budget = None
+        retry = policy.retry
+        if retry is not None and retry.budget is not None:
+            settings = retry.budget
+            budget = self._budgets.get_or_create(
+                (destination, settings), lambda: RetryBudget(settings)
+            )
+        return Route(requested, policy, destination, budget)
+
+    def reset(self) -> None:
+        """Forget every destination's state (today: retry budgets)."""
+        self._routes.clear()
+        self._budgets.clear()
+
+
+_default = Mesh()
+
+
+def default_mesh() -> Mesh:
+    """Return the process-wide Mesh used by clients wrapped with a bare Policy."""
+    return _default

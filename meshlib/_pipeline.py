@@ -1,0 +1,308 @@
+"""The sync and async drivers: the only place that sends, waits and cancels.
+
+The shape of a call, outer to inner (DESIGN.md):
+
+```
+deadline   total budget for the whole call; adopts an enclosing meshlib.deadline()
+ └─ retry  budget-limited; backoff never sleeps past the deadline
+     └─ per attempt: timeout = min(attempt timeout, what is left of the deadline)
+                     headers: what is left, to destinations inside the mesh
+         └─ inner transport
+     response body: read under the same deadline (_streams)
+```
+
+Every decision lives in plain objects (`RetryState`, `RetryBudget`, the
+helpers below) shared by both drivers; `Transport.handle_request` and
+`AsyncTransport.handle_async_request` are the same loop, differing only in
+how they call, read and wait. Keep them side by side and in step.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import httpx
+
+from ._deadline import DEADLINE_SLACK, current_deadline
+from ._errors import ConfigError, DeadlineExceeded
+from ._mesh import Mesh, Route, default_mesh
+from ._policy import STANDARD, Policy
+from ._retry import (
+    RetryState,
+    body_is_replayable,
+    exception_is_retryable,
+    parse_retry_after,
+    request_is_idempotent,
+)
+from ._runtime import runtime
+from ._streams import AsyncDeadlineStream, SyncDeadlineStream
+from ._telemetry import log_retry, log_stop
+
+__all__ = ["AsyncTransport", "Transport"]
+
+POLICY_EXTENSION = "meshlib.policy"
+_PHASES = ("connect", "read", "write", "pool")
+
+
+def _resolve(policy_or_mesh: Policy | Mesh) -> tuple[Mesh, Policy | None]:
+    if isinstance(policy_or_mesh, Mesh):
+        return policy_or_mesh, None
+    if isinstance(policy_or_mesh, Policy):
+        return default_mesh(), policy_or_mesh
+    raise ConfigError(f"policy: expected a meshlib.Policy or meshlib.Mesh, got {policy_or_mesh!r}")
+
+
+class _Pipeline:
+    """What both drivers share: the inner transport and where policies come from."""
+
+    def __init__(self, policy_or_mesh: Policy | Mesh = STANDARD) -> None:
+        self.mesh, self.policy = _resolve(policy_or_mesh)
+
+    def _route(self, request: httpx.Request) -> Route:
+        override = request.extensions.get(POLICY_EXTENSION)
+        if override is not None:
+            if not isinstance(override, Policy):
+                raise ConfigError(
+                    f"extensions[{POLICY_EXTENSION!r}]: expected a meshlib.Policy, got {override!r}"
+                )
+            return self.mesh.route(override, request.url)
+        return self.mesh.route(self.policy, request.url)
+
+
+def _start(route: Route, now: float) -> float | None:
+    """Count the call and return its deadline: the earlier of the enclosing one and `total`."""
+    if route.budget is not None:
+        route.budget.deposit(now)
+    outer = current_deadline()
+    timeout = route.policy.timeout
+    if timeout is None or timeout.total is None:
+        return outer
+    at = now + timeout.total
+    return at if outer is None or at < outer else outer
+
+
+def _prepare_attempt(
+    request: httpx.Request, route: Route, deadline_at: float | None, now: float
+) -> None:
+    """Bound the attempt by min(attempt timeout, what is left) and say what is left.
+
+    Each httpcore phase (connect, read, write, pool) gets the smaller of the
+    caller's own timeout and that bound; destinations inside the mesh get what
+    is left in whole milliseconds in the deadline header.
+
+    Raises:
+        DeadlineExceeded: nothing is left; the request is not sent.
+    """
+    timeout = route.policy.timeout
+    bound = timeout.attempt if timeout is not None else None
+    if deadline_at is not None:
+        left = deadline_at - now
+        if left <= 0:
+            raise DeadlineExceeded(
+                f"deadline exceeded before sending to {route.label}", request=request
+            )
+        if route.deadline_header is not None:
+            request.headers[route.deadline_header] = str(int(left * 1000))
+        if bound is None or left < bound:
+            bound = left
+    if bound is None:
+        return
+    extensions = request.extensions
+    # Bounds come from the caller's own timeouts, kept aside on the first
+    # attempt, so a request sent again later does not inherit shrunken ones.
+    base = extensions.get("meshlib.timeout")
+    if base is None:
+        base = extensions.get("timeout") or {}
+        for phase in _PHASES:
+            value = base.get(phase)
+            if value is None or value > bound:
+                break
+        else:
+            return  # every phase is already within the bound: the common case
+        extensions["meshlib.timeout"] = base
+    phases = {}
+    for phase in _PHASES:
+        value = base.get(phase)
+        phases[phase] = bound if value is None or value > bound else value
+    extensions["timeout"] = phases
+
+
+def _after_error(
+    exc: Exception,
+    request: httpx.Request,
+    body: object,
+    route: Route,
+    state: RetryState | None,
+    deadline_at: float | None,
+) -> tuple[RetryState | None, float | None]:
+    """Decide what follows a failed attempt: (state, wait) or (state, None) to re-raise.
+
+    Raises:
+        DeadlineExceeded: the attempt timed out because the call's time ran out.
+    """
+    now = runtime.clock.now()
+    if (
+        isinstance(exc, httpx.TimeoutException)
+        and deadline_at is not None
+        and now >= deadline_at - DEADLINE_SLACK
+    ):
+        raise DeadlineExceeded(f"deadline exceeded calling {route.label}", request=request) from exc
+    retry = route.policy.retry
+    if retry is None or not exception_is_retryable(exc, request, body, retry):
+        return state, None
+    if state is None:
+        state = RetryState(retry, route.budget, deadline_at)
+    wait = state.next_wait(now)
+    _log(route, state, type(exc).__name__, wait)
+    return state, wait
+
+
+def _after_response(
+    response: httpx.Response,
+    request: httpx.Request,
+    body: object,
+    route: Route,
+    state: RetryState | None,
+    deadline_at: float | None,
+) -> tuple[RetryState | None, float | None]:
+    """Decide what follows a response with a retryable status: (state, wait or None)."""
+    retry = route.policy.retry
+    assert retry is not None  # the drivers call this only for statuses in retry.on_status
+    if not (request_is_idempotent(request, retry) and body_is_replayable(body)):
+        return state, None
+    if state is None:
+        state = RetryState(retry, route.budget, deadline_at)
+    header = response.headers.get("retry-after")
+    retry_after = parse_retry_after(header) if header is not None else None
+    wait = state.next_wait(runtime.clock.now(), retry_after)
+    _log(route, state, str(response.status_code), wait)
+    return state, wait
+
+
+def _log(route: Route, state: RetryState, cause: str, wait: float | None) -> None:
+    if wait is None:
+        log_stop(route.label, state.attempt_number, cause, state.stop_reason or "")
+    else:
+        log_retry(route.label, state.attempt_number - 1, state.retry.attempts, cause, wait)
+
+
+class Transport(_Pipeline, httpx.BaseTransport):
+    """Wrap a sync httpx transport with a policy's layers.
+
+    Args:
+        transport: the transport that does the I/O, e.g. ``httpx.HTTPTransport()``.
+        policy: a `Policy` (state kept in the process-wide default Mesh) or a `Mesh`.
+
+    Raises:
+        ConfigError: `policy` is neither a Policy nor a Mesh.
+    """
+
+    def __init__(self, transport: httpx.BaseTransport, policy: Policy | Mesh = STANDARD) -> None:
+        super().__init__(policy)
+        self.inner = transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        route = self._route(request)
+        retry = route.policy.retry
+        clock = runtime.clock
+        now = clock.now()
+        deadline_at = _start(route, now)
+        state: RetryState | None = None
+        body = request.stream  # as it was before sending: reading may replace it
+        while True:
+            _prepare_attempt(request, route, deadline_at, now)
+            try:
+                response = self.inner.handle_request(request)
+            except Exception as exc:  # BaseException (cancellation, Ctrl-C) passes through
+                state, wait = _after_error(exc, request, body, route, state, deadline_at)
+                if wait is None:
+                    raise
+            else:
+                if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
+                    response.stream = SyncDeadlineStream(
+                        cast(httpx.SyncByteStream, response.stream),
+                        request,
+                        response,
+                        deadline_at,
+                        route.label,
+                    )
+                if retry is None or response.status_code not in retry.on_status:
+                    return response
+                state, wait = _after_response(response, request, body, route, state, deadline_at)
+                if wait is None:
+                    return response
+                # Drain and close so the connection goes back to the pool.
+                try:
+                    response.read()
+                except httpx.TransportError:
+                    pass
+                finally:
+                    response.close()
+            if wait > 0 and not runtime.skip_waits:
+                clock.sleep(wait)
+            now = clock.now()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
+    """Wrap an async httpx transport with a policy's layers.
+
+    Args:
+        transport: the transport that does the I/O, e.g. ``httpx.AsyncHTTPTransport()``.
+        policy: a `Policy` (state kept in the process-wide default Mesh) or a `Mesh`.
+
+    Raises:
+        ConfigError: `policy` is neither a Policy nor a Mesh.
+    """
+
+    def __init__(
+        self, transport: httpx.AsyncBaseTransport, policy: Policy | Mesh = STANDARD
+    ) -> None:
+        super().__init__(policy)
+        self.inner = transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        route = self._route(request)
+        retry = route.policy.retry
+        clock = runtime.clock
+        now = clock.now()
+        deadline_at = _start(route, now)
+        state: RetryState | None = None
+        body = request.stream  # as it was before sending: reading may replace it
+        while True:
+            _prepare_attempt(request, route, deadline_at, now)
+            try:
+                response = await self.inner.handle_async_request(request)
+            except Exception as exc:  # BaseException (cancellation, Ctrl-C) passes through
+                state, wait = _after_error(exc, request, body, route, state, deadline_at)
+                if wait is None:
+                    raise
+            else:
+                if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
+                    response.stream = AsyncDeadlineStream(
+                        cast(httpx.AsyncByteStream, response.stream),
+                        request,
+                        response,
+                        deadline_at,
+                        route.label,
+                    )
+                if retry is None or response.status_code not in retry.on_status:
+                    return response
+                state, wait = _after_response(response, request, body, route, state, deadline_at)
+                if wait is None:
+                    return response
+                # Drain and close so the connection goes back to the pool.
+                try:
+                    await response.aread()
+                except httpx.TransportError:
+                    pass
+                finally:
+                    await response.aclose()
+            if wait > 0 and not runtime.skip_waits:
+                await clock.asleep(wait)
+            now = clock.now()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

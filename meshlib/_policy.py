@@ -1,0 +1,261 @@
+"""Policy values: frozen, validated when built, compared and hashed by value.
+
+A `Policy` holds one value per layer; ``None`` switches a layer off. Every
+field of every layer has a default, and ``Policy()`` equals `STANDARD`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal, get_args
+
+from ._errors import ConfigError
+
+__all__ = ["STANDARD", "Backoff", "Budget", "Policy", "Retry", "Timeout"]
+
+Jitter = Literal["full", "equal", "decorrelated", "none"]
+JITTERS: frozenset[str] = frozenset(get_args(Jitter))
+
+#: Methods RFC 9110 calls idempotent: safe to send twice.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: Statuses that say "try again": timeout, too many requests, gateway trouble.
+RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _fail(owner: str, name: str, value: object, expected: str) -> ConfigError:
+    return ConfigError(f"{owner}.{name}: expected {expected}, got {value!r}")
+
+
+def duration(
+    owner: str,
+    name: str,
+    value: object,
+    *,
+    optional: bool = False,
+    positive: bool = False,
+) -> float | None:
+    """Return `value` as finite seconds, or raise a ConfigError naming the field."""
+    if value is None and optional:
+        return None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        kind = "seconds (float or timedelta)" + (" or None" if optional else "")
+        raise _fail(owner, name, value, kind)
+    if not math.isfinite(seconds):
+        raise _fail(owner, name, value, "a finite number of seconds")
+    if seconds < 0 or (positive and seconds == 0):
+        raise _fail(owner, name, value, "a positive duration" if positive else "a duration >= 0")
+    return seconds
+
+
+def _number(owner: str, name: str, value: object, *, minimum: float = 0.0) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _fail(owner, name, value, "a number")
+    if not math.isfinite(value) or value < minimum:
+        raise _fail(owner, name, value, f"a finite number >= {minimum:g}")
+    return float(value)
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    # Normalising a field of a frozen dataclass in __post_init__ is the one
+    # place a write is allowed.
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff between attempts: ``min(cap, base * 2**(n-1))``, then jitter.
+
+    Args:
+        base: the ceiling of the first wait, in seconds.
+        cap: the largest wait, in seconds; at least `base`.
+        jitter: ``"full"`` (uniform in [0, ceiling]), ``"equal"`` (half fixed, half
+            random), ``"decorrelated"`` (uniform in [base, 3 × previous wait], capped)
+            or ``"none"`` (the ceiling itself).
+    """
+
+    base: float = 0.05
+    cap: float = 1.0
+    jitter: Jitter = "full"
+
+    def __post_init__(self) -> None:
+        _set(self, "base", duration("Backoff", "base", self.base))
+        _set(self, "cap", duration("Backoff", "cap", self.cap))
+        if self.cap < self.base:
+            raise ConfigError(
+                f"Backoff.cap: expected a cap >= base ({self.base!r}), got {self.cap!r}"
+            )
+        if not isinstance(self.jitter, str) or self.jitter not in JITTERS:
+            raise _fail("Backoff", "jitter", self.jitter, f"one of {sorted(JITTERS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A retry budget per destination (Finagle's and Linkerd's).
+
+    Retries may be at most `ratio` of the calls seen in the last `ttl` seconds,
+    plus a reserve of ``min_per_second * ttl`` so a quiet destination can still retry.
+
+    Args:
+        ratio: retries allowed per call, 0.2 meaning one retry per five calls.
+        min_per_second: the reserve's rate.
+        ttl: the window, in seconds, over which calls and retries are counted.
+    """
+
+    ratio: float = 0.2
+    min_per_second: float = 10.0
+    ttl: float = 10.0
+
+    def __post_init__(self) -> None:
+        _set(self, "ratio", _number("Budget", "ratio", self.ratio))
+        _set(self, "min_per_second", _number("Budget", "min_per_second", self.min_per_second))
+        _set(self, "ttl", duration("Budget", "ttl", self.ttl, positive=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """When and how often to try a call again.
+
+    Args:
+        attempts: the most attempts of one call, the first included (>= 1).
+        backoff: the waits between attempts.
+        on_status: response statuses that are retried (idempotent requests only).
+        methods: methods considered idempotent; other requests are retried only
+            on connection failures or when they carry an ``Idempotency-Key`` header.
+        retry_after_cap: the longest ``Retry-After`` honoured, in seconds.
+        budget: the retry budget per destination, or None for no budget.
+    """
+
+    attempts: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    on_status: frozenset[int] = RETRYABLE_STATUSES
+    methods: frozenset[str] = IDEMPOTENT_METHODS
+    retry_after_cap: float = 30.0
+    budget: Budget | None = field(default_factory=Budget)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, int) or isinstance(self.attempts, bool):
+            raise _fail("Retry", "attempts", self.attempts, "an int >= 1")
+        if self.attempts < 1:
+            raise _fail(
+                "Retry", "attempts", self.attempts, "an int >= 1 (it counts the first call)"
+            )
+        if not isinstance(self.backoff, Backoff):
+            raise _fail("Retry", "backoff", self.backoff, "a meshlib.Backoff")
+        _set(self, "on_status", _statuses(self.on_status))
+        _set(self, "methods", _methods(self.methods))
+        _set(self, "retry_after_cap", duration("Retry", "retry_after_cap", self.retry_after_cap))
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            raise _fail("Retry", "budget", self.budget, "a meshlib.Budget or None")
+
+
+def _statuses(value: object) -> frozenset[int]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise _fail("Retry", "on_status", value, "a collection of HTTP status codes")
+    codes = list(value)
+    for code in codes:
+        if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 599:
+            raise _fail("Retry", "on_status", code, "HTTP status codes between 100 and 599")
+    return frozenset(codes)
+
+
+def _methods(value: object) -> frozenset[str]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise _fail("Retry", "methods", value, "a collection of HTTP method names")
+    methods = set()
+    for method in value:
+        if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+            raise _fail("Retry", "methods", method, "HTTP method names such as 'GET'")
+        methods.add(method.upper())
+    return frozenset(methods)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    """Time bounds for a call.
+
+    Args:
+        total: bounds the whole call, every attempt and every wait included;
+            None leaves only an enclosing `meshlib.deadline` (if any).
+        attempt: bounds one attempt; at most `total`. None: no per-attempt bound.
+        header: the request header that tells destinations inside the mesh
+            how many whole milliseconds are left; None sends none.
+    """
+
+    total: float | None = 30.0
+    attempt: float | None = None
+    header: str | None = "x-envoy-expected-rq-timeout-ms"
+
+    def __post_init__(self) -> None:
+        _set(self, "total", duration("Timeout", "total", self.total, optional=True, positive=True))
+        _set(
+            self,
+            "attempt",
+            duration("Timeout", "attempt", self.attempt, optional=True, positive=True),
+        )
+        if self.header is not None and not (
+            isinstance(self.header, str) and _TOKEN.fullmatch(self.header)
+        ):
+            raise _fail("Timeout", "header", self.header, "an HTTP header name or None")
+        if self.header is not None:
+            _set(self, "header", self.header.lower())
+        if self.total is not None and self.attempt is not None and self.attempt > self.total:
+            raise ConfigError(
+                f"Timeout.attempt: expected at most total ({self.total!r}), got {self.attempt!r}"
+            )
+
+
+_LAYERS: dict[str, type] = {"retry": Retry, "timeout": Timeout}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The layers applied to a call; ``None`` switches a layer off.
+
+    ``Policy()`` equals `STANDARD`. Policies are immutable: derive a new one
+    with `replace`.
+    """
+
+    retry: Retry | None = field(default_factory=Retry)
+    timeout: Timeout | None = field(default_factory=lambda: Timeout(total=30.0, attempt=10.0))
+    # Policies are dictionary keys on every request (state lookup); hashing the
+    # nested values each time would cost microseconds, so the hash is kept.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, layer in _LAYERS.items():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, layer):
+                raise _fail("Policy", name, value, f"a meshlib.{layer.__name__} or None")
+        _set(self, "_hash", hash((self.retry, self.timeout)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def replace(self, **changes: Any) -> Policy:
+        """Return a copy with the named layers replaced (``None`` switches one off).
+
+        Raises:
+            ConfigError: a name is not a layer of Policy, or a value is invalid.
+        """
+        unknown = sorted(set(changes) - set(_LAYERS))
+        if unknown:
+            raise ConfigError(
+                f"Policy.replace: unknown layer {unknown[0]!r}; layers: {list(_LAYERS)}"
+            )
+        return dataclasses.replace(self, **changes)
+
+
+#: The default policy; see DESIGN.md's table and docs/policies.md.
+STANDARD = Policy()

@@ -1,0 +1,246 @@
+"""Response bodies bounded by the call's deadline.
+
+httpx's client, not the transport, reads the body, and httpcore fixes its
+read timeout once per response, so a server that drips a byte at a time
+never trips it. The transport therefore hands back a stream that:
+
+- sets httpcore's read timeout to what is left when the body starts, which
+  cuts a server that stops sending;
+- returns at once when the first chunk holds the whole body (the common case
+  costs no timer);
+- otherwise bounds the rest: in sync code a watchdog thread shuts the socket
+  down when time runs out (a blocked ``recv`` cannot be interrupted any other
+  way); in async code each further chunk is read under ``anyio.fail_after``.
+
+Either way the reader gets `DeadlineExceeded`, and the connection is closed
+rather than returned to the pool half-read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import httpx
+
+from ._deadline import DEADLINE_SLACK
+from ._errors import DeadlineExceeded
+from ._runtime import runtime
+
+__all__ = ["AsyncDeadlineStream", "SyncDeadlineStream", "watchdog"]
+
+
+class _Watch:
+    __slots__ = ("done", "fired", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.done = False
+        self.fired = False
+
+
+class Watchdog:
+    """One thread that shuts sockets down when their deadline passes.
+
+    Started on first use. Entries are kept in a heap by real monotonic time
+    (not the injectable clock: the thread really waits); finished entries are
+    dropped lazily and the heap is compacted when they pile up.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._compact_at = 4096
+
+    def watch(self, sock: socket.socket, seconds: float) -> _Watch:
+        """Shut `sock` down in `seconds` unless the returned entry is marked done first."""
+        entry = _Watch(sock)
+        at = time.monotonic() + seconds
+        with self._wake:
+            heapq.heappush(self._heap, (at, next(self._order), entry))
+            if len(self._heap) >= self._compact_at:
+                self._heap = [item for item in self._heap if not item[2].done]
+                heapq.heapify(self._heap)
+                self._compact_at = max(4096, 2 * len(self._heap))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="meshlib-deadline-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][2] is entry:
+                self._wake.notify()
+        return entry
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][0] <= now or self._heap[0][2].done):
+                    _, _, entry = heapq.heappop(self._heap)
+                    if not entry.done:
+                        entry.fired = True
+                        # The base class's shutdown, so an SSLSocket keeps its SSL
+                        # object for the reader thread to fail on cleanly; an
+                        # OSError means it is closed already: nothing left to cut.
+                        with contextlib.suppress(OSError):
+                            socket.socket.shutdown(entry.sock, socket.SHUT_RDWR)
+                self._wake.wait(self._heap[0][0] - now if self._heap else None)
+
+
+watchdog = Watchdog()
+
+
+def _expected_length(response_headers: httpx.Headers) -> int | None:
+    value = response_headers.get("content-length")
+    if value is not None and value.isdigit():
+        return int(value)
+    return None
+
+
+def _bound_body_read(request: httpx.Request, left: float) -> None:
+    # httpcore reads the read timeout when the body starts: make it what is left.
+    timeouts = dict(request.extensions.get("timeout") or {})
+    read = timeouts.get("read")
+    if read is None or read > left:
+        timeouts["read"] = left
+        request.extensions["timeout"] = timeouts
+
+
+class SyncDeadlineStream(httpx.SyncByteStream):
+    """A sync response body that ends in `DeadlineExceeded` when the deadline passes."""
+
+    def __init__(
+        self,
+        inner: httpx.SyncByteStream,
+        request: httpx.Request,
+        response: httpx.Response,
+        deadline_at: float,
+        label: str,
+    ) -> None:
+        self._inner = inner
+        self._request = request
+        self._response = response
+        self._deadline_at = deadline_at
+        self._label = label
+        self._watch: _Watch | None = None
+
+    def _expired(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"deadline exceeded reading the body from {self._label}", request=self._request
+        )
+
+    def __iter__(self) -> Iterator[bytes]:
+        clock = runtime.clock
+        left = self._deadline_at - clock.now()
+        if left <= 0:
+            self.close()
+            raise self._expired()
+        _bound_body_read(self._request, left)
+        expected = _expected_length(self._response.headers)
+        received = 0
+        try:
+            for chunk in self._inner:
+                received += len(chunk)
+                yield chunk
+                left = self._deadline_at - clock.now()
+                if left <= 0:
+                    raise self._expired()
+                if self._watch is None and (expected is None or received < expected):
+                    self._start_watch(left)
+        except DeadlineExceeded:
+            raise
+        except Exception as exc:
+            if (self._watch is not None and self._watch.fired) or (
+                self._deadline_at - clock.now() <= DEADLINE_SLACK
+            ):
+                raise self._expired() from exc
+            raise
+        finally:
+            if self._watch is not None:
+                self._watch.done = True
+
+    def _start_watch(self, left: float) -> None:
+        network_stream: Any = self._response.extensions.get("network_stream")
+        sock = network_stream.get_extra_info("socket") if network_stream is not None else None
+        if isinstance(sock, socket.socket):
+            self._watch = watchdog.watch(sock, left)
+        # No socket of its own (HTTP/2 multiplexes one; a mock has none): the
+        # check between chunks above is all that applies.
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.done = True
+        self._inner.close()
+
+
+class AsyncDeadlineStream(httpx.AsyncByteStream):
+    """An async response body that ends in `DeadlineExceeded` when the deadline passes."""
+
+    def __init__(
+        self,
+        inner: httpx.AsyncByteStream,
+        request: httpx.Request,
+        response: httpx.Response,
+        deadline_at: float,
+        label: str,
+    ) -> None:
+        self._inner = inner
+        self._request = request
+        self._response = response
+        self._deadline_at = deadline_at
+        self._label = label
+
+    def _expired(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"deadline exceeded reading the body from {self._label}", request=self._request
+        )
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        clock = runtime.clock
+        left = self._deadline_at - clock.now()
+        if left <= 0:
+            await self.aclose()
+            raise self._expired()
+        _bound_body_read(self._request, left)
+        expected = _expected_length(self._response.headers)
+        chunks = self._inner.__aiter__()
+        received = 0
+        while True:
+            left = self._deadline_at - clock.now()
+            if left <= 0:
+                await self.aclose()
+                raise self._expired()
+            try:
+                if expected is not None and received >= expected:
+                    # The whole body is in: what remains is h11 seeing its end,
+                    # which needs no timer.
+                    chunk = await chunks.__anext__()
+                elif received == 0:
+                    # The first read is bounded by httpcore's read timeout set
+                    # above; a cancel scope here would cost every response.
+                    chunk = await chunks.__anext__()
+                else:
+                    with anyio.fail_after(left):
+                        chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:  # only fail_after(left) raises this: time is up
+                raise self._expired() from exc
+            except httpx.TimeoutException as exc:
+                if self._deadline_at - clock.now() <= DEADLINE_SLACK:
+                    raise self._expired() from exc
+                raise
+            received += len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -1,0 +1,54 @@
+"""Logs (and, later, spans and metrics) of what the mesh did.
+
+The stdlib logger ``meshlib`` gets one line per retry, stop and rejection,
+with structured extras under ``meshlib_*`` names; it is silent on success.
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["log_retry", "log_stop", "logger"]
+
+logger = logging.getLogger("meshlib")
+
+
+def log_retry(destination: str, attempt: int, attempts: int, cause: str, wait: float) -> None:
+    """Log that attempt `attempt` failed with `cause` and the next starts in `wait` seconds."""
+    logger.info(
+        "retrying %s after %s (attempt %d of %d failed); waiting %.3fs",
+        destination,
+        cause,
+        attempt,
+        attempts,
+        wait,
+        extra={
+            "meshlib_event": "retry",
+            "meshlib_destination": destination,
+            "meshlib_attempt": attempt,
+            "meshlib_cause": cause,
+            "meshlib_wait": wait,
+        },
+    )
+
+
+def log_stop(destination: str, attempt: int, cause: str, reason: str) -> None:
+    """Log that retrying stopped early (``reason``: budget, deadline) or ran out of attempts."""
+    logger.info(
+        "giving up on %s after %s on attempt %d: %s",
+        destination,
+        cause,
+        attempt,
+        {
+            "attempts": "attempts used up",
+            "budget": "retry budget spent",
+            "deadline": "the next wait would end past the deadline",
+        }.get(reason, reason),
+        extra={
+            "meshlib_event": "give_up",
+            "meshlib_destination": destination,
+            "meshlib_attempt": attempt,
+            "meshlib_cause": cause,
+            "meshlib_reason": reason,
+        },
+    )

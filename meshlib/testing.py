@@ -1,0 +1,121 @@
+"""Helpers for testing code that uses meshlib.
+
+- `set_testing` removes backoff waits (a switch, also a context manager).
+- `FakeClock`, `use_clock` and `use_random` make timing and jitter exact.
+- `reset` forgets the process-wide per-destination state.
+- `FaultServer` is a real HTTP server on 127.0.0.1 that injects faults.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+
+import anyio
+
+from ._faultserver import Close, Drip, FaultServer, Hang, RecordedRequest, Reset, Respond
+from ._mesh import default_mesh
+from ._runtime import Clock, runtime
+
+__all__ = [
+    "Close",
+    "Drip",
+    "FakeClock",
+    "FaultServer",
+    "Hang",
+    "RecordedRequest",
+    "Reset",
+    "Respond",
+    "reset",
+    "set_testing",
+    "use_clock",
+    "use_random",
+]
+
+
+class set_testing:
+    """Switch test mode on or off: when on, backoff waits return at once.
+
+    Takes effect at once; used as a context manager, it restores the previous
+    mode on exit::
+
+        meshlib.testing.set_testing(True)
+        with meshlib.testing.set_testing(True): ...
+    """
+
+    __slots__ = ("_previous",)
+
+    def __init__(self, on: bool = True) -> None:
+        self._previous = runtime.skip_waits
+        runtime.skip_waits = on
+
+    def __enter__(self) -> set_testing:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        runtime.skip_waits = self._previous
+
+
+class FakeClock:
+    """A clock that moves only when told to, or when meshlib waits on it.
+
+    ``sleep`` and ``asleep`` advance the clock by the wait instead of waiting,
+    so a test sees exactly the waits meshlib chose, in no time.
+
+    Attributes:
+        sleeps: every wait meshlib asked for, in order.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by `seconds`."""
+        self._now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self._now += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self._now += seconds
+        await anyio.lowlevel.checkpoint()
+
+
+@contextmanager
+def use_clock(clock: Clock) -> Iterator[Clock]:
+    """Make `clock` the clock of every timer, deadline and wait inside the block."""
+    previous = runtime.clock
+    runtime.clock = clock
+    try:
+        yield clock
+    finally:
+        runtime.clock = previous
+
+
+@contextmanager
+def use_random(rng: random.Random) -> Iterator[random.Random]:
+    """Make `rng` the source of every jitter and sampling draw inside the block."""
+    previous = runtime.rng
+    runtime.rng = rng
+    try:
+        yield rng
+    finally:
+        runtime.rng = previous
+
+
+def reset() -> None:
+    """Forget the process-wide default Mesh's per-destination state (retry budgets)."""
+    default_mesh().reset()

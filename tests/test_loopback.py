@@ -1,0 +1,164 @@
+"""The retry pipeline against a real HTTP server on 127.0.0.1, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+import meshlib
+from meshlib.testing import FakeClock, FaultServer, Hang, Reset, Respond
+
+pytestmark = [pytest.mark.network, pytest.mark.usefixtures("rng")]
+
+FAST = meshlib.Policy(
+    retry=meshlib.Retry(backoff=meshlib.Backoff(base=0.001, cap=0.01)),
+    timeout=meshlib.Timeout(total=5.0, attempt=1.0),
+)
+
+
+def test_a_503_burst_then_success_sync(server: FaultServer) -> None:
+    server.enqueue(Respond(503), Respond(503))
+    with meshlib.wrap(httpx.Client(base_url=server.url), FAST) as client:
+        response = client.get("/orders")
+    assert response.status_code == 200
+    assert response.text == "ok"
+    assert server.request_count == 3
+
+
+@pytest.mark.anyio
+async def test_a_503_burst_then_success_async(server: FaultServer) -> None:
+    server.enqueue(Respond(503), Respond(503))
+    async with meshlib.wrap(httpx.AsyncClient(base_url=server.url), FAST) as client:
+        response = await client.get("/orders")
+    assert response.status_code == 200
+    assert server.request_count == 3
+
+
+def test_a_reset_connection_is_retried(server: FaultServer) -> None:
+    server.enqueue(Reset(), Reset())
+    with meshlib.wrap(httpx.Client(base_url=server.url), FAST) as client:
+        assert client.get("/orders").status_code == 200
+    assert server.request_count == 3
+
+
+@pytest.mark.anyio
+async def test_a_reset_connection_is_retried_async(server: FaultServer) -> None:
+    server.enqueue(Reset())
+    async with meshlib.wrap(httpx.AsyncClient(base_url=server.url), FAST) as client:
+        assert (await client.get("/orders")).status_code == 200
+    assert server.request_count == 2
+
+
+def test_a_reset_post_is_not_resent(server: FaultServer) -> None:
+    server.enqueue(Reset())
+    with (
+        meshlib.wrap(httpx.Client(base_url=server.url), FAST) as client,
+        pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)),
+    ):
+        client.post("/charge", content=b"card=4242")
+    assert server.request_count == 1
+
+
+def test_retry_after_from_a_real_server(server: FaultServer, clock: FakeClock) -> None:
+    server.enqueue(Respond(503, headers={"Retry-After": "4"}), Respond(429))
+    with meshlib.wrap(httpx.Client(base_url=server.url)) as client:
+        assert client.get("/orders").status_code == 200
+    assert clock.sleeps[0] == 4.0
+    assert 0 <= clock.sleeps[1] <= 0.1
+    assert server.request_count == 3
+
+
+def test_a_hung_attempt_is_cut_and_retried(server: FaultServer) -> None:
+    server.enqueue(Hang(5.0))
+    policy = FAST.replace(timeout=meshlib.Timeout(total=3.0, attempt=0.2))
+    with meshlib.wrap(httpx.Client(base_url=server.url), policy) as client:
+        assert client.get("/orders").status_code == 200
+    assert server.request_count == 2
+
+
+def test_generator_body_gets_the_original_503_not_stream_consumed(server: FaultServer) -> None:
+    server.enqueue(Respond(503))
+
+    def body() -> object:
+        yield b"part-1;"
+        yield b"part-2"
+
+    with meshlib.wrap(httpx.Client(base_url=server.url), FAST) as client:
+        response = client.put("/blob", content=body(), headers={"Idempotency-Key": "k"})
+    assert response.status_code == 503
+    assert server.request_count == 1
+    assert server.requests[0].body == b"part-1;part-2"
+
+
+def test_one_connection_survives_100_retried_calls_sync(server: FaultServer) -> None:
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    timeout = httpx.Timeout(2.0, pool=0.5)
+    policy = FAST.replace(retry=meshlib.Retry(backoff=meshlib.Backoff(base=0, cap=0), budget=None))
+    with meshlib.wrap(
+        httpx.Client(base_url=server.url, limits=limits, timeout=timeout), policy
+    ) as c:
+        for _ in range(100):
+            server.enqueue(Respond(503, body=b"busy" * 100))
+            assert c.get("/orders").status_code == 200
+    assert server.request_count == 200
+    assert server.connection_count == 1  # every failed response was drained back to the pool
+
+
+@pytest.mark.anyio
+async def test_one_connection_survives_100_retried_calls_async(server: FaultServer) -> None:
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    timeout = httpx.Timeout(2.0, pool=0.5)
+    policy = FAST.replace(retry=meshlib.Retry(backoff=meshlib.Backoff(base=0, cap=0), budget=None))
+    client = httpx.AsyncClient(base_url=server.url, limits=limits, timeout=timeout)
+    async with meshlib.wrap(client, policy) as c:
+        for _ in range(100):
+            server.enqueue(Respond(503, body=b"busy" * 100))
+            assert (await c.get("/orders")).status_code == 200
+    assert server.request_count == 200
+    assert server.connection_count == 1
+
+
+def _dead_upstream_requests(server: FaultServer, budget: meshlib.Budget | None) -> int:
+    server.default = Respond(503)
+    policy = meshlib.Policy(retry=meshlib.Retry(attempts=3, budget=budget))
+    with (
+        meshlib.testing.set_testing(True),
+        meshlib.wrap(httpx.Client(base_url=server.url), policy) as client,
+    ):
+        for _ in range(1000):
+            assert client.get("/orders").status_code == 503
+    return server.request_count
+
+
+def test_the_budget_caps_load_on_a_dead_upstream(server: FaultServer, clock: FakeClock) -> None:
+    # 1000 calls inside one window: at most 20% retries plus the reserve of 10/s × 10 s.
+    sent = _dead_upstream_requests(server, meshlib.Budget())
+    assert 1000 + 200 <= sent <= 1000 + 200 + 100
+
+
+def test_without_reserve_the_budget_is_the_ratio(server: FaultServer, clock: FakeClock) -> None:
+    sent = _dead_upstream_requests(server, meshlib.Budget(ratio=0.2, min_per_second=0))
+    assert 1190 <= sent <= 1200  # 1.2x, against 3x with no budget
+
+
+def test_without_a_budget_every_call_tries_three_times(
+    server: FaultServer, clock: FakeClock
+) -> None:
+    assert _dead_upstream_requests(server, None) == 3000
+
+
+@pytest.mark.anyio
+async def test_cancelling_a_call_to_a_hung_server_propagates(server: FaultServer) -> None:
+    server.default = Hang(5.0)
+    async with meshlib.wrap(httpx.AsyncClient(base_url=server.url)) as client:
+        task = asyncio.ensure_future(client.get("/orders"))
+        for _ in range(400):  # until the request is in the server's hands (2 s at most)
+            if server.request_count:
+                break
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert server.request_count == 1

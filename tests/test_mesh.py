@@ -1,0 +1,250 @@
+"""Mesh: which policy a destination gets, and the state it shares per destination."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from meshlib import STANDARD, Budget, ConfigError, Mesh, Policy, Retry, Timeout
+
+
+def policy(attempts: int) -> Policy:
+    """A policy told apart from the others by its attempts."""
+    return Policy(retry=Retry(attempts=attempts))
+
+
+DEFAULT = policy(1)
+HOST_PORT = policy(2)
+HOST = policy(3)
+SHORT_GLOB = policy(4)
+LONG_GLOB = policy(5)
+
+
+@pytest.fixture
+def mesh() -> Mesh:
+    return Mesh(
+        default=DEFAULT,
+        destinations={
+            "api.internal:8443": HOST_PORT,
+            "api.internal": HOST,
+            "*.internal": SHORT_GLOB,
+            "*.svc.internal": LONG_GLOB,
+        },
+    )
+
+
+# --- policy_for ------------------------------------------------------------------------------
+
+
+def test_host_and_port_beats_host(mesh: Mesh) -> None:
+    assert mesh.policy_for("api.internal", 8443) is HOST_PORT
+
+
+def test_host_beats_glob(mesh: Mesh) -> None:
+    assert mesh.policy_for("api.internal", 80) is HOST
+    assert mesh.policy_for("api.internal") is HOST
+
+
+def test_longest_glob_wins(mesh: Mesh) -> None:
+    assert mesh.policy_for("orders.svc.internal", 80) is LONG_GLOB
+    assert mesh.policy_for("orders.internal", 80) is SHORT_GLOB
+
+
+def test_longest_glob_wins_whatever_the_order_given() -> None:
+    reversed_order = Mesh(
+        default=DEFAULT, destinations={"*.svc.internal": LONG_GLOB, "*.internal": SHORT_GLOB}
+    )
+    assert reversed_order.policy_for("orders.svc.internal") is LONG_GLOB
+    given_order = Mesh(
+        default=DEFAULT, destinations={"*.internal": SHORT_GLOB, "*.svc.internal": LONG_GLOB}
+    )
+    assert given_order.policy_for("orders.svc.internal") is LONG_GLOB
+
+
+def test_unmatched_hosts_get_the_default(mesh: Mesh) -> None:
+    assert mesh.policy_for("example.com", 443) is DEFAULT
+    assert mesh.policy_for("internal", 80) is DEFAULT
+
+
+def test_a_mesh_without_arguments_gives_standard() -> None:
+    assert Mesh().policy_for("anything.example", 443) == STANDARD
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("API.Internal", 8443, HOST_PORT),
+        ("api.internal.", 8443, HOST_PORT),
+        ("API.INTERNAL.", None, HOST),
+        ("Orders.SVC.internal.", 80, LONG_GLOB),
+    ],
+)
+def test_matching_ignores_case_and_a_trailing_dot(
+    mesh: Mesh, host: str, port: int | None, expected: Policy
+) -> None:
+    assert mesh.policy_for(host, port) is expected
+
+
+def test_patterns_are_case_and_trailing_dot_insensitive() -> None:
+    shouting = Mesh(default=DEFAULT, destinations={"API.Internal.": HOST, "*.SVC.Local": LONG_GLOB})
+    assert shouting.policy_for("api.internal") is HOST
+    assert shouting.policy_for("orders.svc.local") is LONG_GLOB
+
+
+def test_host_and_port_patterns_ignore_a_trailing_dot_on_the_host() -> None:
+    fqdn = Mesh(default=DEFAULT, destinations={"API.internal.:8443": HOST_PORT})
+    assert fqdn.policy_for("api.internal", 8443) is HOST_PORT
+    assert fqdn.policy_for("api.internal.", 8443) is HOST_PORT
+
+
+@pytest.mark.parametrize("value", ["strict", None, 3, Retry()])
+def test_a_destination_value_that_is_not_a_policy_is_refused(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"payments\.internal"):
+        Mesh(destinations={"payments.internal": value})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("pattern", ["", "   "])
+def test_an_empty_pattern_is_refused(pattern: str) -> None:
+    with pytest.raises(ConfigError, match="pattern"):
+        Mesh(destinations={pattern: STANDARD})
+
+
+def test_a_default_that_is_not_a_policy_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"Mesh\.default"):
+        Mesh(default=Retry())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "100"])
+def test_max_destinations_must_be_a_positive_int(bad: object) -> None:
+    with pytest.raises(ConfigError, match="max_destinations"):
+        Mesh(max_destinations=bad)  # type: ignore[arg-type]
+
+
+# --- route ---------------------------------------------------------------------------------
+
+
+def test_the_same_destination_and_policy_give_the_same_route() -> None:
+    mesh = Mesh()
+    first = mesh.route(STANDARD, httpx.URL("http://orders.internal/a"))
+    second = mesh.route(STANDARD, httpx.URL("http://orders.internal/b?page=2"))
+    assert first is second
+    assert first.policy is STANDARD
+
+
+def test_a_route_without_a_policy_takes_the_mesh_policy(mesh: Mesh) -> None:
+    route = mesh.route(None, httpx.URL("https://api.internal:8443/v1"))
+    assert route.policy is HOST_PORT
+    assert mesh.route(None, httpx.URL("https://example.com/")).policy is DEFAULT
+
+
+def test_different_hosts_get_different_budgets() -> None:
+    mesh = Mesh()
+    a = mesh.route(STANDARD, httpx.URL("http://a.internal/"))
+    b = mesh.route(STANDARD, httpx.URL("http://b.internal/"))
+    assert a.budget is not None
+    assert b.budget is not None
+    assert a.budget is not b.budget
+
+
+def test_different_ports_and_schemes_get_different_budgets() -> None:
+    mesh = Mesh()
+    budgets = [
+        mesh.route(STANDARD, httpx.URL(url)).budget
+        for url in ("http://a.internal/", "http://a.internal:8080/", "https://a.internal/")
+    ]
+    assert len({id(budget) for budget in budgets}) == 3
+
+
+def test_equal_policies_share_a_destination_budget() -> None:
+    mesh = Mesh()
+    one = Policy(retry=Retry(budget=Budget(ratio=0.1)))
+    other = Policy(retry=Retry(budget=Budget(ratio=0.1)), timeout=Timeout(total=5.0))
+    assert one is not other
+    url = httpx.URL("http://orders.internal/")
+    assert mesh.route(one, url).budget is mesh.route(other, url).budget
+
+
+def test_different_budget_settings_get_their_own_budget() -> None:
+    mesh = Mesh()
+    url = httpx.URL("http://orders.internal/")
+    loose = Policy(retry=Retry(budget=Budget(ratio=0.5)))
+    assert mesh.route(STANDARD, url).budget is not mesh.route(loose, url).budget
+
+
+def test_no_budget_when_retries_or_budget_are_off() -> None:
+    mesh = Mesh()
+    url = httpx.URL("http://orders.internal/")
+    assert mesh.route(STANDARD.replace(retry=None), url).budget is None
+    assert mesh.route(Policy(retry=Retry(budget=None)), url).budget is None
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("http://a.internal/", "http://a.internal:80/"),
+        ("https://a.internal/", "https://a.internal:443/"),
+        ("http://A.Internal/", "http://a.internal/"),
+        ("http://a.internal./", "http://a.internal/"),
+    ],
+)
+def test_default_ports_case_and_trailing_dot_share_a_budget(one: str, other: str) -> None:
+    mesh = Mesh()
+    first = mesh.route(STANDARD, httpx.URL(one))
+    second = mesh.route(STANDARD, httpx.URL(other))
+    assert first.budget is not None
+    assert first.budget is second.budget
+    assert first.destination == second.destination
+
+
+def test_state_is_bounded_by_max_destinations() -> None:
+    mesh = Mesh(max_destinations=100)
+    for n in range(10_000):
+        mesh.route(STANDARD, httpx.URL(f"http://host-{n}.internal/"))
+    assert len(mesh._routes) <= 100
+    assert len(mesh._budgets) <= 100
+    # The newest destinations are the ones kept.
+    newest = mesh.route(STANDARD, httpx.URL("http://host-9999.internal/"))
+    assert mesh.route(STANDARD, httpx.URL("http://host-9999.internal/x")) is newest
+
+
+def test_a_destination_in_constant_use_keeps_its_budget() -> None:
+    # Eviction is least recently used first: a busy destination is not forgotten
+    # (and its budget not refilled) because many others come and go.
+    mesh = Mesh(max_destinations=10)
+    busy = httpx.URL("http://busy.internal/")
+    budget = mesh.route(STANDARD, busy).budget
+    for n in range(100):
+        mesh.route(STANDARD, httpx.URL(f"http://passer-{n}.internal/"))
+        assert mesh.route(STANDARD, busy).budget is budget
+
+
+def test_reset_forgets_state() -> None:
+    mesh = Mesh()
+    url = httpx.URL("http://orders.internal/")
+    before = mesh.route(STANDARD, url)
+    assert before.budget is not None
+    before.budget.deposit(0.0)
+    mesh.reset()
+    assert len(mesh._routes) == 0
+    assert len(mesh._budgets) == 0
+    after = mesh.route(STANDARD, url)
+    assert after is not before
+    assert after.budget is not None
+    assert after.budget is not before.budget
+    assert after.budget.snapshot(0.0) == (0, 0)
+
+
+def test_a_busy_destination_keeps_one_budget_for_every_equal_policy() -> None:
+    # A long-lived client keeps a destination busy while many others come and go; a
+    # second client with an equal policy must still share that destination's budget,
+    # or each gets a fresh reserve and the budget no longer bounds retries.
+    mesh = Mesh(max_destinations=10)
+    busy = httpx.URL("http://busy.internal/")
+    long_lived = Policy()
+    budget = mesh.route(long_lived, busy).budget
+    for n in range(100):
+        mesh.route(long_lived, httpx.URL(f"http://passer-{n}.internal/"))
+        assert mesh.route(long_lived, busy).budget is budget
+    newcomer = Policy()
+    assert newcomer is not long_lived
+    assert mesh.route(newcomer, busy).budget is budget
