@@ -2,25 +2,34 @@
 
 Wrap an httpx client (``meshlib.wrap(client)``) or decorate a function
 (``@meshlib.resilient(on=...)``) and calls get retries with backoff and a
-retry budget, deadlines, and (as they land) breakers, bulkheads, mTLS and
-tracing, configured by one `Policy` or a `Mesh` of them.
+retry budget, and deadlines that travel between services
+(``meshlib.asgi`` / ``meshlib.wsgi`` adopt them inbound), configured by one
+`Policy` or a `Mesh` of them.
 """
 
+from . import asgi as asgi
+from . import wsgi as wsgi
 from ._client import AsyncClient, Client, wrap
 from ._deadline import deadline, remaining
 from ._decorator import resilient
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
-from ._mesh import Mesh
+from ._breaker import BreakerSnapshot
+from ._bulkhead import BulkheadSnapshot
+from ._mesh import Mesh, default_mesh
 from ._pipeline import AsyncTransport, Transport
-from ._policy import STANDARD, Backoff, Budget, Policy, Retry, Timeout
+from ._policy import STANDARD, Backoff, Breaker, Budget, Bulkhead, Policy, Retry, Timeout
 
 __all__ = [
     "STANDARD",
     "AsyncClient",
     "AsyncTransport",
     "Backoff",
+    "Breaker",
+    "BreakerSnapshot",
     "Budget",
+    "Bulkhead",
     "BulkheadFull",
+    "BulkheadSnapshot",
     "CircuitOpen",
     "Client",
     "ConfigError",
@@ -32,6 +41,7 @@ __all__ = [
     "Timeout",
     "Transport",
     "deadline",
+    "default_mesh",
     "remaining",
     "resilient",
     "wrap",

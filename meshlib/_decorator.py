@@ -12,7 +12,15 @@ import anyio
 from ._deadline import DEADLINE_SLACK
 from ._errors import ConfigError, DeadlineExceeded, MeshError
 from ._mesh import Mesh, Route
-from ._pipeline import _resolve, _start
+from ._pipeline import (
+    _resolve,
+    admit,
+    call_deadline,
+    queue_timeout,
+    queued_too_long,
+    record,
+    release,
+)
 from ._policy import STANDARD, Policy
 from ._retry import RetryState
 from ._runtime import runtime
@@ -90,53 +98,137 @@ def resilient(
             @functools.wraps(fn)
             async def call_async(*args: P.args, **kwargs: P.kwargs) -> Any:
                 route = mesh.function_route(fixed_policy, name)
-                clock = runtime.clock
-                now = clock.now()
-                deadline_at = _start(route, now)
-                state: RetryState | None = None
-                while True:
-                    bound = _attempt_bound(route, deadline_at, now)
-                    scope: anyio.CancelScope | None = None
-                    try:
-                        if bound is None:
-                            return await async_fn(*args, **kwargs)
-                        with anyio.fail_after(bound) as scope:
-                            return await async_fn(*args, **kwargs)
-                    except Exception as exc:  # BaseException (cancellation) passes through
-                        timed_out = scope is not None and scope.cancelled_caught
-                        state, wait = _after_failure(
-                            exc, matches, route, state, deadline_at, timed_out=timed_out
-                        )
-                        if wait is None:
-                            raise
-                    if wait > 0 and not runtime.skip_waits:
-                        await clock.asleep(wait)
-                    now = clock.now()
+                now = runtime.clock.now()
+                deadline_at = call_deadline(route, now)
+                bulkhead = route.bulkhead
+                if bulkhead is not None and not bulkhead.try_acquire():
+                    within = queue_timeout(bulkhead, route, None, deadline_at)
+                    if not await bulkhead.acquire_async(within):
+                        raise queued_too_long(route, None, deadline_at)
+                    now = runtime.clock.now()
+                try:
+                    return await _attempts_async(
+                        async_fn, args, kwargs, matches, route, deadline_at, now
+                    )
+                finally:
+                    if bulkhead is not None:
+                        bulkhead.release()
 
             return cast(Callable[P, R], call_async)
 
         @functools.wraps(fn)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
             route = mesh.function_route(fixed_policy, name)
-            clock = runtime.clock
-            now = clock.now()
-            deadline_at = _start(route, now)
-            state: RetryState | None = None
-            while True:
-                _attempt_bound(route, deadline_at, now)
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as exc:  # BaseException (Ctrl-C) passes through
-                    state, wait = _after_failure(exc, matches, route, state, deadline_at)
-                    if wait is None:
-                        raise
-                if wait > 0 and not runtime.skip_waits:
-                    clock.sleep(wait)
-                now = clock.now()
+            now = runtime.clock.now()
+            deadline_at = call_deadline(route, now)
+            bulkhead = route.bulkhead
+            if bulkhead is not None and not bulkhead.try_acquire():
+                within = queue_timeout(bulkhead, route, None, deadline_at)
+                if not bulkhead.acquire(within):
+                    raise queued_too_long(route, None, deadline_at)
+                now = runtime.clock.now()
+            try:
+                return _attempts(fn, args, kwargs, matches, route, deadline_at, now)
+            finally:
+                if bulkhead is not None:
+                    bulkhead.release()
 
         return call
 
     return decorate
+
+
+def _attempts(
+    fn: Callable[..., R],
+    args: Any,
+    kwargs: Any,
+    matches: Callable[[Exception], bool],
+    route: Route,
+    deadline_at: float | None,
+    now: float,
+) -> R:
+    """Run `fn` until it returns or retrying stops; sync twin of `_attempts_async`."""
+    clock = runtime.clock
+    if route.budget is not None:
+        route.budget.deposit(now)
+    state: RetryState | None = None
+    last: Exception | None = None
+    while True:
+        _attempt_bound(route, deadline_at, now)
+        ticket = admit(route, None, now, last)
+        if ticket is None:
+            assert last is not None
+            raise last
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # cancellation and Ctrl-C are handled below
+            record(route, ticket, _is_failure(exc, matches))
+            state, wait = _after_failure(exc, matches, route, state, deadline_at)
+            if wait is None:
+                raise
+            last = exc
+        except BaseException:
+            release(route, ticket)
+            raise
+        else:
+            record(route, ticket, False)
+            return result
+        if wait > 0 and not runtime.skip_waits:
+            clock.sleep(wait)
+        now = clock.now()
+
+
+async def _attempts_async(
+    fn: Callable[..., Awaitable[Any]],
+    args: Any,
+    kwargs: Any,
+    matches: Callable[[Exception], bool],
+    route: Route,
+    deadline_at: float | None,
+    now: float,
+) -> Any:
+    """Await `fn` until it returns or retrying stops; each attempt under its time bound."""
+    clock = runtime.clock
+    if route.budget is not None:
+        route.budget.deposit(now)
+    state: RetryState | None = None
+    last: Exception | None = None
+    while True:
+        bound = _attempt_bound(route, deadline_at, now)
+        ticket = admit(route, None, now, last)
+        if ticket is None:
+            assert last is not None
+            raise last
+        scope: anyio.CancelScope | None = None
+        try:
+            if bound is None:
+                result = await fn(*args, **kwargs)
+            else:
+                with anyio.fail_after(bound) as scope:
+                    result = await fn(*args, **kwargs)
+        except Exception as exc:  # cancellation is handled below
+            timed_out = scope is not None and scope.cancelled_caught
+            record(route, ticket, timed_out or _is_failure(exc, matches))
+            state, wait = _after_failure(
+                exc, matches, route, state, deadline_at, timed_out=timed_out
+            )
+            if wait is None:
+                raise
+            last = exc
+        except BaseException:
+            release(route, ticket)
+            raise
+        else:
+            record(route, ticket, False)
+            return result
+        if wait > 0 and not runtime.skip_waits:
+            await clock.asleep(wait)
+        now = clock.now()
+
+
+def _is_failure(exc: Exception, matches: Callable[[Exception], bool]) -> bool:
+    # For a function, what `on` retries is what the breaker counts.
+    return not isinstance(exc, MeshError) and matches(exc)
 
 
 def _qualified_name(fn: Callable[..., object]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ._deadline import DEFAULT_HEADER, GRPC_HEADER, parse_budget_header
+from ._errors import ConfigError
 from ._policy import duration
 from ._runtime import runtime
 
@@ -15,8 +16,8 @@ class BudgetReader:
     """Turn a request's budget header into a deadline on meshlib's clock.
 
     Args:
-        headers: header names to look for, in order; the first present and
-            well-formed one wins.
+        headers: header names to look for, in order (a single name may be
+            given as a string); the first present and well-formed one wins.
         margin: seconds kept back for the answer's trip home.
     """
 
@@ -25,7 +26,13 @@ class BudgetReader:
     def __init__(
         self, headers: Sequence[str] = (DEFAULT_HEADER, GRPC_HEADER), margin: float = 0.01
     ) -> None:
-        self.headers = tuple(name.lower() for name in headers)
+        names = (headers,) if isinstance(headers, str) else tuple(headers)
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ConfigError(
+                    f"MeshMiddleware.headers: expected header names, got {headers!r}"
+                )
+        self.headers = tuple(name.lower() for name in names)
         self.margin: float = duration("MeshMiddleware", "margin", margin)  # type: ignore[assignment]
 
     def deadline_at(self, lookup: Callable[[str], str | None]) -> float | None:

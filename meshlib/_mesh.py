@@ -7,12 +7,16 @@ from collections.abc import Mapping
 
 import httpx
 
+from ._breaker import BreakerSnapshot, CircuitBreaker, TransitionHook
 from ._budget import RetryBudget
+from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
 from ._deadline import DEFAULT_HEADER
 from ._errors import ConfigError
-from ._policy import STANDARD, Budget, Policy
+from ._policy import STANDARD, Breaker, Budget, Bulkhead, Policy
 from ._propagation import inside_mesh
+from ._runtime import runtime
 from ._state import BoundedMap, Destination, SharedState
+from ._telemetry import log_breaker, logger
 
 __all__ = ["Mesh", "Route", "default_mesh"]
 
@@ -34,7 +38,16 @@ class Route:
     everything it needs with one dictionary lookup.
     """
 
-    __slots__ = ("budget", "deadline_header", "destination", "label", "policy", "requested")
+    __slots__ = (
+        "breaker",
+        "budget",
+        "bulkhead",
+        "deadline_header",
+        "destination",
+        "label",
+        "policy",
+        "requested",
+    )
 
     def __init__(
         self,
@@ -42,12 +55,16 @@ class Route:
         policy: Policy,
         destination: Destination,
         budget: RetryBudget | None,
+        breaker: CircuitBreaker | None,
+        bulkhead: ConcurrencyLimit | None,
     ) -> None:
         self.requested = requested  # the policy asked for, or None for the Mesh's own
         self.policy = policy
         self.destination = destination
         self.label = str(destination)
         self.budget = budget
+        self.breaker = breaker
+        self.bulkhead = bulkhead
         # Only destinations inside the mesh learn how long the caller will wait.
         timeout = policy.timeout
         header = DEFAULT_HEADER if timeout is None else timeout.header
@@ -107,6 +124,9 @@ class Mesh:
             max_destinations
         )
         self._budgets: SharedState[tuple[Destination, Budget], RetryBudget] = SharedState()
+        self._breakers: SharedState[tuple[Destination, Breaker], CircuitBreaker] = SharedState()
+        self._bulkheads: SharedState[tuple[Destination, Bulkhead], ConcurrencyLimit] = SharedState()
+        self._hooks: list[TransitionHook] = []
 
     def policy_for(self, host: str, port: int | None = None) -> Policy:
         """Return the policy that applies to `host` (and `port`)."""
@@ -150,19 +170,59 @@ class Mesh:
         policy = requested
         if policy is None:
             policy = self.policy_for(destination.host, destination.port)
-        budget = None
+        label = str(destination)
+        budget = breaker = bulkhead = None
         retry = policy.retry
         if retry is not None and retry.budget is not None:
-            settings = retry.budget
+            budget_settings = retry.budget
             budget = self._budgets.get_or_create(
-                (destination, settings), lambda: RetryBudget(settings)
+                (destination, budget_settings), lambda: RetryBudget(budget_settings)
             )
-        return Route(requested, policy, destination, budget)
+        if policy.breaker is not None:
+            breaker_settings = policy.breaker
+            breaker = self._breakers.get_or_create(
+                (destination, breaker_settings),
+                lambda: CircuitBreaker(breaker_settings, label, self._breaker_moved),
+            )
+        if policy.bulkhead is not None:
+            bulkhead_settings = policy.bulkhead
+            bulkhead = self._bulkheads.get_or_create(
+                (destination, bulkhead_settings),
+                lambda: ConcurrencyLimit(bulkhead_settings, label),
+            )
+        return Route(requested, policy, destination, budget, breaker, bulkhead)
+
+    def on_breaker_change(self, hook: TransitionHook) -> None:
+        """Call ``hook(destination, old_state, new_state)`` after every breaker transition.
+
+        The hook runs in the thread that caused the transition, outside the
+        breaker's lock; an exception it raises is logged and swallowed.
+        """
+        self._hooks.append(hook)
+
+    def _breaker_moved(self, destination: str, old: str, new: str) -> None:
+        log_breaker(destination, old, new)
+        for hook in self._hooks:
+            try:
+                hook(destination, old, new)
+            except Exception:
+                logger.exception("breaker hook %r failed", hook)
+
+    def breakers(self) -> list[BreakerSnapshot]:
+        """Return the state and counts of every breaker in use."""
+        now = runtime.clock.now()
+        return [breaker.snapshot(now) for breaker in self._breakers.values()]
+
+    def bulkheads(self) -> list[BulkheadSnapshot]:
+        """Return the calls in flight and waiting for every bulkhead in use."""
+        return [bulkhead.snapshot() for bulkhead in self._bulkheads.values()]
 
     def reset(self) -> None:
-        """Forget every destination's state (today: retry budgets)."""
+        """Forget every destination's state: budgets, breakers and bulkheads."""
         self._routes.clear()
         self._budgets.clear()
+        self._breakers.clear()
+        self._bulkheads.clear()
 
 
 _default = Mesh()

@@ -3,18 +3,22 @@
 The shape of a call, outer to inner (DESIGN.md):
 
 ```
-deadline   total budget for the whole call; adopts an enclosing meshlib.deadline()
- └─ retry  budget-limited; backoff never sleeps past the deadline
-     └─ per attempt: timeout = min(attempt timeout, what is left of the deadline)
-                     headers: what is left, to destinations inside the mesh
-         └─ inner transport
-     response body: read under the same deadline (_streams)
+deadline        total budget for the whole call; adopts an enclosing meshlib.deadline()
+ └─ bulkhead    per destination: a slot, else BulkheadFull (or a bounded wait)
+     └─ retry   budget-limited; backoff never sleeps past the deadline
+         └─ per attempt:
+             timeout   min(attempt timeout, what is left of the deadline)
+             headers   what is left, to destinations inside the mesh
+             breaker   CircuitOpen at once when open (never retried)
+             └─ inner transport
+         response body: read under the same deadline (_streams)
 ```
 
-Every decision lives in plain objects (`RetryState`, `RetryBudget`, the
-helpers below) shared by both drivers; `Transport.handle_request` and
-`AsyncTransport.handle_async_request` are the same loop, differing only in
-how they call, read and wait. Keep them side by side and in step.
+Every decision lives in plain objects (`RetryState`, `RetryBudget`,
+`CircuitBreaker`, `ConcurrencyLimit` and the helpers below) shared by both
+drivers; `Transport.handle_request` and `AsyncTransport.handle_async_request`
+are the same loop, differing only in how they call, read, wait and queue.
+Keep them side by side and in step.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from typing import cast
 
 import httpx
 
-from ._deadline import DEADLINE_SLACK, current_deadline
-from ._errors import ConfigError, DeadlineExceeded
+from ._bulkhead import ConcurrencyLimit
+from ._deadline import DEADLINE_SLACK, GRPC_HEADER, current_deadline
+from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._mesh import Mesh, Route, default_mesh
 from ._policy import STANDARD, Policy
 from ._retry import (
@@ -36,7 +41,7 @@ from ._retry import (
 )
 from ._runtime import runtime
 from ._streams import AsyncDeadlineStream, SyncDeadlineStream
-from ._telemetry import log_retry, log_stop
+from ._telemetry import log_rejection, log_retry, log_stop
 
 __all__ = ["AsyncTransport", "Transport"]
 
@@ -69,16 +74,88 @@ class _Pipeline:
         return self.mesh.route(self.policy, request.url)
 
 
-def _start(route: Route, now: float) -> float | None:
-    """Count the call and return its deadline: the earlier of the enclosing one and `total`."""
-    if route.budget is not None:
-        route.budget.deposit(now)
+def call_deadline(route: Route, now: float) -> float | None:
+    """Return the call's deadline: the earlier of the enclosing one and `total` from now."""
     outer = current_deadline()
     timeout = route.policy.timeout
     if timeout is None or timeout.total is None:
         return outer
     at = now + timeout.total
     return at if outer is None or at < outer else outer
+
+
+def queue_timeout(
+    bulkhead: ConcurrencyLimit,
+    route: Route,
+    request: httpx.Request | None,
+    deadline_at: float | None,
+) -> float | None:
+    """Return how long a call may queue for a slot, or raise BulkheadFull when it may not."""
+    if bulkhead.try_acquire() is False:
+        log_rejection(route.label, "bulkhead_full")
+        raise BulkheadFull(route.label, request=request)
+    return None if deadline_at is None else max(0.0, deadline_at - runtime.clock.now())
+
+
+def queued_too_long(
+    route: Route, request: httpx.Request | None, deadline_at: float | None
+) -> MeshError:
+    log_rejection(route.label, "bulkhead_full")
+    if deadline_at is not None and runtime.clock.now() >= deadline_at - DEADLINE_SLACK:
+        return DeadlineExceeded(f"deadline exceeded waiting for {route.label}", request=request)
+    return BulkheadFull(route.label, request=request)
+
+
+def admit(
+    route: Route,
+    request: httpx.Request | None,
+    now: float,
+    last: httpx.Response | Exception | None,
+) -> int | None:
+    """Ask the breaker for this attempt: a ticket, or None to hand back `last`.
+
+    Raises:
+        CircuitOpen: the breaker rejects the first attempt; nothing is sent.
+    """
+    breaker = route.breaker
+    if breaker is None:
+        return 0
+    ticket = breaker.admit(now)
+    if ticket is None:
+        log_rejection(route.label, "circuit_open")
+        if last is None:
+            raise CircuitOpen(route.label, breaker.retry_after(now), request=request)
+    return ticket
+
+
+def give_back(last: httpx.Response | Exception | None) -> httpx.Response:
+    """End a call the breaker stopped between attempts with its last outcome."""
+    if isinstance(last, Exception):
+        raise last
+    assert last is not None  # admit() raised CircuitOpen for a first attempt
+    return last
+
+
+def record(route: Route, ticket: int, failed: bool) -> None:
+    """Tell the breaker how the attempt it admitted with `ticket` ended."""
+    if route.breaker is not None:
+        route.breaker.record(ticket, failed, runtime.clock.now())
+
+
+def _error_is_failure(exc: Exception) -> bool:
+    # Connection errors, timeouts and protocol errors; never meshlib's own rejections.
+    return isinstance(exc, httpx.TransportError) and not isinstance(exc, MeshError)
+
+
+def _status_is_failure(route: Route, response: httpx.Response) -> bool:
+    breaker = route.breaker
+    return breaker is not None and response.status_code in breaker.settings.on_status
+
+
+def release(route: Route, ticket: int) -> None:
+    """Give a cancelled attempt's probe slot back: cancellation is never a failure."""
+    if route.breaker is not None:
+        route.breaker.release(ticket)
 
 
 def _prepare_attempt(
@@ -102,7 +179,11 @@ def _prepare_attempt(
                 f"deadline exceeded before sending to {route.label}", request=request
             )
         if route.deadline_header is not None:
-            request.headers[route.deadline_header] = str(int(left * 1000))
+            millis = str(int(left * 1000))
+            # gRPC's header needs its unit; every other name carries bare milliseconds.
+            request.headers[route.deadline_header] = (
+                millis + "m" if route.deadline_header == GRPC_HEADER else millis
+            )
         if bound is None or left < bound:
             bound = left
     if bound is None:
@@ -203,21 +284,49 @@ class Transport(_Pipeline, httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         route = self._route(request)
-        retry = route.policy.retry
         clock = runtime.clock
         now = clock.now()
-        deadline_at = _start(route, now)
+        deadline_at = call_deadline(route, now)
+        bulkhead = route.bulkhead
+        if bulkhead is not None and not bulkhead.try_acquire():
+            timeout = queue_timeout(bulkhead, route, request, deadline_at)
+            if not bulkhead.acquire(timeout):
+                raise queued_too_long(route, request, deadline_at)
+            now = clock.now()
+        try:
+            return self._send(request, route, deadline_at, now)
+        finally:
+            if bulkhead is not None:
+                bulkhead.release()
+
+    def _send(
+        self, request: httpx.Request, route: Route, deadline_at: float | None, now: float
+    ) -> httpx.Response:
+        if route.budget is not None:
+            route.budget.deposit(now)
+        retry = route.policy.retry
+        clock = runtime.clock
         state: RetryState | None = None
+        last: httpx.Response | Exception | None = None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
             _prepare_attempt(request, route, deadline_at, now)
+            ticket = admit(route, request, now, last)
+            if ticket is None:
+                return give_back(last)
             try:
                 response = self.inner.handle_request(request)
-            except Exception as exc:  # BaseException (cancellation, Ctrl-C) passes through
+            except Exception as exc:  # cancellation and Ctrl-C are handled below
+                record(route, ticket, _error_is_failure(exc))
                 state, wait = _after_error(exc, request, body, route, state, deadline_at)
                 if wait is None:
                     raise
+                last = exc
+            except BaseException:
+                release(route, ticket)
+                raise
             else:
+                record(route, ticket, _status_is_failure(route, response))
                 if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
                     response.stream = SyncDeadlineStream(
                         cast(httpx.SyncByteStream, response.stream),
@@ -231,13 +340,15 @@ class Transport(_Pipeline, httpx.BaseTransport):
                 state, wait = _after_response(response, request, body, route, state, deadline_at)
                 if wait is None:
                     return response
-                # Drain and close so the connection goes back to the pool.
+                # Read and close so the connection goes back to the pool; the
+                # content stays readable should this response be handed back.
                 try:
                     response.read()
                 except httpx.TransportError:
                     pass
                 finally:
                     response.close()
+                last = response
             if wait > 0 and not runtime.skip_waits:
                 clock.sleep(wait)
             now = clock.now()
@@ -265,21 +376,49 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         route = self._route(request)
-        retry = route.policy.retry
         clock = runtime.clock
         now = clock.now()
-        deadline_at = _start(route, now)
+        deadline_at = call_deadline(route, now)
+        bulkhead = route.bulkhead
+        if bulkhead is not None and not bulkhead.try_acquire():
+            timeout = queue_timeout(bulkhead, route, request, deadline_at)
+            if not await bulkhead.acquire_async(timeout):
+                raise queued_too_long(route, request, deadline_at)
+            now = clock.now()
+        try:
+            return await self._send(request, route, deadline_at, now)
+        finally:
+            if bulkhead is not None:
+                bulkhead.release()
+
+    async def _send(
+        self, request: httpx.Request, route: Route, deadline_at: float | None, now: float
+    ) -> httpx.Response:
+        if route.budget is not None:
+            route.budget.deposit(now)
+        retry = route.policy.retry
+        clock = runtime.clock
         state: RetryState | None = None
+        last: httpx.Response | Exception | None = None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
             _prepare_attempt(request, route, deadline_at, now)
+            ticket = admit(route, request, now, last)
+            if ticket is None:
+                return give_back(last)
             try:
                 response = await self.inner.handle_async_request(request)
-            except Exception as exc:  # BaseException (cancellation, Ctrl-C) passes through
+            except Exception as exc:  # cancellation and Ctrl-C are handled below
+                record(route, ticket, _error_is_failure(exc))
                 state, wait = _after_error(exc, request, body, route, state, deadline_at)
                 if wait is None:
                     raise
+                last = exc
+            except BaseException:
+                release(route, ticket)
+                raise
             else:
+                record(route, ticket, _status_is_failure(route, response))
                 if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
                     response.stream = AsyncDeadlineStream(
                         cast(httpx.AsyncByteStream, response.stream),
@@ -293,13 +432,15 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 state, wait = _after_response(response, request, body, route, state, deadline_at)
                 if wait is None:
                     return response
-                # Drain and close so the connection goes back to the pool.
+                # Read and close so the connection goes back to the pool; the
+                # content stays readable should this response be handed back.
                 try:
                     await response.aread()
                 except httpx.TransportError:
                     pass
                 finally:
                     await response.aclose()
+                last = response
             if wait > 0 and not runtime.skip_waits:
                 await clock.asleep(wait)
             now = clock.now()

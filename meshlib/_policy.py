@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from ._errors import ConfigError
 
-__all__ = ["STANDARD", "Backoff", "Budget", "Policy", "Retry", "Timeout"]
+__all__ = ["STANDARD", "Backoff", "Breaker", "Budget", "Bulkhead", "Policy", "Retry", "Timeout"]
 
 Jitter = Literal["full", "equal", "decorrelated", "none"]
 JITTERS: frozenset[str] = frozenset(get_args(Jitter))
@@ -24,7 +24,7 @@ JITTERS: frozenset[str] = frozenset(get_args(Jitter))
 #: Methods RFC 9110 calls idempotent: safe to send twice.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: Statuses that say "try again": timeout, too many requests, gateway trouble.
-RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 429, 502, 503, 504})
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -160,14 +160,31 @@ class Retry:
             raise _fail("Retry", "budget", self.budget, "a meshlib.Budget or None")
 
 
-def _statuses(value: object) -> frozenset[int]:
+class StatusCodes(frozenset[int]):
+    """A set of HTTP status codes that shows runs as ranges: ``{429, 500-599}``."""
+
+    def __repr__(self) -> str:
+        parts: list[str] = []
+        codes = sorted(self)
+        start = previous = codes[0] if codes else 0
+        for code in [*codes[1:], None]:
+            if code is not None and code == previous + 1:
+                previous = code
+                continue
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+            if code is not None:
+                start = previous = code
+        return "{" + ", ".join(parts) + "}" if codes else "{}"
+
+
+def _statuses(value: object, owner: str = "Retry") -> frozenset[int]:
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise _fail("Retry", "on_status", value, "a collection of HTTP status codes")
+        raise _fail(owner, "on_status", value, "a collection of HTTP status codes")
     codes = list(value)
     for code in codes:
         if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 599:
-            raise _fail("Retry", "on_status", code, "HTTP status codes between 100 and 599")
-    return frozenset(codes)
+            raise _fail(owner, "on_status", code, "HTTP status codes between 100 and 599")
+    return StatusCodes(codes)
 
 
 def _methods(value: object) -> frozenset[str]:
@@ -216,7 +233,95 @@ class Timeout:
             )
 
 
-_LAYERS: dict[str, type] = {"retry": Retry, "timeout": Timeout}
+#: What a breaker counts as a failed response: overload and server errors.
+BREAKER_STATUSES: frozenset[int] = frozenset({429, *range(500, 600)})
+
+
+def _count(owner: str, name: str, value: object, *, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise _fail(owner, name, value, f"an int >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """A circuit breaker per destination: stop calling a line that is down.
+
+    Closed, it counts outcomes over a sliding `window`; when at least
+    `min_calls` were seen and the share of failures reaches `failure_ratio`
+    (or `consecutive` failures arrive in a row, when set), it opens. Open, it
+    fails calls at once with `CircuitOpen` for `open_for` seconds, then lets
+    `probes` calls through (half-open): all succeeding closes it, a failure
+    opens it again. Failures are connection errors, timeouts and responses
+    with a status in `on_status`; other 4xx and cancellation never count.
+
+    Args:
+        failure_ratio: the share of failed calls that opens the breaker (0-1].
+        min_calls: calls the window must hold before the ratio is judged.
+        window: seconds of history the ratio is computed over.
+        open_for: seconds the breaker stays open after a trip.
+        probes: calls admitted while half-open; all must succeed to close.
+        consecutive: failures in a row that open the breaker whatever the
+            ratio (for low-traffic destinations); None: off.
+        max_open_for: with consecutive trips, the open period doubles each
+            time (with ±10% jitter) up to this; None keeps it at `open_for`.
+        on_status: response statuses that count as failures.
+    """
+
+    failure_ratio: float = 0.5
+    min_calls: int = 20
+    window: float = 30.0
+    open_for: float = 5.0
+    probes: int = 1
+    consecutive: int | None = None
+    max_open_for: float | None = None
+    on_status: frozenset[int] = BREAKER_STATUSES
+
+    def __post_init__(self) -> None:
+        ratio = _number("Breaker", "failure_ratio", self.failure_ratio)
+        if not 0 < ratio <= 1:
+            raise _fail("Breaker", "failure_ratio", self.failure_ratio, "a number in (0, 1]")
+        _set(self, "failure_ratio", ratio)
+        _count("Breaker", "min_calls", self.min_calls)
+        _set(self, "window", duration("Breaker", "window", self.window, positive=True))
+        _set(self, "open_for", duration("Breaker", "open_for", self.open_for, positive=True))
+        _count("Breaker", "probes", self.probes)
+        if self.consecutive is not None:
+            _count("Breaker", "consecutive", self.consecutive)
+        longest = duration("Breaker", "max_open_for", self.max_open_for, optional=True)
+        if longest is not None and longest < self.open_for:
+            raise ConfigError(
+                f"Breaker.max_open_for: expected at least open_for ({self.open_for!r}), "
+                f"got {self.max_open_for!r}"
+            )
+        _set(self, "max_open_for", longest)
+        _set(self, "on_status", _statuses(self.on_status, "Breaker"))
+
+
+@dataclass(frozen=True, slots=True)
+class Bulkhead:
+    """A limit on calls in flight per destination, so one slow upstream cannot take every worker.
+
+    Args:
+        max_concurrent: calls in flight at once.
+        max_queued: calls that may wait for a slot (each no longer than its
+            deadline); beyond that, `BulkheadFull` at once. 0: no queue.
+    """
+
+    max_concurrent: int = 1000
+    max_queued: int = 0
+
+    def __post_init__(self) -> None:
+        _count("Bulkhead", "max_concurrent", self.max_concurrent)
+        _count("Bulkhead", "max_queued", self.max_queued, minimum=0)
+
+
+_LAYERS: dict[str, type] = {
+    "retry": Retry,
+    "timeout": Timeout,
+    "breaker": Breaker,
+    "bulkhead": Bulkhead,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +334,8 @@ class Policy:
 
     retry: Retry | None = field(default_factory=Retry)
     timeout: Timeout | None = field(default_factory=lambda: Timeout(total=30.0, attempt=10.0))
+    breaker: Breaker | None = field(default_factory=Breaker)
+    bulkhead: Bulkhead | None = field(default_factory=Bulkhead)
     # Policies are dictionary keys on every request (state lookup); hashing the
     # nested values each time would cost microseconds, so the hash is kept.
     _hash: int = field(init=False, repr=False, compare=False)
@@ -238,7 +345,7 @@ class Policy:
             value = getattr(self, name)
             if value is not None and not isinstance(value, layer):
                 raise _fail("Policy", name, value, f"a meshlib.{layer.__name__} or None")
-        _set(self, "_hash", hash((self.retry, self.timeout)))
+        _set(self, "_hash", hash((self.retry, self.timeout, self.breaker, self.bulkhead)))
 
     def __hash__(self) -> int:
         return self._hash

@@ -136,3 +136,8 @@ class SharedState(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def values(self) -> list[V]:
+        """Return a snapshot of the live states."""
+        with self._lock:
+            return list(self._data.values())

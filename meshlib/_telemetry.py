@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["log_retry", "log_stop", "logger"]
+__all__ = ["log_breaker", "log_rejection", "log_retry", "log_stop", "logger"]
 
 logger = logging.getLogger("meshlib")
 
@@ -49,6 +49,37 @@ def log_stop(destination: str, attempt: int, cause: str, reason: str) -> None:
             "meshlib_destination": destination,
             "meshlib_attempt": attempt,
             "meshlib_cause": cause,
+            "meshlib_reason": reason,
+        },
+    )
+
+
+def log_breaker(destination: str, old: str, new: str) -> None:
+    """Log a breaker's transition (warning when it opens, info otherwise)."""
+    logger.log(
+        logging.WARNING if new == "open" else logging.INFO,
+        "circuit breaker for %s: %s -> %s",
+        destination,
+        old,
+        new,
+        extra={
+            "meshlib_event": "breaker",
+            "meshlib_destination": destination,
+            "meshlib_from": old,
+            "meshlib_to": new,
+        },
+    )
+
+
+def log_rejection(destination: str, reason: str) -> None:
+    """Log a call meshlib refused without sending (``circuit_open``, ``bulkhead_full``)."""
+    logger.info(
+        "rejected a call to %s: %s",
+        destination,
+        reason.replace("_", " "),
+        extra={
+            "meshlib_event": "rejected",
+            "meshlib_destination": destination,
             "meshlib_reason": reason,
         },
     )

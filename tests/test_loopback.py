@@ -95,7 +95,10 @@ def test_generator_body_gets_the_original_503_not_stream_consumed(server: FaultS
 def test_one_connection_survives_100_retried_calls_sync(server: FaultServer) -> None:
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     timeout = httpx.Timeout(2.0, pool=0.5)
-    policy = FAST.replace(retry=meshlib.Retry(backoff=meshlib.Backoff(base=0, cap=0), budget=None))
+    # Every call fails once: a breaker would rightly open; this test is about the pool.
+    policy = FAST.replace(
+        retry=meshlib.Retry(backoff=meshlib.Backoff(base=0, cap=0), budget=None), breaker=None
+    )
     with meshlib.wrap(
         httpx.Client(base_url=server.url, limits=limits, timeout=timeout), policy
     ) as c:
@@ -110,7 +113,9 @@ def test_one_connection_survives_100_retried_calls_sync(server: FaultServer) -> 
 async def test_one_connection_survives_100_retried_calls_async(server: FaultServer) -> None:
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     timeout = httpx.Timeout(2.0, pool=0.5)
-    policy = FAST.replace(retry=meshlib.Retry(backoff=meshlib.Backoff(base=0, cap=0), budget=None))
+    policy = FAST.replace(
+        retry=meshlib.Retry(backoff=meshlib.Backoff(base=0, cap=0), budget=None), breaker=None
+    )
     client = httpx.AsyncClient(base_url=server.url, limits=limits, timeout=timeout)
     async with meshlib.wrap(client, policy) as c:
         for _ in range(100):
@@ -122,7 +127,8 @@ async def test_one_connection_survives_100_retried_calls_async(server: FaultServ
 
 def _dead_upstream_requests(server: FaultServer, budget: meshlib.Budget | None) -> int:
     server.default = Respond(503)
-    policy = meshlib.Policy(retry=meshlib.Retry(attempts=3, budget=budget))
+    # The budget alone: a breaker would stop the calls first (see test_breaker_loopback).
+    policy = meshlib.Policy(retry=meshlib.Retry(attempts=3, budget=budget), breaker=None)
     with (
         meshlib.testing.set_testing(True),
         meshlib.wrap(httpx.Client(base_url=server.url), policy) as client,

@@ -34,6 +34,9 @@ class _HeaderOnly(httpx.BaseTransport):
         return self.inner.handle_request(request)
 
 
+_OFF = meshlib.Policy(retry=None, timeout=None, breaker=None, bulkhead=None)
+
+
 def _variants() -> dict[str, httpx.Client]:
     mock = httpx.MockTransport(_ok)
     return {
@@ -42,11 +45,12 @@ def _variants() -> dict[str, httpx.Client]:
         "meshlib STANDARD": meshlib.wrap(httpx.Client(transport=mock)),
         "meshlib STANDARD, external host": meshlib.wrap(httpx.Client(transport=mock)),
         "meshlib retry only (budget on)": meshlib.wrap(
-            httpx.Client(transport=mock), meshlib.Policy(timeout=None)
+            httpx.Client(transport=mock), _OFF.replace(retry=meshlib.Retry())
         ),
-        "meshlib, every layer off": meshlib.wrap(
-            httpx.Client(transport=mock), meshlib.Policy(retry=None, timeout=None)
+        "meshlib breaker only": meshlib.wrap(
+            httpx.Client(transport=mock), _OFF.replace(breaker=meshlib.Breaker())
         ),
+        "meshlib, every layer off": meshlib.wrap(httpx.Client(transport=mock), _OFF),
     }
 
 

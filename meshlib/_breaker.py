@@ -1,0 +1,226 @@
+"""The circuit breaker of one destination: a pure state machine, clock passed in.
+
+```
+closed ──(failure ratio over the window, or N failures in a row)──▶ open
+open ──(open period over, on the next call)──▶ half-open
+half-open ──(every probe succeeds)──▶ closed
+half-open ──(a probe fails)──▶ open (for longer, when max_open_for allows)
+```
+
+Calls are admitted with a ticket: 0 for an ordinary call while closed, the
+half-open episode's number for a probe. An outcome is recorded against its
+ticket, so a slow call admitted before a trip cannot close the breaker, and
+a probe that is cancelled gives its slot back (`release`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._policy import Breaker
+from ._runtime import runtime
+
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "BreakerSnapshot", "CircuitBreaker"]
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half_open"
+
+_SLOTS = 10  # the window is counted in ten buckets
+
+#: Called with (destination, old state, new state) after each transition.
+TransitionHook = Callable[[str, str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """What a breaker knows at one moment.
+
+    Attributes:
+        destination: ``scheme://host:port``, or a `resilient` function's key.
+        state: ``"closed"``, ``"open"`` or ``"half_open"``.
+        calls: calls counted in the current window (closed state).
+        failures: failures among them.
+        retry_after: seconds until an open breaker admits a probe; 0 otherwise.
+        trips: consecutive trips without closing in between.
+    """
+
+    destination: str
+    state: str
+    calls: int
+    failures: int
+    retry_after: float
+    trips: int
+
+
+class CircuitBreaker:
+    """One destination's breaker; thread-safe, never holds its lock across a call."""
+
+    __slots__ = (
+        "__weakref__",
+        "_calls",
+        "_epoch",
+        "_failures",
+        "_hook",
+        "_in_a_row",
+        "_lock",
+        "_open_until",
+        "_probe_successes",
+        "_probes_in_flight",
+        "_state",
+        "_trips",
+        "_width",
+        "episode",
+        "label",
+        "settings",
+    )
+
+    def __init__(self, settings: Breaker, label: str, hook: TransitionHook | None = None):
+        self.settings = settings
+        self.label = label
+        self._hook = hook
+        self._lock = threading.Lock()
+        self._state = CLOSED
+        self._width = settings.window / _SLOTS
+        self._calls = [0] * _SLOTS
+        self._failures = [0] * _SLOTS
+        self._epoch = -1
+        self._in_a_row = 0
+        self._trips = 0
+        self._open_until = 0.0
+        self._probes_in_flight = 0
+        self._probe_successes = 0
+        self.episode = 0  # numbers half-open episodes; probe tickets carry it
+
+    @property
+    def state(self) -> str:
+        """The current state (an open breaker whose time is up still reads open)."""
+        return self._state
+
+    def admit(self, now: float) -> int | None:
+        """Return a ticket if a call may start now, or None if the breaker rejects it."""
+        if self._state is CLOSED:  # the common case, read without the lock
+            return 0
+        transition = None
+        with self._lock:
+            if self._state is CLOSED:
+                return 0
+            if self._state is OPEN:
+                if now < self._open_until:
+                    return None
+                transition = self._move(HALF_OPEN)
+                self.episode += 1
+                self._probes_in_flight = 0
+                self._probe_successes = 0
+            if self._probes_in_flight + self._probe_successes >= self.settings.probes:
+                ticket = None
+            else:
+                self._probes_in_flight += 1
+                ticket = self.episode
+        self._announce(transition)
+        return ticket
+
+    def retry_after(self, now: float) -> float:
+        """Return the seconds until an open breaker admits a probe (0 when not open)."""
+        return max(0.0, self._open_until - now) if self._state is OPEN else 0.0
+
+    def record(self, ticket: int, failed: bool, now: float) -> None:
+        """Record the outcome of a call admitted with `ticket`."""
+        transition = None
+        with self._lock:
+            if ticket == 0:
+                if self._state is not CLOSED:
+                    return  # admitted before a trip: the breaker has moved on
+                slot = self._advance(now)
+                self._calls[slot] += 1
+                if failed:
+                    self._failures[slot] += 1
+                    self._in_a_row += 1
+                    if self._should_trip():
+                        transition = self._trip(now)
+                else:
+                    self._in_a_row = 0
+            elif ticket == self.episode and self._state is HALF_OPEN:
+                self._probes_in_flight -= 1
+                if failed:
+                    transition = self._trip(now)
+                else:
+                    self._probe_successes += 1
+                    if self._probe_successes >= self.settings.probes:
+                        transition = self._close()
+        self._announce(transition)
+
+    def release(self, ticket: int) -> None:
+        """Give back a probe's slot without an outcome (the call was cancelled)."""
+        if ticket == 0:
+            return
+        with self._lock:
+            if ticket == self.episode and self._state is HALF_OPEN:
+                self._probes_in_flight -= 1
+
+    def snapshot(self, now: float) -> BreakerSnapshot:
+        """Return the breaker's state and counts."""
+        with self._lock:
+            if self._state is CLOSED:
+                self._advance(now)
+            return BreakerSnapshot(
+                destination=self.label,
+                state=self._state,
+                calls=sum(self._calls),
+                failures=sum(self._failures),
+                retry_after=self.retry_after(now),
+                trips=self._trips,
+            )
+
+    # Everything below runs under the lock.
+
+    def _advance(self, now: float) -> int:
+        # A late, slightly older clock reading counts in the newest bucket.
+        epoch = max(int(now // self._width), self._epoch)
+        if epoch != self._epoch:
+            stale = min(epoch - self._epoch, _SLOTS) if self._epoch >= 0 else _SLOTS
+            for offset in range(stale):
+                slot = (epoch - offset) % _SLOTS
+                self._calls[slot] = 0
+                self._failures[slot] = 0
+            self._epoch = epoch
+        return epoch % _SLOTS
+
+    def _should_trip(self) -> bool:
+        settings = self.settings
+        if settings.consecutive is not None and self._in_a_row >= settings.consecutive:
+            return True
+        calls = sum(self._calls)
+        return calls >= settings.min_calls and sum(self._failures) >= settings.failure_ratio * calls
+
+    def _trip(self, now: float) -> tuple[str, str]:
+        settings = self.settings
+        self._trips += 1
+        period = settings.open_for
+        if settings.max_open_for is not None:
+            # Each trip in a row doubles the wait, capped; ±10% jitter keeps a
+            # fleet of clients from probing the recovering upstream in step.
+            doublings = min(self._trips - 1, 32)
+            grown = settings.open_for * 2.0**doublings * runtime.rng.uniform(0.9, 1.1)
+            period = min(settings.max_open_for, grown)
+        self._open_until = now + period
+        return self._move(OPEN)
+
+    def _close(self) -> tuple[str, str]:
+        self._trips = 0
+        self._in_a_row = 0
+        self._calls = [0] * _SLOTS
+        self._failures = [0] * _SLOTS
+        self._epoch = -1
+        return self._move(CLOSED)
+
+    def _move(self, state: str) -> tuple[str, str]:
+        old, self._state = self._state, state
+        return old, state
+
+    def _announce(self, transition: tuple[str, str] | None) -> None:
+        # Outside the lock: a hook may log, export metrics or read the breaker.
+        if transition is not None and self._hook is not None:
+            self._hook(self.label, *transition)
