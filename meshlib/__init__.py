@@ -9,12 +9,12 @@ retry budget, and deadlines that travel between services
 
 from . import asgi as asgi
 from . import wsgi as wsgi
+from ._breaker import BreakerSnapshot
+from ._bulkhead import BulkheadSnapshot
 from ._client import AsyncClient, Client, wrap
 from ._deadline import deadline, remaining
 from ._decorator import resilient
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
-from ._breaker import BreakerSnapshot
-from ._bulkhead import BulkheadSnapshot
 from ._mesh import Mesh, default_mesh
 from ._pipeline import AsyncTransport, Transport
 from ._policy import STANDARD, Backoff, Breaker, Budget, Bulkhead, Policy, Retry, Timeout

@@ -29,9 +29,7 @@ class BudgetReader:
         names = (headers,) if isinstance(headers, str) else tuple(headers)
         for name in names:
             if not isinstance(name, str) or not name:
-                raise ConfigError(
-                    f"MeshMiddleware.headers: expected header names, got {headers!r}"
-                )
+                raise ConfigError(f"MeshMiddleware.headers: expected header names, got {headers!r}")
         self.headers = tuple(name.lower() for name in names)
         self.margin: float = duration("MeshMiddleware", "margin", margin)  # type: ignore[assignment]
 
