@@ -69,12 +69,13 @@ class CircuitBreaker:
         "_open_until",
         "_probe_successes",
         "_probes_in_flight",
-        "_state",
         "_trips",
         "_width",
         "episode",
         "label",
+        "on_status",
         "settings",
+        "state",
     )
 
     def __init__(self, settings: Breaker, label: str, hook: TransitionHook | None = None):
@@ -82,7 +83,8 @@ class CircuitBreaker:
         self.label = label
         self._hook = hook
         self._lock = threading.Lock()
-        self._state = CLOSED
+        self.state = CLOSED  # read without the lock on the success path; written under it
+        self.on_status = settings.on_status
         self._width = settings.window / _SLOTS
         self._calls = [0] * _SLOTS
         self._failures = [0] * _SLOTS
@@ -94,20 +96,15 @@ class CircuitBreaker:
         self._probe_successes = 0
         self.episode = 0  # numbers half-open episodes; probe tickets carry it
 
-    @property
-    def state(self) -> str:
-        """The current state (an open breaker whose time is up still reads open)."""
-        return self._state
-
     def admit(self, now: float) -> int | None:
         """Return a ticket if a call may start now, or None if the breaker rejects it."""
-        if self._state is CLOSED:  # the common case, read without the lock
+        if self.state is CLOSED:  # the common case, read without the lock
             return 0
         transition = None
         with self._lock:
-            if self._state is CLOSED:
+            if self.state is CLOSED:
                 return 0
-            if self._state is OPEN:
+            if self.state is OPEN:
                 if now < self._open_until:
                     return None
                 transition = self._move(HALF_OPEN)
@@ -124,14 +121,22 @@ class CircuitBreaker:
 
     def retry_after(self, now: float) -> float:
         """Return the seconds until an open breaker admits a probe (0 when not open)."""
-        return max(0.0, self._open_until - now) if self._state is OPEN else 0.0
+        return max(0.0, self._open_until - now) if self.state is OPEN else 0.0
 
     def record(self, ticket: int, failed: bool, now: float) -> None:
-        """Record the outcome of a call admitted with `ticket`."""
+        """Record the outcome of a call admitted with `ticket` (`now`: when it started or ended)."""
+        if ticket == 0 and not failed:  # the common case: a success while closed
+            epoch = int(now // self._width)
+            with self._lock:
+                if self.state is CLOSED:
+                    slot = epoch % _SLOTS if epoch == self._epoch else self._advance(now)
+                    self._calls[slot] += 1
+                    self._in_a_row = 0
+            return
         transition = None
         with self._lock:
             if ticket == 0:
-                if self._state is not CLOSED:
+                if self.state is not CLOSED:
                     return  # admitted before a trip: the breaker has moved on
                 slot = self._advance(now)
                 self._calls[slot] += 1
@@ -142,7 +147,7 @@ class CircuitBreaker:
                         transition = self._trip(now)
                 else:
                     self._in_a_row = 0
-            elif ticket == self.episode and self._state is HALF_OPEN:
+            elif ticket == self.episode and self.state is HALF_OPEN:
                 self._probes_in_flight -= 1
                 if failed:
                     transition = self._trip(now)
@@ -157,17 +162,17 @@ class CircuitBreaker:
         if ticket == 0:
             return
         with self._lock:
-            if ticket == self.episode and self._state is HALF_OPEN:
+            if ticket == self.episode and self.state is HALF_OPEN:
                 self._probes_in_flight -= 1
 
     def snapshot(self, now: float) -> BreakerSnapshot:
         """Return the breaker's state and counts."""
         with self._lock:
-            if self._state is CLOSED:
+            if self.state is CLOSED:
                 self._advance(now)
             return BreakerSnapshot(
                 destination=self.label,
-                state=self._state,
+                state=self.state,
                 calls=sum(self._calls),
                 failures=sum(self._failures),
                 retry_after=self.retry_after(now),
@@ -193,7 +198,8 @@ class CircuitBreaker:
         if settings.consecutive is not None and self._in_a_row >= settings.consecutive:
             return True
         calls = sum(self._calls)
-        return calls >= settings.min_calls and sum(self._failures) >= settings.failure_ratio * calls
+        # Divide rather than multiply: 14/25 equals the literal 0.56, 0.56*25 exceeds 14.
+        return calls >= settings.min_calls and sum(self._failures) / calls >= settings.failure_ratio
 
     def _trip(self, now: float) -> tuple[str, str]:
         settings = self.settings
@@ -217,7 +223,7 @@ class CircuitBreaker:
         return self._move(CLOSED)
 
     def _move(self, state: str) -> tuple[str, str]:
-        old, self._state = self._state, state
+        old, self.state = self.state, state
         return old, state
 
     def _announce(self, transition: tuple[str, str] | None) -> None:

@@ -53,33 +53,37 @@ class _Waiter:
 class ConcurrencyLimit:
     """One destination's slots; thread-safe, never holds its lock across a call."""
 
-    __slots__ = ("__weakref__", "_lock", "_waiters", "in_flight", "label", "settings")
+    __slots__ = ("__weakref__", "_limit", "_lock", "_waiters", "in_flight", "label", "settings")
 
     def __init__(self, settings: Bulkhead, label: str) -> None:
         self.settings = settings
         self.label = label
         self.in_flight = 0
+        self._limit = settings.max_concurrent
         self._waiters: deque[_Waiter] = deque()
         self._lock = threading.Lock()
 
     def try_acquire(self) -> bool | None:
         """Take a slot if one is free: True. None: the caller may queue. False: full."""
         with self._lock:
-            if self.in_flight < self.settings.max_concurrent and not self._waiters:
+            if self.in_flight < self._limit and not self._waiters:
                 self.in_flight += 1
                 return True
             return None if len(self._waiters) < self.settings.max_queued else False
 
-    def acquire(self, timeout: float | None) -> bool:
-        """Wait up to `timeout` seconds (None: no limit) for a slot; True if taken."""
+    def acquire(self, within: float | None) -> bool:
+        """Wait up to `within` seconds (None: no limit) for a slot; True if taken.
+
+        False when the slot did not come in time or the queue is already full.
+        """
         waiter = self._enqueue(threading.Event())
-        if waiter is None:
-            return True
+        if isinstance(waiter, bool):
+            return waiter
         event = waiter.event
         assert isinstance(event, threading.Event)
         waited = False
         try:
-            event.wait(timeout)
+            event.wait(within)
             waited = True
         finally:
             taken = self._leave(waiter)
@@ -90,8 +94,8 @@ class ConcurrencyLimit:
     async def acquire_async(self, within: float | None) -> bool:
         """Wait up to `within` seconds for a slot without blocking the event loop."""
         waiter = self._enqueue(anyio.Event(), anyio.lowlevel.current_token())
-        if waiter is None:
-            return True
+        if isinstance(waiter, bool):
+            return waiter
         event = waiter.event
         assert isinstance(event, anyio.Event)
         waited = False
@@ -128,11 +132,14 @@ class ConcurrencyLimit:
 
     def _enqueue(
         self, event: threading.Event | anyio.Event, token: object = None
-    ) -> _Waiter | None:
+    ) -> _Waiter | bool:
+        """Take a free slot (True), refuse when the queue is full (False), or queue a waiter."""
         with self._lock:
-            if self.in_flight < self.settings.max_concurrent and not self._waiters:
+            if self.in_flight < self._limit and not self._waiters:
                 self.in_flight += 1
-                return None
+                return True
+            if len(self._waiters) >= self.settings.max_queued:
+                return False
             waiter = _Waiter(event, token)
             self._waiters.append(waiter)
             return waiter

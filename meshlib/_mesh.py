@@ -44,9 +44,11 @@ class Route:
         "bulkhead",
         "deadline_header",
         "destination",
+        "generation",
         "label",
         "policy",
         "requested",
+        "url_key",
     )
 
     def __init__(
@@ -65,6 +67,8 @@ class Route:
         self.budget = budget
         self.breaker = breaker
         self.bulkhead = bulkhead
+        self.generation = 0  # the Mesh's generation it was made in; set by the Mesh
+        self.url_key: tuple[str, str, int | None] | None = None  # (scheme, host, port) as parsed
         # Only destinations inside the mesh learn how long the caller will wait.
         timeout = policy.timeout
         header = DEFAULT_HEADER if timeout is None else timeout.header
@@ -127,6 +131,8 @@ class Mesh:
         self._breakers: SharedState[tuple[Destination, Breaker], CircuitBreaker] = SharedState()
         self._bulkheads: SharedState[tuple[Destination, Bulkhead], ConcurrencyLimit] = SharedState()
         self._hooks: list[TransitionHook] = []
+        # Bumped whenever cached routes stop being valid (reset, and later reload).
+        self.generation = 0
 
     def policy_for(self, host: str, port: int | None = None) -> Policy:
         """Return the policy that applies to `host` (and `port`)."""
@@ -154,7 +160,9 @@ class Mesh:
         found = self._routes.get(key)
         if found is not None and found.requested is policy:
             return found
-        return self._routes.replace(key, self._new_route(policy, url))
+        route = self._new_route(policy, url)
+        route.url_key = (ref.scheme, ref.host, ref.port)
+        return self._routes.replace(key, route)
 
     def function_route(self, policy: Policy | None, key: str) -> Route:
         """Return the route for a `resilient` function named `key`."""
@@ -190,7 +198,9 @@ class Mesh:
                 (destination, bulkhead_settings),
                 lambda: ConcurrencyLimit(bulkhead_settings, label),
             )
-        return Route(requested, policy, destination, budget, breaker, bulkhead)
+        route = Route(requested, policy, destination, budget, breaker, bulkhead)
+        route.generation = self.generation
+        return route
 
     def on_breaker_change(self, hook: TransitionHook) -> None:
         """Call ``hook(destination, old_state, new_state)`` after every breaker transition.
@@ -219,6 +229,7 @@ class Mesh:
 
     def reset(self) -> None:
         """Forget every destination's state: budgets, breakers and bulkheads."""
+        self.generation += 1  # routes cached by transports are stale from now on
         self._routes.clear()
         self._budgets.clear()
         self._breakers.clear()

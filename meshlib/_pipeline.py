@@ -27,6 +27,7 @@ from typing import cast
 
 import httpx
 
+from ._breaker import CLOSED
 from ._bulkhead import ConcurrencyLimit
 from ._deadline import DEADLINE_SLACK, GRPC_HEADER, current_deadline
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
@@ -62,16 +63,29 @@ class _Pipeline:
 
     def __init__(self, policy_or_mesh: Policy | Mesh = STANDARD) -> None:
         self.mesh, self.policy = _resolve(policy_or_mesh)
+        self._last: Route | None = None
 
     def _route(self, request: httpx.Request) -> Route:
-        override = request.extensions.get(POLICY_EXTENSION)
-        if override is not None:
-            if not isinstance(override, Policy):
-                raise ConfigError(
-                    f"extensions[{POLICY_EXTENSION!r}]: expected a meshlib.Policy, got {override!r}"
-                )
-            return self.mesh.route(override, request.url)
-        return self.mesh.route(self.policy, request.url)
+        policy = request.extensions.get(POLICY_EXTENSION)
+        if policy is None:
+            policy = self.policy
+        elif not isinstance(policy, Policy):
+            raise ConfigError(
+                f"extensions[{POLICY_EXTENSION!r}]: expected a meshlib.Policy, got {policy!r}"
+            )
+        # Most clients talk to one destination: remember the last route and skip
+        # the Mesh's lookup while it still matches (httpx's parsed URL fields).
+        ref = request.url._uri_reference
+        last = self._last
+        if (
+            last is not None
+            and last.requested is policy
+            and last.url_key == (ref.scheme, ref.host, ref.port)
+            and last.generation == self.mesh.generation
+        ):
+            return last
+        route = self._last = self.mesh.route(policy, request.url)
+        return route
 
 
 def call_deadline(route: Route, now: float) -> float | None:
@@ -147,15 +161,32 @@ def _error_is_failure(exc: Exception) -> bool:
     return isinstance(exc, httpx.TransportError) and not isinstance(exc, MeshError)
 
 
-def _status_is_failure(route: Route, response: httpx.Response) -> bool:
-    breaker = route.breaker
-    return breaker is not None and response.status_code in breaker.settings.on_status
-
-
 def release(route: Route, ticket: int) -> None:
     """Give a cancelled attempt's probe slot back: cancellation is never a failure."""
     if route.breaker is not None:
         route.breaker.release(ticket)
+
+
+def _set_header(headers: httpx.Headers, name: str, value: str) -> None:
+    """Set a header whose lowercase name and value are ASCII, replacing any copy.
+
+    ``Headers.__setitem__`` re-encodes and rescans on every call; on the
+    success path the same result is had by editing httpx's item list, whose
+    entries are (raw name, lowercase name, value) bytes (httpx < 0.29).
+    """
+    items = getattr(headers, "_list", None)
+    if not isinstance(items, list):  # pragma: no cover - a future httpx: the public way
+        headers[name] = value
+        return
+    key = name.encode("ascii")
+    entry = (key, key, value.encode("ascii"))
+    for index, item in enumerate(items):
+        if item[1] == key:
+            items[index] = entry
+            # Drop later duplicates, as __setitem__ does.
+            items[index + 1 :] = [later for later in items[index + 1 :] if later[1] != key]
+            return
+    items.append(entry)
 
 
 def _prepare_attempt(
@@ -181,8 +212,10 @@ def _prepare_attempt(
         if route.deadline_header is not None:
             millis = str(int(left * 1000))
             # gRPC's header needs its unit; every other name carries bare milliseconds.
-            request.headers[route.deadline_header] = (
-                millis + "m" if route.deadline_header == GRPC_HEADER else millis
+            _set_header(
+                request.headers,
+                route.deadline_header,
+                millis + "m" if route.deadline_header == GRPC_HEADER else millis,
             )
         if bound is None or left < bound:
             bound = left
@@ -305,28 +338,35 @@ class Transport(_Pipeline, httpx.BaseTransport):
         if route.budget is not None:
             route.budget.deposit(now)
         retry = route.policy.retry
+        breaker = route.breaker
         clock = runtime.clock
         state: RetryState | None = None
         last: httpx.Response | Exception | None = None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
             _prepare_attempt(request, route, deadline_at, now)
-            ticket = admit(route, request, now, last)
-            if ticket is None:
-                return give_back(last)
+            ticket = 0  # closed, the common case: decided without the breaker's lock
+            if breaker is not None and breaker.state is not CLOSED:
+                admitted = admit(route, request, now, last)
+                if admitted is None:
+                    return give_back(last)
+                ticket = admitted
             try:
                 response = self.inner.handle_request(request)
             except Exception as exc:  # cancellation and Ctrl-C are handled below
-                record(route, ticket, _error_is_failure(exc))
+                if breaker is not None:
+                    breaker.record(ticket, _error_is_failure(exc), clock.now())
                 state, wait = _after_error(exc, request, body, route, state, deadline_at)
                 if wait is None:
                     raise
                 last = exc
             except BaseException:
-                release(route, ticket)
+                if breaker is not None:
+                    breaker.release(ticket)
                 raise
             else:
-                record(route, ticket, _status_is_failure(route, response))
+                if breaker is not None:
+                    breaker.record(ticket, response.status_code in breaker.on_status, now)
                 if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
                     response.stream = SyncDeadlineStream(
                         cast(httpx.SyncByteStream, response.stream),
@@ -397,28 +437,35 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         if route.budget is not None:
             route.budget.deposit(now)
         retry = route.policy.retry
+        breaker = route.breaker
         clock = runtime.clock
         state: RetryState | None = None
         last: httpx.Response | Exception | None = None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
             _prepare_attempt(request, route, deadline_at, now)
-            ticket = admit(route, request, now, last)
-            if ticket is None:
-                return give_back(last)
+            ticket = 0  # closed, the common case: decided without the breaker's lock
+            if breaker is not None and breaker.state is not CLOSED:
+                admitted = admit(route, request, now, last)
+                if admitted is None:
+                    return give_back(last)
+                ticket = admitted
             try:
                 response = await self.inner.handle_async_request(request)
             except Exception as exc:  # cancellation and Ctrl-C are handled below
-                record(route, ticket, _error_is_failure(exc))
+                if breaker is not None:
+                    breaker.record(ticket, _error_is_failure(exc), clock.now())
                 state, wait = _after_error(exc, request, body, route, state, deadline_at)
                 if wait is None:
                     raise
                 last = exc
             except BaseException:
-                release(route, ticket)
+                if breaker is not None:
+                    breaker.release(ticket)
                 raise
             else:
-                record(route, ticket, _status_is_failure(route, response))
+                if breaker is not None:
+                    breaker.record(ticket, response.status_code in breaker.on_status, now)
                 if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
                     response.stream = AsyncDeadlineStream(
                         cast(httpx.AsyncByteStream, response.stream),
