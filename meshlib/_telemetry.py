@@ -11,6 +11,9 @@ import logging
 __all__ = ["log_breaker", "log_rejection", "log_retry", "log_stop", "logger"]
 
 logger = logging.getLogger("meshlib")
+# A library leaves output to the application: without this, Python's last-resort
+# handler would print meshlib's warnings to stderr when logging is not configured.
+logger.addHandler(logging.NullHandler())
 
 
 def log_retry(destination: str, attempt: int, attempts: int, cause: str, wait: float) -> None:
