@@ -17,10 +17,22 @@ from ._decorator import resilient
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._mesh import Mesh, default_mesh
 from ._pipeline import AsyncTransport, Transport
-from ._policy import STANDARD, Backoff, Breaker, Budget, Bulkhead, Policy, Retry, Timeout
+from ._policy import (
+    STANDARD,
+    Backoff,
+    Breaker,
+    Budget,
+    Bulkhead,
+    Policy,
+    Retry,
+    Timeout,
+    Tracing,
+)
+from ._tls import TLS
 
 __all__ = [
     "STANDARD",
+    "TLS",
     "AsyncClient",
     "AsyncTransport",
     "Backoff",
@@ -39,6 +51,7 @@ __all__ = [
     "Policy",
     "Retry",
     "Timeout",
+    "Tracing",
     "Transport",
     "deadline",
     "default_mesh",

@@ -10,6 +10,7 @@ from ._errors import ConfigError
 from ._mesh import Mesh
 from ._pipeline import AsyncTransport, Transport, _resolve
 from ._policy import STANDARD, Policy
+from ._tls import TLS
 
 __all__ = ["AsyncClient", "Client", "wrap"]
 
@@ -61,21 +62,55 @@ def wrap(client: C, policy_or_mesh: Policy | Mesh = STANDARD) -> C:
     return client
 
 
-def Client(policy: Policy | Mesh = STANDARD, **kwargs: Any) -> httpx.Client:
+def _with_tls(owner: str, tls: TLS | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Return httpx's keyword arguments with `tls`'s context as ``verify``."""
+    if tls is None:
+        return kwargs
+    if not isinstance(tls, TLS):
+        raise ConfigError(f"{owner}.tls: expected a meshlib.TLS or None, got {type(tls).__name__}")
+    for name in ("verify", "cert"):
+        if name in kwargs:
+            raise ConfigError(
+                f"{owner}.tls: expected either tls= or {name}=, got both (tls carries "
+                "the client certificate and the CAs to trust)"
+            )
+    if "transport" in kwargs:
+        # httpx ignores verify= when given a transport: tls= would silently not apply.
+        raise ConfigError(
+            f"{owner}.tls: expected either tls= or transport=, got both (build the "
+            "transport with verify=tls.ssl_context() instead)"
+        )
+    return {**kwargs, "verify": tls.ssl_context()}
+
+
+def Client(
+    policy: Policy | Mesh = STANDARD, *, tls: TLS | None = None, **kwargs: Any
+) -> httpx.Client:
     """Build an ``httpx.Client`` whose transports run `policy`'s layers.
 
     Args:
         policy: a `Policy` or a `Mesh`.
+        tls: a `TLS` whose client certificate and trust the client uses (its
+            ``ssl_context()`` becomes httpx's ``verify``).
         **kwargs: passed to ``httpx.Client`` unchanged (base_url, limits, http2, ...).
+
+    Raises:
+        ConfigError: `tls` is given with ``verify=``, ``cert=`` or ``transport=``.
     """
-    return wrap(httpx.Client(**kwargs), policy)
+    return wrap(httpx.Client(**_with_tls("Client", tls, kwargs)), policy)
 
 
-def AsyncClient(policy: Policy | Mesh = STANDARD, **kwargs: Any) -> httpx.AsyncClient:
+def AsyncClient(
+    policy: Policy | Mesh = STANDARD, *, tls: TLS | None = None, **kwargs: Any
+) -> httpx.AsyncClient:
     """Build an ``httpx.AsyncClient`` whose transports run `policy`'s layers.
 
     Args:
         policy: a `Policy` or a `Mesh`.
+        tls: a `TLS`, as for `Client`.
         **kwargs: passed to ``httpx.AsyncClient`` unchanged.
+
+    Raises:
+        ConfigError: `tls` is given with ``verify=``, ``cert=`` or ``transport=``.
     """
-    return wrap(httpx.AsyncClient(**kwargs), policy)
+    return wrap(httpx.AsyncClient(**_with_tls("AsyncClient", tls, kwargs)), policy)

@@ -10,21 +10,23 @@ from typing import Any, ParamSpec, TypeVar, cast
 import anyio
 
 from ._deadline import DEADLINE_SLACK
-from ._errors import ConfigError, DeadlineExceeded, MeshError
+from ._errors import ConfigError, MeshError
 from ._mesh import Mesh, Route
 from ._pipeline import (
     _resolve,
     admit,
     call_deadline,
+    deadline_exceeded,
     queue_timeout,
     queued_too_long,
     record,
     release,
+    report_decision,
 )
 from ._policy import STANDARD, Policy
 from ._retry import RetryState
 from ._runtime import runtime
-from ._telemetry import log_retry, log_stop
+from ._telemetry import function_span
 
 __all__ = ["resilient"]
 
@@ -107,9 +109,15 @@ def resilient(
                         raise queued_too_long(route, None, deadline_at)
                     now = runtime.clock.now()
                 try:
-                    return await _attempts_async(
-                        async_fn, args, kwargs, matches, route, deadline_at, now
-                    )
+                    span = function_span(route.telemetry, name)
+                    if span is None:
+                        return await _attempts_async(
+                            async_fn, args, kwargs, matches, route, deadline_at, now
+                        )
+                    with span:
+                        return await _attempts_async(
+                            async_fn, args, kwargs, matches, route, deadline_at, now
+                        )
                 finally:
                     if bulkhead is not None:
                         bulkhead.release()
@@ -128,7 +136,11 @@ def resilient(
                     raise queued_too_long(route, None, deadline_at)
                 now = runtime.clock.now()
             try:
-                return _attempts(fn, args, kwargs, matches, route, deadline_at, now)
+                span = function_span(route.telemetry, name)
+                if span is None:
+                    return _attempts(fn, args, kwargs, matches, route, deadline_at, now)
+                with span:
+                    return _attempts(fn, args, kwargs, matches, route, deadline_at, now)
             finally:
                 if bulkhead is not None:
                     bulkhead.release()
@@ -244,7 +256,7 @@ def _attempt_bound(route: Route, deadline_at: float | None, now: float) -> float
     if deadline_at is not None:
         left = deadline_at - now
         if left <= 0:
-            raise DeadlineExceeded(f"deadline exceeded before calling {route.label}")
+            raise deadline_exceeded(route, None, "before calling")
         if bound is None or left < bound:
             bound = left
     return bound
@@ -263,16 +275,12 @@ def _after_failure(
     now = runtime.clock.now()
     if timed_out and deadline_at is not None and now >= deadline_at - DEADLINE_SLACK:
         # The bound that fired was what was left of the deadline: the call's time is up.
-        raise DeadlineExceeded(f"deadline exceeded calling {route.label}") from exc
+        raise deadline_exceeded(route, None, "waiting for the answer") from exc
     retry = route.policy.retry
     if retry is None or isinstance(exc, MeshError) or not matches(exc):
         return state, None
     if state is None:
         state = RetryState(retry, route.budget, deadline_at)
     wait = state.next_wait(now)
-    cause = type(exc).__name__
-    if wait is None:
-        log_stop(route.label, state.attempt_number, cause, state.stop_reason or "")
-    else:
-        log_retry(route.label, state.attempt_number - 1, retry.attempts, cause, wait)
+    report_decision(route, state, type(exc).__name__, wait)
     return state, wait

@@ -13,10 +13,10 @@ from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
 from ._deadline import DEFAULT_HEADER
 from ._errors import ConfigError
 from ._policy import STANDARD, Breaker, Budget, Bulkhead, Policy
-from ._propagation import inside_mesh
+from ._propagation import inside_mesh, propagates
 from ._runtime import runtime
 from ._state import BoundedMap, Destination, SharedState
-from ._telemetry import log_breaker, logger
+from ._telemetry import log_breaker, logger, telemetry_for, watch_breakers
 
 __all__ = ["Mesh", "Route", "default_mesh"]
 
@@ -47,7 +47,9 @@ class Route:
         "generation",
         "label",
         "policy",
+        "propagate",
         "requested",
+        "telemetry",
         "url_key",
     )
 
@@ -69,10 +71,18 @@ class Route:
         self.bulkhead = bulkhead
         self.generation = 0  # the Mesh's generation it was made in; set by the Mesh
         self.url_key: tuple[str, str, int | None] | None = None  # (scheme, host, port) as parsed
-        # Only destinations inside the mesh learn how long the caller will wait.
+        tracing = policy.tracing
+        # Only the destinations Tracing.propagate_to names (by default, those inside
+        # the mesh) learn the caller's trace context and how long it will wait.
+        self.propagate = (
+            inside_mesh(destination.host)
+            if tracing is None
+            else propagates(destination.host, tracing.propagate_to)
+        )
+        self.telemetry = telemetry_for(tracing)
         timeout = policy.timeout
         header = DEFAULT_HEADER if timeout is None else timeout.header
-        self.deadline_header = header if inside_mesh(destination.host) else None
+        self.deadline_header = header if self.propagate else None
 
 
 class Mesh:
@@ -133,6 +143,7 @@ class Mesh:
         self._hooks: list[TransitionHook] = []
         # Bumped whenever cached routes stop being valid (reset, and later reload).
         self.generation = 0
+        watch_breakers(self)
 
     def policy_for(self, host: str, port: int | None = None) -> Policy:
         """Return the policy that applies to `host` (and `port`)."""

@@ -23,7 +23,7 @@ Keep them side by side and in step.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import httpx
 
@@ -42,7 +42,12 @@ from ._retry import (
 )
 from ._runtime import runtime
 from ._streams import AsyncDeadlineStream, SyncDeadlineStream
-from ._telemetry import log_rejection, log_retry, log_stop
+from ._telemetry import end_attempt, log_retry, log_stop, note_rejection, start_attempt
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from ._telemetry import Telemetry
 
 __all__ = ["AsyncTransport", "Transport"]
 
@@ -106,7 +111,7 @@ def queue_timeout(
 ) -> float | None:
     """Return how long a call may queue for a slot, or raise BulkheadFull when it may not."""
     if bulkhead.try_acquire() is False:
-        log_rejection(route.label, "bulkhead_full")
+        note_rejection(route.telemetry, route.label, "bulkhead_full")
         raise BulkheadFull(route.label, request=request)
     return None if deadline_at is None else max(0.0, deadline_at - runtime.clock.now())
 
@@ -114,10 +119,19 @@ def queue_timeout(
 def queued_too_long(
     route: Route, request: httpx.Request | None, deadline_at: float | None
 ) -> MeshError:
-    log_rejection(route.label, "bulkhead_full")
     if deadline_at is not None and runtime.clock.now() >= deadline_at - DEADLINE_SLACK:
-        return DeadlineExceeded(f"deadline exceeded waiting for {route.label}", request=request)
+        return deadline_exceeded(route, request, "waiting for a slot")
+    note_rejection(route.telemetry, route.label, "bulkhead_full")
     return BulkheadFull(route.label, request=request)
+
+
+def deadline_exceeded(route: Route, request: httpx.Request | None, doing: str) -> DeadlineExceeded:
+    """Report a call cut off by its deadline and return the error to raise."""
+    note_rejection(route.telemetry, route.label, "deadline")
+    return DeadlineExceeded(
+        f"deadline exceeded {doing} ({route.label})",
+        request=request,
+    )
 
 
 def admit(
@@ -136,7 +150,7 @@ def admit(
         return 0
     ticket = breaker.admit(now)
     if ticket is None:
-        log_rejection(route.label, "circuit_open")
+        note_rejection(route.telemetry, route.label, "circuit_open")
         if last is None:
             raise CircuitOpen(route.label, breaker.retry_after(now), request=request)
     return ticket
@@ -206,9 +220,7 @@ def _prepare_attempt(
     if deadline_at is not None:
         left = deadline_at - now
         if left <= 0:
-            raise DeadlineExceeded(
-                f"deadline exceeded before sending to {route.label}", request=request
-            )
+            raise deadline_exceeded(route, request, "before sending")
         if route.deadline_header is not None:
             millis = str(int(left * 1000))
             # gRPC's header needs its unit; every other name carries bare milliseconds.
@@ -260,14 +272,14 @@ def _after_error(
         and deadline_at is not None
         and now >= deadline_at - DEADLINE_SLACK
     ):
-        raise DeadlineExceeded(f"deadline exceeded calling {route.label}", request=request) from exc
+        raise deadline_exceeded(route, request, "waiting for the answer") from exc
     retry = route.policy.retry
     if retry is None or not exception_is_retryable(exc, request, body, retry):
         return state, None
     if state is None:
         state = RetryState(retry, route.budget, deadline_at)
     wait = state.next_wait(now)
-    _log(route, state, type(exc).__name__, wait)
+    report_decision(route, state, type(exc).__name__, wait)
     return state, wait
 
 
@@ -289,15 +301,34 @@ def _after_response(
     header = response.headers.get("retry-after")
     retry_after = parse_retry_after(header) if header is not None else None
     wait = state.next_wait(runtime.clock.now(), retry_after)
-    _log(route, state, str(response.status_code), wait)
+    report_decision(route, state, str(response.status_code), wait)
     return state, wait
 
 
-def _log(route: Route, state: RetryState, cause: str, wait: float | None) -> None:
+def observe(route: Route) -> tuple[Telemetry | None, Tracer | None]:
+    """Return (telemetry, tracer) for a call, telemetry None when nothing would record."""
+    telemetry = route.telemetry
+    if telemetry is None or not telemetry.active():
+        return None, None
+    tracer = telemetry.tracer()
+    if tracer is None and telemetry.instruments() is None:
+        return None, None
+    return telemetry, tracer
+
+
+def report_decision(route: Route, state: RetryState, cause: str, wait: float | None) -> None:
+    """Log (and count) a retry, or why retrying stopped."""
     if wait is None:
-        log_stop(route.label, state.attempt_number, cause, state.stop_reason or "")
+        log_stop(route.telemetry, route.label, state.attempt_number, cause, state.stop_reason or "")
     else:
-        log_retry(route.label, state.attempt_number - 1, state.retry.attempts, cause, wait)
+        log_retry(
+            route.telemetry,
+            route.label,
+            state.attempt_number - 1,
+            state.retry.attempts,
+            cause,
+            wait,
+        )
 
 
 class Transport(_Pipeline, httpx.BaseTransport):
@@ -341,6 +372,9 @@ class Transport(_Pipeline, httpx.BaseTransport):
         breaker = route.breaker
         clock = runtime.clock
         state: RetryState | None = None
+        # Telemetry decided once per call: with no SDK, no span work at all.
+        observed, tracer = observe(route)
+        host, port, propagate = route.destination.host, route.destination.port, route.propagate
         last: httpx.Response | Exception | None = None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
@@ -351,20 +385,30 @@ class Transport(_Pipeline, httpx.BaseTransport):
                 if admitted is None:
                     return give_back(last)
                 ticket = admitted
+            span = None
+            if observed is not None:
+                resend = 0 if state is None else state.attempt_number - 1
+                span = start_attempt(observed, tracer, request, host, port, resend, propagate)
             try:
                 response = self.inner.handle_request(request)
             except Exception as exc:  # cancellation and Ctrl-C are handled below
+                if span is not None:
+                    end_attempt(span, exc)
                 if breaker is not None:
                     breaker.record(ticket, _error_is_failure(exc), clock.now())
                 state, wait = _after_error(exc, request, body, route, state, deadline_at)
                 if wait is None:
                     raise
                 last = exc
-            except BaseException:
+            except BaseException as exc:
+                if span is not None:
+                    end_attempt(span, exc)
                 if breaker is not None:
                     breaker.release(ticket)
                 raise
             else:
+                if span is not None:
+                    end_attempt(span, response)
                 if breaker is not None:
                     breaker.record(ticket, response.status_code in breaker.on_status, now)
                 if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
@@ -440,6 +484,9 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         breaker = route.breaker
         clock = runtime.clock
         state: RetryState | None = None
+        # Telemetry decided once per call: with no SDK, no span work at all.
+        observed, tracer = observe(route)
+        host, port, propagate = route.destination.host, route.destination.port, route.propagate
         last: httpx.Response | Exception | None = None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
@@ -450,20 +497,30 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 if admitted is None:
                     return give_back(last)
                 ticket = admitted
+            span = None
+            if observed is not None:
+                resend = 0 if state is None else state.attempt_number - 1
+                span = start_attempt(observed, tracer, request, host, port, resend, propagate)
             try:
                 response = await self.inner.handle_async_request(request)
             except Exception as exc:  # cancellation and Ctrl-C are handled below
+                if span is not None:
+                    end_attempt(span, exc)
                 if breaker is not None:
                     breaker.record(ticket, _error_is_failure(exc), clock.now())
                 state, wait = _after_error(exc, request, body, route, state, deadline_at)
                 if wait is None:
                     raise
                 last = exc
-            except BaseException:
+            except BaseException as exc:
+                if span is not None:
+                    end_attempt(span, exc)
                 if breaker is not None:
                     breaker.release(ticket)
                 raise
             else:
+                if span is not None:
+                    end_attempt(span, response)
                 if breaker is not None:
                     breaker.record(ticket, response.status_code in breaker.on_status, now)
                 if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):

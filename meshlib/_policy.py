@@ -16,7 +16,17 @@ from typing import Any, Literal, get_args
 
 from ._errors import ConfigError
 
-__all__ = ["STANDARD", "Backoff", "Breaker", "Budget", "Bulkhead", "Policy", "Retry", "Timeout"]
+__all__ = [
+    "STANDARD",
+    "Backoff",
+    "Breaker",
+    "Budget",
+    "Bulkhead",
+    "Policy",
+    "Retry",
+    "Timeout",
+    "Tracing",
+]
 
 Jitter = Literal["full", "equal", "decorrelated", "none"]
 JITTERS: frozenset[str] = frozenset(get_args(Jitter))
@@ -316,11 +326,90 @@ class Bulkhead:
         _count("Bulkhead", "max_queued", self.max_queued, minimum=0)
 
 
+#: Query parameters whose values never reach telemetry (OpenTelemetry's list and more).
+SENSITIVE_QUERY: frozenset[str] = frozenset(
+    {
+        "awsaccesskeyid",
+        "signature",
+        "sig",
+        "x-goog-signature",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "token",
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "api_key",
+        "apikey",
+        "key",
+        "password",
+        "passwd",
+        "secret",
+        "client_secret",
+        "code",
+    }
+)
+#: Headers never recorded, whatever capture_headers says.
+NEVER_RECORDED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """Telemetry for each call: OpenTelemetry spans and metrics, and context propagation.
+
+    Args:
+        propagate_to: destinations that may receive trace context (traceparent,
+            tracestate, baggage) and the deadline header: host globs
+            (``*.partner.example``), IP networks (``10.0.0.0/8``) or ``"mesh"``,
+            the built-in rule (loopback, private addresses, single-label hosts,
+            ``*.internal``, ``*.local``, ``*.svc.cluster.local``). ``()``: none.
+        tracer_provider: an OpenTelemetry TracerProvider; None uses the global one.
+        meter_provider: an OpenTelemetry MeterProvider; None uses the global one.
+        redact_query: query parameter names (any case) whose values are
+            replaced by ``REDACTED`` in ``url.full`` and logs.
+        capture_headers: request and response headers recorded on spans as
+            ``http.request.header.<name>`` / ``http.response.header.<name>``;
+            Authorization, Proxy-Authorization, Cookie and Set-Cookie never are.
+    """
+
+    propagate_to: tuple[str, ...] = ("mesh",)
+    tracer_provider: Any = None
+    meter_provider: Any = None
+    redact_query: frozenset[str] = SENSITIVE_QUERY
+    capture_headers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        patterns = self.propagate_to
+        if isinstance(patterns, str) or not isinstance(patterns, Iterable):
+            raise _fail("Tracing", "propagate_to", patterns, "a tuple of host patterns")
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern.strip():
+                raise _fail("Tracing", "propagate_to", pattern, "host patterns (strings)")
+        _set(self, "propagate_to", tuple(p.strip().lower() for p in patterns))
+        names = self.redact_query
+        if isinstance(names, str) or not isinstance(names, Iterable):
+            raise _fail("Tracing", "redact_query", names, "a collection of query names")
+        _set(self, "redact_query", frozenset(str(name).lower() for name in names))
+        headers = self.capture_headers
+        if isinstance(headers, str) or not isinstance(headers, Iterable):
+            raise _fail("Tracing", "capture_headers", headers, "a tuple of header names")
+        for name in headers:
+            if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+                raise _fail("Tracing", "capture_headers", name, "HTTP header names")
+        _set(
+            self,
+            "capture_headers",
+            tuple(n.lower() for n in headers if n.lower() not in NEVER_RECORDED),
+        )
+
+
 _LAYERS: dict[str, type] = {
     "retry": Retry,
     "timeout": Timeout,
     "breaker": Breaker,
     "bulkhead": Bulkhead,
+    "tracing": Tracing,
 }
 
 
@@ -336,6 +425,7 @@ class Policy:
     timeout: Timeout | None = field(default_factory=lambda: Timeout(total=30.0, attempt=10.0))
     breaker: Breaker | None = field(default_factory=Breaker)
     bulkhead: Bulkhead | None = field(default_factory=Bulkhead)
+    tracing: Tracing | None = field(default_factory=Tracing)
     # Policies are dictionary keys on every request (state lookup); hashing the
     # nested values each time would cost microseconds, so the hash is kept.
     _hash: int = field(init=False, repr=False, compare=False)
@@ -345,7 +435,11 @@ class Policy:
             value = getattr(self, name)
             if value is not None and not isinstance(value, layer):
                 raise _fail("Policy", name, value, f"a meshlib.{layer.__name__} or None")
-        _set(self, "_hash", hash((self.retry, self.timeout, self.breaker, self.bulkhead)))
+        _set(
+            self,
+            "_hash",
+            hash((self.retry, self.timeout, self.breaker, self.bulkhead, self.tracing)),
+        )
 
     def __hash__(self) -> int:
         return self._hash

@@ -1,23 +1,338 @@
-"""Logs (and, later, spans and metrics) of what the mesh did.
+"""What the mesh did, told three ways: spans, metrics and log lines.
 
-The stdlib logger ``meshlib`` gets one line per retry, stop and rejection,
-with structured extras under ``meshlib_*`` names; it is silent on success.
+- **Spans**: one OpenTelemetry CLIENT span per attempt actually sent,
+  following the stable HTTP client semantic conventions; rejections (open
+  breaker, full bulkhead, spent budget, deadline) are events on the caller's
+  span, since nothing was sent.
+- **Metrics**: ``http.client.request.duration`` per attempt, and meshlib's
+  counters for retries, rejections and breaker transitions, plus a gauge of
+  each breaker's state.
+- **Logs**: the stdlib logger ``meshlib``, one line with ``meshlib_*`` extras
+  per retry, give-up, rejection and breaker transition; silent on success.
+
+OpenTelemetry's API only: with no SDK configured, spans and metrics are
+skipped after one cheap check per call, and no trace context is injected.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from contextvars import Token
+from typing import Any
+from urllib.parse import quote, unquote
 
-__all__ = ["log_breaker", "log_rejection", "log_retry", "log_stop", "logger"]
+import httpx
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Setter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from ._policy import Tracing
+
+__all__ = [
+    "Telemetry",
+    "log_breaker",
+    "log_retry",
+    "log_stop",
+    "function_span",
+    "logger",
+    "note_rejection",
+    "redact_url",
+    "telemetry_for",
+]
 
 logger = logging.getLogger("meshlib")
 # A library leaves output to the application: without this, Python's last-resort
 # handler would print meshlib's warnings to stderr when logging is not configured.
 logger.addHandler(logging.NullHandler())
 
+_VERSION = "0.1.0.dev0"
+_SCHEMA = "https://opentelemetry.io/schemas/1.26.0"
+_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
+)
+_MISSING = object()
+# The suppression key opentelemetry-instrumentation-httpx honours: set around
+# meshlib's own attempt spans so an instrumented inner transport adds no twin.
+_SUPPRESS_HTTP = getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", None)
 
-def log_retry(destination: str, attempt: int, attempts: int, cause: str, wait: float) -> None:
-    """Log that attempt `attempt` failed with `cause` and the next starts in `wait` seconds."""
+
+# The API's public getters cost half a microsecond each (they read os.environ);
+# the module globals behind them cost a dictionary lookup. None: no SDK installed.
+_metrics_internal: Any = getattr(metrics, "_internal", None)
+if hasattr(trace, "_TRACER_PROVIDER") and hasattr(_metrics_internal, "_METER_PROVIDER"):
+
+    def _global_tracer_provider() -> Any:
+        return trace._TRACER_PROVIDER
+
+    def _global_meter_provider() -> Any:
+        return _metrics_internal._METER_PROVIDER
+
+else:  # pragma: no cover - a future API without the globals: the public way
+
+    def _global_tracer_provider() -> Any:
+        provider = trace.get_tracer_provider()
+        return None if isinstance(provider, trace.ProxyTracerProvider) else provider
+
+    def _global_meter_provider() -> Any:
+        provider = metrics.get_meter_provider()
+        return None if type(provider).__name__ == "_ProxyMeterProvider" else provider
+
+
+def _is_noop(provider: Any) -> bool:
+    return provider is None or type(provider).__name__.startswith("NoOp")
+
+
+def redact_url(url: httpx.URL, sensitive: frozenset[str]) -> str:
+    """Return `url` without credentials or sensitive query values.
+
+    Userinfo becomes ``REDACTED:REDACTED``; the value of each query parameter
+    named in `sensitive` (any case) becomes ``REDACTED``.
+    """
+    if url.userinfo:
+        url = url.copy_with(username="REDACTED", password="REDACTED")
+    query = url.query.decode("ascii", "replace")
+    if query and sensitive:
+        parts = []
+        for part in query.split("&"):
+            name, sep, _ = part.partition("=")
+            if sep and unquote(name).lower() in sensitive:
+                part = f"{name}=REDACTED"
+            parts.append(part)
+        url = url.copy_with(query=quote("&".join(parts), safe="=&%+/:@!$'()*,;?").encode())
+    return str(url)
+
+
+class _Instruments:
+    __slots__ = ("duration", "rejections", "retries")
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.duration = meter.create_histogram(
+            "http.client.request.duration",
+            unit="s",
+            description="Duration of HTTP client requests (one per attempt).",
+            explicit_bucket_boundaries_advisory=[
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.075,
+                0.1,
+                0.25,
+                0.5,
+                0.75,
+                1,
+                2.5,
+                5,
+                7.5,
+                10,
+            ],
+        )
+        self.retries = meter.create_counter(
+            "meshlib.client.retries", unit="{retry}", description="Attempts meshlib resent."
+        )
+        self.rejections = meter.create_counter(
+            "meshlib.client.rejections",
+            unit="{call}",
+            description="Calls meshlib ended without sending, by reason.",
+        )
+
+
+class Telemetry:
+    """Spans and metrics for one `Tracing` value; shared by every route that uses it."""
+
+    __slots__ = (
+        "_instruments",
+        "_meter_provider",
+        "_tracer",
+        "_tracer_provider",
+        "tracing",
+    )
+
+    def __init__(self, tracing: Tracing) -> None:
+        self.tracing = tracing
+        self._tracer_provider: Any = _MISSING
+        self._tracer: trace.Tracer | None = None
+        self._meter_provider: Any = _MISSING
+        self._instruments: _Instruments | None = None
+        # The public getters set up a provider named by OTEL_PYTHON_* variables.
+        trace.get_tracer_provider()
+        metrics.get_meter_provider()
+
+    def active(self) -> bool:
+        """Return whether a call would record anything: the one check per call without an SDK."""
+        tracing = self.tracing
+        if tracing.tracer_provider is not None or tracing.meter_provider is not None:
+            return True
+        return _global_tracer_provider() is not None or _global_meter_provider() is not None
+
+    def tracer(self) -> trace.Tracer | None:
+        """Return the tracer to use now, or None when no SDK would record anything."""
+        provider = self.tracing.tracer_provider
+        if provider is None:
+            provider = _global_tracer_provider()
+        if provider is not self._tracer_provider:
+            self._tracer_provider = provider
+            self._tracer = (
+                None
+                if _is_noop(provider)
+                else provider.get_tracer("meshlib", _VERSION, schema_url=_SCHEMA)
+            )
+        return self._tracer
+
+    def instruments(self) -> _Instruments | None:
+        """Return the metric instruments to use now, or None when no SDK is configured."""
+        provider = self.tracing.meter_provider
+        if provider is None:
+            provider = _global_meter_provider()
+        if provider is not self._meter_provider:
+            self._meter_provider = provider
+            self._instruments = (
+                None
+                if _is_noop(provider)
+                else _Instruments(provider.get_meter("meshlib", _VERSION, schema_url=_SCHEMA))
+            )
+        return self._instruments
+
+
+_telemetries: dict[Tracing, Telemetry] = {}
+_telemetries_lock = threading.Lock()
+
+
+def telemetry_for(tracing: Tracing | None) -> Telemetry | None:
+    """Return the shared Telemetry of a Tracing value (None: tracing off)."""
+    if tracing is None:
+        return None
+    with _telemetries_lock:
+        found = _telemetries.get(tracing)
+        if found is None:
+            found = _telemetries[tracing] = Telemetry(tracing)
+        return found
+
+
+class _HeadersSetter(Setter[httpx.Headers]):
+    """Lets OpenTelemetry's propagators write into httpx.Headers."""
+
+    def set(self, carrier: httpx.Headers, key: str, value: str) -> None:
+        carrier[key] = value
+
+
+_SETTER = _HeadersSetter()
+
+
+class AttemptSpan:
+    """The CLIENT span of one attempt, with what ending it needs."""
+
+    __slots__ = ("attributes", "instruments", "span", "started", "telemetry", "token")
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        span: trace.Span,
+        token: Token[Context],
+        attributes: dict[str, Any],
+        instruments: _Instruments | None,
+    ) -> None:
+        self.telemetry = telemetry
+        self.span = span
+        self.token = token
+        self.attributes = attributes
+        self.instruments = instruments
+        self.started = time.perf_counter()
+
+
+def start_attempt(
+    telemetry: Telemetry,
+    tracer: trace.Tracer | None,
+    request: httpx.Request,
+    destination_host: str,
+    destination_port: int,
+    resend_count: int,
+    propagate_context: bool,
+) -> AttemptSpan:
+    """Start one attempt's CLIENT span and make it current for the inner transport.
+
+    Injects trace context into the request when `propagate_context`, and
+    suppresses opentelemetry-instrumentation-httpx inside, so nothing is
+    traced twice.
+    """
+    method = request.method
+    known = method if method in _KNOWN_METHODS else "_OTHER"
+    attributes: dict[str, Any] = {
+        "http.request.method": known,
+        "server.address": destination_host,
+        "server.port": destination_port,
+    }
+    metric_attributes = dict(attributes)
+    if known == "_OTHER":
+        attributes["http.request.method_original"] = method
+    if resend_count:
+        attributes["http.request.resend_count"] = resend_count
+    span: trace.Span = trace.INVALID_SPAN
+    ctx = otel_context.get_current()
+    if tracer is not None:
+        attributes["url.full"] = redact_url(request.url, telemetry.tracing.redact_query)
+        for name in telemetry.tracing.capture_headers:
+            values = request.headers.get_list(name)
+            if values:
+                attributes[f"http.request.header.{name}"] = values
+        span = tracer.start_span(
+            "HTTP" if known == "_OTHER" else known,
+            context=ctx,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+        )
+        ctx = trace.set_span_in_context(span, ctx)
+        if propagate_context:
+            propagate.inject(request.headers, context=ctx, setter=_SETTER)
+    if _SUPPRESS_HTTP is not None:
+        ctx = otel_context.set_value(_SUPPRESS_HTTP, True, ctx)
+    token = otel_context.attach(ctx)
+    return AttemptSpan(telemetry, span, token, metric_attributes, telemetry.instruments())
+
+
+def end_attempt(attempt: AttemptSpan, outcome: httpx.Response | BaseException) -> None:
+    """End an attempt's span (on every path, cancellation included) and record its duration."""
+    otel_context.detach(attempt.token)
+    span = attempt.span
+    attributes = attempt.attributes
+    if isinstance(outcome, httpx.Response):
+        status = outcome.status_code
+        attributes["http.response.status_code"] = status
+        span.set_attribute("http.response.status_code", status)
+        if status >= 400:
+            attributes["error.type"] = str(status)
+            span.set_attribute("error.type", str(status))
+            span.set_status(Status(StatusCode.ERROR))
+        for name in attempt.telemetry.tracing.capture_headers:
+            values = outcome.headers.get_list(name)
+            if values:
+                span.set_attribute(f"http.response.header.{name}", values)
+    else:
+        kind = type(outcome)
+        error_type = f"{kind.__module__}.{kind.__qualname__}"
+        attributes["error.type"] = error_type
+        span.set_attribute("error.type", error_type)
+        span.set_status(Status(StatusCode.ERROR, type(outcome).__name__))
+    span.end()
+    if attempt.instruments is not None:
+        attempt.instruments.duration.record(time.perf_counter() - attempt.started, attributes)
+
+
+def log_retry(
+    telemetry: Telemetry | None,
+    destination: str,
+    attempt: int,
+    attempts: int,
+    cause: str,
+    wait: float,
+) -> None:
+    """Report that attempt `attempt` failed with `cause` and the next starts in `wait` s."""
     logger.info(
         "retrying %s after %s (attempt %d of %d failed); waiting %.3fs",
         destination,
@@ -33,20 +348,28 @@ def log_retry(destination: str, attempt: int, attempts: int, cause: str, wait: f
             "meshlib_wait": wait,
         },
     )
+    instruments = telemetry.instruments() if telemetry is not None else None
+    if instruments is not None:
+        instruments.retries.add(1, {"server.address": destination, "meshlib.cause": cause})
 
 
-def log_stop(destination: str, attempt: int, cause: str, reason: str) -> None:
-    """Log that retrying stopped early (``reason``: budget, deadline) or ran out of attempts."""
+_STOP_REASONS = {
+    "attempts": "attempts used up",
+    "budget": "retry budget spent",
+    "deadline": "the next wait would end past the deadline",
+}
+
+
+def log_stop(
+    telemetry: Telemetry | None, destination: str, attempt: int, cause: str, reason: str
+) -> None:
+    """Report that retrying stopped: attempts used up, budget spent or no time left."""
     logger.info(
         "giving up on %s after %s on attempt %d: %s",
         destination,
         cause,
         attempt,
-        {
-            "attempts": "attempts used up",
-            "budget": "retry budget spent",
-            "deadline": "the next wait would end past the deadline",
-        }.get(reason, reason),
+        _STOP_REASONS.get(reason, reason),
         extra={
             "meshlib_event": "give_up",
             "meshlib_destination": destination,
@@ -55,10 +378,42 @@ def log_stop(destination: str, attempt: int, cause: str, reason: str) -> None:
             "meshlib_reason": reason,
         },
     )
+    if reason in ("budget", "deadline"):
+        _count_rejection(telemetry, destination, f"retry_{reason}")
+        _caller_event("meshlib.retry_stopped", destination, reason)
+
+
+def note_rejection(telemetry: Telemetry | None, destination: str, reason: str) -> None:
+    """Report a call ended without sending: circuit_open, bulkhead_full or deadline."""
+    logger.info(
+        "rejected a call to %s: %s",
+        destination,
+        reason.replace("_", " "),
+        extra={
+            "meshlib_event": "rejected",
+            "meshlib_destination": destination,
+            "meshlib_reason": reason,
+        },
+    )
+    _count_rejection(telemetry, destination, reason)
+    _caller_event("meshlib.rejected", destination, reason)
+
+
+def _count_rejection(telemetry: Telemetry | None, destination: str, reason: str) -> None:
+    instruments = telemetry.instruments() if telemetry is not None else None
+    if instruments is not None:
+        instruments.rejections.add(1, {"server.address": destination, "meshlib.reason": reason})
+
+
+def _caller_event(name: str, destination: str, reason: str) -> None:
+    # Nothing was sent, so there is no CLIENT span: the caller's span says why.
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(name, {"meshlib.destination": destination, "meshlib.reason": reason})
 
 
 def log_breaker(destination: str, old: str, new: str) -> None:
-    """Log a breaker's transition (warning when it opens, info otherwise)."""
+    """Report a breaker's transition (a warning when it opens, info otherwise)."""
     logger.log(
         logging.WARNING if new == "open" else logging.INFO,
         "circuit breaker for %s: %s -> %s",
@@ -72,17 +427,57 @@ def log_breaker(destination: str, old: str, new: str) -> None:
             "meshlib_to": new,
         },
     )
+    _breaker_transitions().add(
+        1, {"meshlib.destination": destination, "meshlib.from": old, "meshlib.to": new}
+    )
 
 
-def log_rejection(destination: str, reason: str) -> None:
-    """Log a call meshlib refused without sending (``circuit_open``, ``bulkhead_full``)."""
-    logger.info(
-        "rejected a call to %s: %s",
-        destination,
-        reason.replace("_", " "),
-        extra={
-            "meshlib_event": "rejected",
-            "meshlib_destination": destination,
-            "meshlib_reason": reason,
-        },
+# Breaker metrics go through the global MeterProvider: a breaker belongs to a
+# destination, not to one client's Tracing value.
+_BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+_breaker_sources: weakref.WeakSet[Any] = weakref.WeakSet()
+_breaker_meter_state: dict[str, Any] = {}
+
+
+def watch_breakers(source: Any) -> None:
+    """Report `source.breakers()` snapshots in the ``meshlib.breaker.state`` gauge."""
+    _breaker_sources.add(source)
+    _breaker_transitions()  # registers the gauge with the global meter, once
+
+
+def _breaker_transitions() -> Any:
+    # The API's global meter delegates to whichever SDK is installed, now or later.
+    counter = _breaker_meter_state.get("transitions")
+    if counter is None:
+        meter = metrics.get_meter("meshlib", _VERSION, schema_url=_SCHEMA)
+        counter = _breaker_meter_state["transitions"] = meter.create_counter(
+            "meshlib.breaker.transitions",
+            unit="{transition}",
+            description="Circuit breaker state changes.",
+        )
+        meter.create_observable_gauge(
+            "meshlib.breaker.state",
+            callbacks=[_observe_breakers],
+            unit="{state}",
+            description="Each breaker's state: 0 closed, 1 half-open, 2 open.",
+        )
+    return counter
+
+
+def _observe_breakers(options: Any) -> Iterable[metrics.Observation]:
+    for source in list(_breaker_sources):
+        for snapshot in source.breakers():
+            yield metrics.Observation(
+                _BREAKER_STATES.get(snapshot.state, 0),
+                {"meshlib.destination": snapshot.destination},
+            )
+
+
+def function_span(telemetry: Telemetry | None, key: str) -> Any:
+    """Return a context manager for a `resilient` call's INTERNAL span, or None (no SDK)."""
+    tracer = telemetry.tracer() if telemetry is not None else None
+    if tracer is None:
+        return None
+    return tracer.start_as_current_span(
+        key, kind=SpanKind.INTERNAL, attributes={"code.function.name": key}
     )

@@ -43,7 +43,7 @@ class _HeaderOnly(httpx.BaseTransport):
 
 
 _STANDARD = meshlib.STANDARD
-_OFF = meshlib.Policy(retry=None, timeout=None, breaker=None, bulkhead=None)
+_OFF = meshlib.Policy(retry=None, timeout=None, breaker=None, bulkhead=None, tracing=None)
 
 
 def _variants() -> dict[str, tuple[httpx.Client, str]]:
@@ -61,6 +61,7 @@ def _variants() -> dict[str, tuple[httpx.Client, str]]:
         "  without timeout (deadline)": (wrapped(_STANDARD.replace(timeout=None)), OUTSIDE),
         "  without breaker": (wrapped(_STANDARD.replace(breaker=None)), OUTSIDE),
         "  without bulkhead": (wrapped(_STANDARD.replace(bulkhead=None)), OUTSIDE),
+        "  without tracing (no SDK)": (wrapped(_STANDARD.replace(tracing=None)), OUTSIDE),
         "meshlib, every layer off": (wrapped(_OFF), OUTSIDE),
     }
 

@@ -1,0 +1,787 @@
+"""The policy file: a default `Policy` and one per destination pattern, from TOML or JSON.
+
+The file mirrors the Python names. ``[default]`` and ``[destinations."PATTERN"]`` are
+tables whose keys are `Policy`'s fields (its layers); each layer holds that layer's
+keyword arguments, or ``false`` (off), or ``true`` (the layer with its own defaults).
+A destination's layer replaces the default's whole, as `Policy.replace` does; the
+layers it does not name come from ``[default]``, and the layers ``[default]`` does not
+name come from `STANDARD`.
+
+The schema is read off the dataclasses themselves (`dataclasses.fields` and their type
+hints), so a layer added to `Policy` is accepted here as soon as it exists, when its
+settings are plain keyword tables. Every problem is a `ConfigError` naming the source,
+the path of the field in the file and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from ._errors import ConfigError
+from ._policy import Policy
+
+__all__ = [
+    "ENV_VAR",
+    "MeshConfig",
+    "config_from_env",
+    "describe",
+    "format_duration",
+    "load_config",
+    "matching_pattern",
+    "normalise_pattern",
+    "parse_config",
+    "parse_duration",
+]
+
+#: The environment variable that names the policy file.
+ENV_VAR = "MESHLIB_CONFIG"
+
+_TOP_LEVEL = ("default", "destinations")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SETTINGS_MESSAGE = re.compile(r"(\w+)\.(\w+): (.*)", re.DOTALL)
+_TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Fields typed ``float`` that are shares, ratios or rates rather than durations: a
+# string such as "2s" is not accepted for them.
+_NOT_DURATION_WORDS = ("ratio", "share", "rate", "per_second", "weight", "abort", "delayed")
+
+
+# -- durations ---------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> float | None:
+    """Return the seconds a duration string stands for, or None if it is not one.
+
+    A duration string is one or more ``<number><unit>`` parts, units ``h``, ``m``,
+    ``s`` and ``ms``: ``"250ms"``, ``"2s"``, ``"1.5m"``, ``"1m30s"``. A bare number
+    in a string (``"30"``) is not a duration string: write the number itself.
+    """
+    position, seconds, end = 0, 0.0, len(text.rstrip())
+    while position < end:
+        part = _DURATION_PART.match(text, position)
+        if part is None:
+            return None
+        seconds += float(part[1]) * _UNIT_SECONDS[part[2]]
+        position = part.end()
+    return seconds if position else None
+
+
+def format_duration(seconds: float) -> str:
+    """Return `seconds` the way an operator writes it: ``50ms``, ``2.5s``, ``5m``, ``1h``.
+
+    The result reads back with `parse_duration`.
+    """
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{_trim(seconds * 1000)}ms"
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{_trim(seconds / 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{_trim(seconds / 60)}m"
+    return f"{_trim(seconds)}s"
+
+
+def _trim(number: float) -> str:
+    return f"{number:.3f}".rstrip("0").rstrip(".")
+
+
+# -- the schema, read off the classes ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    """How the file writes one keyword argument of a layer (or of a nested value)."""
+
+    name: str
+    required: bool
+    table: type | None  # a settings class whose value is written as a table
+    many: bool  # a tuple of `table` values, written as an array of tables
+    optional: bool  # None is allowed: ``false`` in a file (or JSON's null)
+    duration: bool  # seconds; strings such as "250ms" are accepted too
+    takes_bool: bool
+    takes_str: bool
+    in_file: bool  # False for Python objects (``Any``), which a file cannot spell
+
+
+# The hint of a setting whose type could not be resolved: its value is passed as is.
+_UNKNOWN = object()
+
+
+def _is_settings_class(hint: object) -> bool:
+    """Tell whether values of `hint` are written as tables: a dataclass, or a meshlib class."""
+    if not isinstance(hint, type):
+        return False
+    if dataclasses.is_dataclass(hint):
+        return True
+    return hint.__module__.startswith("meshlib.") and "__init__" in vars(hint)
+
+
+def _setting(name: str, hint: object, required: bool) -> _Setting:
+    members: tuple[object, ...] = (hint,)
+    if typing.get_origin(hint) is typing.Annotated:
+        members = (typing.get_args(hint)[0],)
+    if typing.get_origin(members[0]) in (typing.Union, types.UnionType):
+        members = typing.get_args(members[0])
+    optional = type(None) in members
+    table: type | None = None
+    many = takes_float = takes_bool = takes_str = False
+    for member in members:
+        origin = typing.get_origin(member)
+        if origin is Literal:
+            takes_str = takes_str or any(isinstance(v, str) for v in typing.get_args(member))
+            takes_bool = takes_bool or any(isinstance(v, bool) for v in typing.get_args(member))
+        elif origin is tuple:
+            args = typing.get_args(member)
+            if len(args) == 2 and args[1] is Ellipsis and _is_settings_class(args[0]):
+                table, many = args[0], True
+        elif _is_settings_class(member):
+            assert isinstance(member, type)
+            table = member
+        elif member is float:
+            takes_float = True
+        elif member is bool:
+            takes_bool = True
+        elif member is str or member is _UNKNOWN:
+            takes_str = True
+    duration = takes_float and not any(word in name for word in _NOT_DURATION_WORDS)
+    in_file = hint is not Any
+    return _Setting(name, required, table, many, optional, duration, takes_bool, takes_str, in_file)
+
+
+@cache
+def _settings(cls: type) -> dict[str, _Setting]:
+    """Return the keyword arguments `cls` takes, public ones only, in declaration order."""
+    target: Any = cls if dataclasses.is_dataclass(cls) else vars(cls).get("__init__", cls)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # a hint that names something only a type checker imports
+        hints = {}
+    found: dict[str, _Setting] = {}
+    if dataclasses.is_dataclass(cls):
+        for spec in dataclasses.fields(cls):
+            if not spec.init or spec.name.startswith("_"):
+                continue
+            required = (
+                spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+            )
+            found[spec.name] = _setting(spec.name, hints.get(spec.name, _UNKNOWN), required)
+        return found
+    for parameter in list(inspect.signature(cls).parameters.values()):
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if parameter.name.startswith("_") or parameter.kind is parameter.POSITIONAL_ONLY:
+            continue
+        required = parameter.default is parameter.empty
+        found[parameter.name] = _setting(
+            parameter.name, hints.get(parameter.name, _UNKNOWN), required
+        )
+    return found
+
+
+def _layers() -> dict[str, _Setting]:
+    return _settings(Policy)
+
+
+# -- paths and errors ------------------------------------------------------------------
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{_key(name)}" if path else _key(name)
+
+
+def _pattern_path(pattern: str) -> str:
+    # Patterns are always quoted: they are written so in a table header.
+    return f"destinations.{json.dumps(pattern, ensure_ascii=False)}"
+
+
+def _show(value: object) -> str:
+    """Render a value from the file as the file would spell it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Reader:
+    """Turn the parsed document into Policies, naming `source` and the path in errors."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, path: str, message: str) -> ConfigError:
+        return ConfigError(
+            f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}"
+        )
+
+    def build(self, cls: type, table: Mapping[str, Any], path: str) -> Any:
+        """Return ``cls(**table)`` with nested tables built and durations read."""
+        settings = _settings(cls)
+        kwargs: dict[str, Any] = {}
+        written: dict[str, str] = {}
+        for name, value in table.items():
+            setting = settings.get(name)
+            if setting is None:
+                names = list(settings)
+                raise self.error(
+                    _join(path, name),
+                    f"unknown setting {name!r} of {cls.__name__}; "
+                    f"allowed: {', '.join(names)}{_suggest(name, names)}",
+                )
+            if not setting.in_file:
+                raise self.error(
+                    _join(path, name),
+                    f"{cls.__name__}.{name} takes a Python object; set it in code, not in a file",
+                )
+            kwargs[name] = self.value(setting, value, _join(path, name), written)
+        missing = [s.name for s in settings.values() if s.required and s.name not in kwargs]
+        if missing:
+            raise self.error(path, f"missing required setting {missing[0]!r} of {cls.__name__}")
+        return self.construct(cls, kwargs, path, written)
+
+    def construct(
+        self, cls: Any, kwargs: dict[str, Any], path: str, written: Mapping[str, str]
+    ) -> Any:
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise self.relocate(exc, cls.__name__, _settings(cls), path, written) from exc
+        except (TypeError, ValueError) as exc:
+            # A constructor that does not validate a type itself (an unhashable value, a
+            # comparison between a number and a string): still one line, still the path.
+            raise self.error(path, f"invalid {cls.__name__} settings: {exc}") from exc
+
+    def relocate(
+        self,
+        exc: ConfigError,
+        owner: str,
+        settings: Mapping[str, _Setting],
+        path: str,
+        written: Mapping[str, str],
+    ) -> ConfigError:
+        """Turn ``Retry.attempts: expected ...`` into ``source: path.attempts: expected ...``."""
+        message = str(exc)
+        found = _SETTINGS_MESSAGE.fullmatch(message)
+        if found is None or found[1] != owner or found[2] not in settings:
+            return self.error(path, message)
+        name, problem = found[2], found[3]
+        if name in written:  # the value in the message is the converted one
+            problem += f" (written {written[name]})"
+        for python, toml in ((", got False", ", got false"), (", got True", ", got true")):
+            if problem.endswith(python):  # spell it as the file does
+                problem = problem.removesuffix(python) + toml
+        return self.error(_join(path, name), problem)
+
+    def value(self, setting: _Setting, value: Any, path: str, written: dict[str, str]) -> Any:
+        if isinstance(value, bool) and not setting.takes_bool:
+            if value is False and setting.optional:
+                return None
+            if value is True and setting.table is not None and not setting.many:
+                return self.build(setting.table, {}, path)
+        if setting.table is not None:
+            if setting.many and isinstance(value, list):
+                return tuple(
+                    self.table_of(setting.table, item, f"{path}[{index}]")
+                    for index, item in enumerate(value)
+                )
+            if not setting.many and isinstance(value, dict):
+                return self.build(setting.table, value, path)
+            if not (setting.duration or setting.takes_str or value is None):
+                raise self.error(path, f"expected {self.expected(setting)}, got {_show(value)}")
+        if setting.duration and isinstance(value, str):
+            seconds = parse_duration(value)
+            if seconds is not None:
+                written[setting.name] = _show(value)
+                return seconds
+            if not setting.takes_str:
+                raise self.error(
+                    path,
+                    "expected a duration: a number of seconds or a string such as "
+                    f'"250ms", "2s" or "1m", got {_show(value)}',
+                )
+        if isinstance(value, list):
+            return tuple(value)  # hashable, order and duplicates kept for the validator
+        return value
+
+    def table_of(self, cls: type, value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise self.error(
+                path, f"expected a table of {cls.__name__} settings, got {_show(value)}"
+            )
+        return self.build(cls, value, path)
+
+    @staticmethod
+    def expected(setting: _Setting) -> str:
+        assert setting.table is not None
+        name = setting.table.__name__
+        if setting.many:
+            return f"an array of {name} tables" + (" or false" if setting.optional else "")
+        return f"a table of {name} settings" + (
+            ", true or false" if setting.optional else " or true"
+        )
+
+    def layers(self, table: Any, path: str) -> tuple[dict[str, Any], frozenset[str]]:
+        """Return the layers a ``[default]`` or destination table names, built."""
+        if not isinstance(table, dict):
+            raise self.error(path, f"expected a table of layers, got {_show(table)}")
+        settings = _layers()
+        built: dict[str, Any] = {}
+        for name, value in table.items():
+            setting = settings.get(name)
+            if setting is None:
+                names = list(settings)
+                raise self.error(
+                    _join(path, name),
+                    f"unknown layer {name!r}; layers: {', '.join(names)}{_suggest(name, names)}",
+                )
+            built[name] = self.value(setting, value, _join(path, name), {})
+        return built, frozenset(built)
+
+    def policy(self, base: Policy | None, layers: dict[str, Any], path: str) -> Policy:
+        try:
+            return Policy(**layers) if base is None else base.replace(**layers)
+        except ConfigError as exc:
+            raise self.relocate(exc, "Policy", _layers(), path, {}) from exc
+        except (TypeError, ValueError) as exc:
+            raise self.error(path, f"invalid policy: {exc}") from exc
+
+
+# -- patterns --------------------------------------------------------------------------
+
+
+def normalise_pattern(pattern: str) -> str:
+    """Return `pattern` as a Mesh compares it: lower case, no trailing dot before ``:port``."""
+    host, colon, port = pattern.strip().lower().rpartition(":")
+    if colon and port.isdigit() and not host.endswith("]") and ":" not in host:
+        return f"{host.rstrip('.')}:{port}"
+    if colon and port.isdigit() and host.endswith("]"):
+        return f"{host}:{port}"  # an IPv6 literal with a port: [::1]:8080
+    return pattern.strip().lower().rstrip(".")
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def matching_pattern(
+    destinations: Mapping[str, object], host: str, port: int | None = None
+) -> str | None:
+    """Return the pattern of `destinations` that applies to `host` (and `port`), or None.
+
+    The precedence is `Mesh`'s: the exact ``host:port``, the exact host, the longest
+    matching glob (the first given among equal lengths), else None for the default.
+    Patterns are returned as written in `destinations`.
+    """
+    written: dict[str, str] = {}
+    for pattern in destinations:
+        written.setdefault(normalise_pattern(pattern), pattern)
+    host = host.lower().rstrip(".")
+    if port is not None and f"{host}:{port}" in written:
+        return written[f"{host}:{port}"]
+    if host in written:
+        return written[host]
+    globs = sorted((p for p in written if _is_glob(p)), key=len, reverse=True)
+    for pattern in globs:
+        if fnmatch.fnmatchcase(host, pattern) or (
+            port is not None and fnmatch.fnmatchcase(f"{host}:{port}", pattern)
+        ):
+            return written[pattern]
+    return None
+
+
+# -- the document ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MeshConfig:
+    """A parsed policy file: the default policy and one policy per destination pattern.
+
+    Two configs are equal when they configure the same mesh: the same default and the
+    same patterns with the same policies, in the same order (order breaks ties between
+    globs of equal length). Where they came from (`source`, `digest`) is not compared.
+
+    Attributes:
+        default: the policy for destinations no pattern names.
+        destinations: pattern (as written) to its effective policy, read-only.
+        source: the file path or URL the document came from.
+        digest: the sha256 of the document's raw bytes, in hex.
+        named: the layers each table named: ``None`` for ``[default]``, else the pattern.
+    """
+
+    default: Policy
+    destinations: Mapping[str, Policy]
+    source: str
+    digest: str
+    named: Mapping[str | None, frozenset[str]] = field(
+        default_factory=lambda: types.MappingProxyType({}), repr=False
+    )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MeshConfig):
+            return NotImplemented
+        return self.default == other.default and tuple(self.destinations.items()) == tuple(
+            other.destinations.items()
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.default, tuple(self.destinations.items())))
+
+    def layer_origins(self, pattern: str | None) -> dict[str, str]:
+        """Return, per layer, the table it comes from for `pattern` (None: the default).
+
+        Each value is ``destinations."PATTERN"``, ``default`` or ``STANDARD``.
+        """
+        own = self.named.get(pattern, frozenset()) if pattern is not None else frozenset()
+        default = self.named.get(None, frozenset())
+        origins: dict[str, str] = {}
+        for layer in _layers():
+            if layer in own and pattern is not None:
+                origins[layer] = _pattern_path(pattern)
+            elif layer in default:
+                origins[layer] = "default"
+            else:
+                origins[layer] = "STANDARD"
+        return origins
+
+
+def _format_of(source: str, data: bytes) -> str:
+    path = urlsplit(source).path if "://" in source else source
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".toml", ".json"):
+        return suffix[1:]
+    return "json" if data.lstrip()[:1] == b"{" else "toml"
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in table:
+            raise _DuplicateKey(key)
+        table[key] = value
+    return table
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _document(data: bytes, source: str, format: str) -> Any:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from exc
+    text = text.removeprefix("\ufeff")
+    if format == "json":
+        try:
+            return json.loads(text, object_pairs_hook=_no_duplicates)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{source}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+            ) from exc
+        except _DuplicateKey as exc:
+            raise ConfigError(f"{source}: invalid JSON: duplicate key {exc.args[0]!r}") from exc
+        except RecursionError as exc:
+            raise ConfigError(f"{source}: invalid JSON: nested too deeply") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        where = _TOML_WHERE.search(message)
+        if where is None:
+            raise ConfigError(f"{source}: invalid TOML: {message}") from exc
+        if where[1] is None:
+            line, column = text.count("\n") + 1, len(text.rsplit("\n", 1)[-1]) + 1
+        else:
+            line, column = int(where[1]), int(where[2])
+        raise ConfigError(
+            f"{source}, line {line}, column {column}: invalid TOML: {message[: where.start()]}"
+        ) from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from exc
+
+
+def parse_config(
+    data: bytes | str, source: str, *, format: Literal["toml", "json"] | None = None
+) -> MeshConfig:
+    """Parse a policy document into a `MeshConfig`.
+
+    Args:
+        data: the document's raw bytes (text is encoded as UTF-8 first).
+        source: where it came from, a path or URL; named in every error, and its
+            suffix (``.toml``, ``.json``) picks the format unless `format` does.
+        format: ``"toml"`` or ``"json"``; None: by `source`'s suffix, else JSON when the
+            document starts with ``{``, else TOML.
+
+    Returns:
+        The default policy and one effective policy per pattern, merged as the file
+        format says: a destination's layer replaces the default's whole, the layers it
+        does not name come from ``[default]``, and those come from `STANDARD`.
+
+    Raises:
+        ConfigError: the document is not valid TOML or JSON (with its line), or does not
+            follow the schema, or a value is invalid; the message names `source`, the
+            path of the field and the value.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if format is not None and format not in ("toml", "json"):
+        raise ConfigError(f"{source}: format: expected 'toml', 'json' or None, got {format!r}")
+    document = _document(raw, source, format or _format_of(source, raw))
+    reader = _Reader(source)
+    if not isinstance(document, dict):
+        raise reader.error(
+            "", f"expected a table with {' and '.join(_TOP_LEVEL)}, got {_show(document)}"
+        )
+    for key in document:
+        if key not in _TOP_LEVEL:
+            raise reader.error(
+                _key(key),
+                f"unknown top-level key {key!r}; allowed: {', '.join(_TOP_LEVEL)}"
+                f"{_suggest(key, list(_TOP_LEVEL))}",
+            )
+    layers, named_default = reader.layers(document.get("default", {}), "default")
+    default = reader.policy(None, layers, "default")
+    table = document.get("destinations", {})
+    if not isinstance(table, dict):
+        raise reader.error("destinations", f"expected a table of patterns, got {_show(table)}")
+    destinations: dict[str, Policy] = {}
+    named: dict[str | None, frozenset[str]] = {None: named_default}
+    seen: dict[str, str] = {}
+    for pattern, layer_table in table.items():
+        path = _pattern_path(pattern)
+        if not pattern.strip():
+            raise reader.error(path, "expected a host pattern, got an empty one")
+        same = seen.setdefault(normalise_pattern(pattern), pattern)
+        if same != pattern:
+            raise reader.error(
+                path,
+                f"the same pattern as {_pattern_path(same)} "
+                "(patterns ignore case, surrounding spaces and a trailing dot)",
+            )
+        layers, named[pattern] = reader.layers(layer_table, path)
+        destinations[pattern] = reader.policy(default, layers, path)
+    return MeshConfig(
+        default=default,
+        destinations=types.MappingProxyType(destinations),
+        source=source,
+        digest=hashlib.sha256(raw).hexdigest(),
+        named=types.MappingProxyType(named),
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> MeshConfig:
+    """Read and parse the policy file at `path`.
+
+    Raises:
+        ConfigError: the file cannot be read, or `parse_config` refuses it.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise ConfigError(f"{name}: cannot read the policy file: {reason}") from exc
+    return parse_config(data, name)
+
+
+def config_from_env(var: str = ENV_VAR) -> MeshConfig | None:
+    """Load the policy file the environment variable `var` names; None when it is unset or empty.
+
+    Raises:
+        ConfigError: the file it names cannot be read or is invalid.
+    """
+    path = os.environ.get(var, "").strip()
+    if not path:
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (named by ${var})") from exc
+
+
+# -- describe ----------------------------------------------------------------------------
+
+
+def _codes(codes: frozenset[int]) -> str:
+    ordered = sorted(codes)
+    runs: list[str] = []
+    start = 0
+    for index, code in enumerate(ordered):
+        if index + 1 < len(ordered) and ordered[index + 1] == code + 1:
+            continue  # inside a run
+        first = ordered[start]
+        runs.append(str(code) if first == code else f"{first}-{code}")
+        start = index + 1
+    return ", ".join(runs) or "none"
+
+
+def _percent(share: float) -> str:
+    return f"{_trim(share * 100)}%"
+
+
+def _retry(retry: Any) -> str:
+    backoff = retry.backoff
+    budget = retry.budget
+    if budget is None:
+        spend = "no retry budget"
+    else:
+        spend = (
+            f"budget {_percent(budget.ratio)} of calls + {_trim(budget.min_per_second)}/s "
+            f"over {format_duration(budget.ttl)}"
+        )
+    attempts = "1 attempt" if retry.attempts == 1 else f"{retry.attempts} attempts"
+    return (
+        f"{attempts}; backoff {backoff.jitter} jitter {format_duration(backoff.base)}"
+        f"..{format_duration(backoff.cap)}; on status {_codes(retry.on_status)}"
+        f" for {', '.join(sorted(retry.methods))}; Retry-After up to "
+        f"{format_duration(retry.retry_after_cap)}; {spend}"
+    )
+
+
+def _timeout(timeout: Any) -> str:
+    total = "no total" if timeout.total is None else f"total {format_duration(timeout.total)}"
+    attempt = (
+        "no per-attempt bound"
+        if timeout.attempt is None
+        else f"attempt {format_duration(timeout.attempt)}"
+    )
+    header = "no deadline header" if timeout.header is None else f"header {timeout.header}"
+    return f"{total}, {attempt}; {header}"
+
+
+def _breaker(breaker: Any) -> str:
+    trips = (
+        f"opens at {_percent(breaker.failure_ratio)} failures of >= {breaker.min_calls} calls "
+        f"over {format_duration(breaker.window)}"
+    )
+    if getattr(breaker, "consecutive", None) is not None:
+        trips += f" or {breaker.consecutive} in a row"
+    open_for = f"open {format_duration(breaker.open_for)}"
+    if getattr(breaker, "max_open_for", None) is not None:
+        open_for += f" doubling up to {format_duration(breaker.max_open_for)}"
+    probes = "1 probe" if breaker.probes == 1 else f"{breaker.probes} probes"
+    return f"{trips}; {open_for}; {probes}; failures: {_codes(breaker.on_status)}"
+
+
+def _bulkhead(bulkhead: Any) -> str:
+    queue = "no queue" if bulkhead.max_queued == 0 else f"{bulkhead.max_queued} queued"
+    return f"{bulkhead.max_concurrent} in flight, {queue}"
+
+
+def _tracing(tracing: Any) -> str:
+    targets = ", ".join(tracing.propagate_to) or "nowhere"
+    headers = ", ".join(tracing.capture_headers) or "none"
+    custom = [
+        name
+        for name in ("tracer_provider", "meter_provider")
+        if getattr(tracing, name, None) is not None
+    ]
+    providers = f"own {' and '.join(custom)}" if custom else "global providers"
+    return (
+        f"context to {targets}; {len(tracing.redact_query)} query names redacted; "
+        f"headers captured: {headers}; {providers}"
+    )
+
+
+def _generic(value: Any) -> str:
+    if isinstance(value, tuple) and value and all(dataclasses.is_dataclass(v) for v in value):
+        return "; ".join(_generic(v) for v in value)
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return _plain(value)
+    settings = _settings(type(value))
+    parts: list[str] = []
+    for name, setting in settings.items():
+        if not setting.in_file:
+            continue
+        item = getattr(value, name, None)
+        if setting.duration and isinstance(item, int | float) and not isinstance(item, bool):
+            shown = format_duration(item) if math.isfinite(item) else repr(item)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            shown = f"({_generic(item)})"
+        elif item is None:
+            shown = "off"
+        else:
+            shown = _plain(item)
+        parts.append(f"{name} {shown}")
+    return ", ".join(parts)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, frozenset | set):
+        if all(isinstance(v, int) for v in value):
+            return _codes(frozenset(value))
+        return ", ".join(sorted(map(str, value)))
+    if isinstance(value, tuple | list):
+        return ", ".join(map(str, value))
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+_DESCRIBERS = {
+    "retry": _retry,
+    "timeout": _timeout,
+    "breaker": _breaker,
+    "bulkhead": _bulkhead,
+    "tracing": _tracing,
+}
+
+
+def describe(policy: Policy, origins: Mapping[str, str] | None = None) -> str:
+    """Return a readable rendering of `policy`: one line per layer, ``off`` when None.
+
+    Args:
+        policy: the policy to show.
+        origins: per layer, where it came from (`MeshConfig.layer_origins`), shown as
+            ``(from ...)`` at the end of its line.
+    """
+    layers = list(_layers())
+    width = max(map(len, layers))
+    lines: list[str] = []
+    for name in layers:
+        value = getattr(policy, name, None)
+        if value is None:
+            text = "off"
+        else:
+            render = _DESCRIBERS.get(name, _generic)
+            try:
+                text = render(value)
+            except Exception:  # a layer this release does not know how to spell
+                text = repr(value)
+        if origins is not None and name in origins:
+            text += f"  (from {origins[name]})"
+        lines.append(f"{name.ljust(width)}  {text}")
+    return "\n".join(lines)
