@@ -218,9 +218,9 @@ def test_a_spent_budget_is_an_event_on_the_caller(otel: Telemetry) -> None:
 
 
 def test_a_deadline_cut_off_is_an_event_on_the_caller(otel: Telemetry) -> None:
-    with otel.tracer_provider.get_tracer("app").start_as_current_span("caller"):
-        with meshlib.deadline(0), pytest.raises(meshlib.DeadlineExceeded):
-            send("sync", Script(), otel.policy)
+    caller_span = otel.tracer_provider.get_tracer("app").start_as_current_span("caller")
+    with caller_span, meshlib.deadline(0), pytest.raises(meshlib.DeadlineExceeded):
+        send("sync", Script(), otel.policy)
     (caller,) = otel.spans(SpanKind.INTERNAL)
     assert [e.attributes["meshlib.reason"] for e in caller.events] == ["deadline"]
     assert otel.spans() == []
