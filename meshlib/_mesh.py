@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import os
+import types
 from collections.abc import Mapping
+from typing import Any
 
 import httpx
 
@@ -85,6 +88,52 @@ class Route:
         self.deadline_header = header if self.propagate else None
 
 
+class PolicyTable:
+    """An immutable map from destination patterns to policies, swapped whole on reload.
+
+    Precedence: ``host:port``, then ``host``, then the longest matching glob,
+    else the default.
+    """
+
+    __slots__ = ("default", "destinations", "globs")
+
+    def __init__(self, default: Policy, destinations: Mapping[str, Policy] | None) -> None:
+        if not isinstance(default, Policy):
+            raise ConfigError(f"Mesh.default: expected a meshlib.Policy, got {default!r}")
+        table: dict[str, Policy] = {}
+        for pattern, policy in (destinations or {}).items():
+            if not isinstance(pattern, str) or not pattern.strip():
+                raise ConfigError(f"Mesh.destinations: expected a host pattern, got {pattern!r}")
+            if not isinstance(policy, Policy):
+                raise ConfigError(
+                    f"Mesh.destinations[{pattern!r}]: expected a meshlib.Policy, got {policy!r}"
+                )
+            table[_normalise_pattern(pattern)] = policy
+        self.default = default
+        self.destinations: Mapping[str, Policy] = types.MappingProxyType(table)
+        # Longest first; sorted() is stable, so equal lengths keep the file's order.
+        self.globs = sorted((p for p in table if any(c in p for c in "*?[")), key=len, reverse=True)
+
+    def pattern_for(self, host: str, port: int | None = None) -> str | None:
+        """Return the pattern that decides `host`'s policy, or None for the default."""
+        host = host.lower().rstrip(".")
+        if port is not None and f"{host}:{port}" in self.destinations:
+            return f"{host}:{port}"
+        if host in self.destinations:
+            return host
+        for pattern in self.globs:
+            if fnmatch.fnmatchcase(host, pattern) or (
+                port is not None and fnmatch.fnmatchcase(f"{host}:{port}", pattern)
+            ):
+                return pattern
+        return None
+
+    def policy_for(self, host: str, port: int | None = None) -> Policy:
+        """Return the policy that applies to `host` (and `port`)."""
+        pattern = self.pattern_for(host, port)
+        return self.default if pattern is None else self.destinations[pattern]
+
+
 class Mesh:
     """Map destinations to policies and hold their shared state.
 
@@ -93,6 +142,11 @@ class Mesh:
     request takes the policy of, in order: its ``host:port``, its host, the
     longest matching glob, else `default`. Clients wrapped with the same Mesh
     share breakers, budgets and bulkheads per destination.
+
+    The policies can change while clients use the Mesh (`update`, or a file
+    or URL source with reload): the new table is swapped in whole, requests in
+    flight finish on the policy they started with, and a destination keeps
+    its breaker, budget and bulkhead when their settings did not change.
 
     Args:
         default: the policy for destinations no pattern names.
@@ -111,8 +165,6 @@ class Mesh:
         *,
         max_destinations: int = 10_000,
     ) -> None:
-        if not isinstance(default, Policy):
-            raise ConfigError(f"Mesh.default: expected a meshlib.Policy, got {default!r}")
         if (
             isinstance(max_destinations, bool)
             or not isinstance(max_destinations, int)
@@ -121,19 +173,7 @@ class Mesh:
             raise ConfigError(
                 f"Mesh.max_destinations: expected an int >= 1, got {max_destinations!r}"
             )
-        self.default = default
-        self.destinations: dict[str, Policy] = {}
-        for pattern, policy in (destinations or {}).items():
-            if not isinstance(pattern, str) or not pattern.strip():
-                raise ConfigError(f"Mesh.destinations: expected a host pattern, got {pattern!r}")
-            if not isinstance(policy, Policy):
-                raise ConfigError(
-                    f"Mesh.destinations[{pattern!r}]: expected a meshlib.Policy, got {policy!r}"
-                )
-            self.destinations[_normalise_pattern(pattern)] = policy
-        self._globs = sorted(
-            (p for p in self.destinations if any(c in p for c in "*?[")), key=len, reverse=True
-        )
+        self._table = PolicyTable(default, destinations)
         self._routes: BoundedMap[tuple[int, str, str, int | None], Route] = BoundedMap(
             max_destinations
         )
@@ -141,24 +181,116 @@ class Mesh:
         self._breakers: SharedState[tuple[Destination, Breaker], CircuitBreaker] = SharedState()
         self._bulkheads: SharedState[tuple[Destination, Bulkhead], ConcurrencyLimit] = SharedState()
         self._hooks: list[TransitionHook] = []
-        # Bumped whenever cached routes stop being valid (reset, and later reload).
+        # Bumped whenever cached routes stop being valid: reset() and update().
         self.generation = 0
+        self._source: Any = None  # a file or URL watcher, kept alive with the Mesh
         watch_breakers(self)
+
+    @property
+    def default(self) -> Policy:
+        """The policy for destinations no pattern names."""
+        return self._table.default
+
+    @property
+    def destinations(self) -> Mapping[str, Policy]:
+        """Pattern to policy, read-only (normalised: lowercase, no trailing dot)."""
+        return self._table.destinations
 
     def policy_for(self, host: str, port: int | None = None) -> Policy:
         """Return the policy that applies to `host` (and `port`)."""
-        host = host.lower().rstrip(".")
-        found = self.destinations.get(f"{host}:{port}") if port is not None else None
-        if found is None:
-            found = self.destinations.get(host)
-        if found is None:
-            for pattern in self._globs:
-                if fnmatch.fnmatchcase(host, pattern) or (
-                    port is not None and fnmatch.fnmatchcase(f"{host}:{port}", pattern)
-                ):
-                    return self.destinations[pattern]
-            return self.default
-        return found
+        return self._table.policy_for(host, port)
+
+    def pattern_for(self, host: str, port: int | None = None) -> str | None:
+        """Return the pattern that decides `host`'s policy, or None when the default does."""
+        return self._table.pattern_for(host, port)
+
+    def update(self, default: Policy, destinations: Mapping[str, Policy] | None = None) -> None:
+        """Replace every policy at once; the next request uses the new ones.
+
+        Requests in flight finish on their old policy. A destination whose
+        breaker, budget or bulkhead settings did not change keeps that state.
+
+        Raises:
+            ConfigError: the new table is invalid; the old one stays.
+        """
+        table = PolicyTable(default, destinations)
+        self._table = table
+        self.generation += 1
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        reload: bool = True,
+        interval: float = 1.0,
+        max_destinations: int = 10_000,
+    ) -> Mesh:
+        """Build a Mesh from a TOML or JSON policy file, and follow its changes.
+
+        With `reload`, the file is checked every `interval` seconds (size,
+        modification time, then a hash of the content); a changed file that
+        validates replaces the policies at once, one that does not is refused
+        with one log line naming the file, the field and the value, and the
+        last good policies stay.
+
+        Raises:
+            ConfigError: the file is missing, unreadable or invalid now.
+        """
+        from ._config import load_config
+        from ._sources import FileSource
+
+        config = load_config(path)
+        mesh = cls(config.default, config.destinations, max_destinations=max_destinations)
+        if reload:
+            mesh._source = FileSource(mesh, path, config.digest, interval)
+        return mesh
+
+    @classmethod
+    def from_env(cls, variable: str = "MESHLIB_CONFIG", **kwargs: Any) -> Mesh | None:
+        """Build a Mesh from the file the environment variable names, or None when unset."""
+        path = os.environ.get(variable)
+        return cls.from_file(path, **kwargs) if path else None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        reload: bool = True,
+        interval: float = 5.0,
+        timeout: float = 5.0,
+        max_destinations: int = 10_000,
+        headers: Mapping[str, str] | None = None,
+        verify: Any = True,
+    ) -> Mesh:
+        """Build a Mesh from a policy document served over HTTP(S), and follow it.
+
+        The document (TOML or JSON) is polled every `interval` seconds with
+        ``If-None-Match``, so any config service or static server can be the
+        head office. A failed fetch or an invalid document keeps the last good
+        policies; each change between working and failing is logged once.
+
+        Raises:
+            ConfigError: the first fetch fails or the document is invalid.
+        """
+        from ._sources import UrlSource
+
+        source = UrlSource(url, interval, timeout, headers or {}, verify)
+        config = source.fetch_first()
+        mesh = cls(config.default, config.destinations, max_destinations=max_destinations)
+        if reload:
+            source.follow(mesh)
+            mesh._source = source
+        else:
+            source.close()
+        return mesh
+
+    def close(self) -> None:
+        """Stop following the Mesh's file or URL, if any."""
+        if self._source is not None:
+            self._source.close()
+            self._source = None
 
     def route(self, policy: Policy | None, url: httpx.URL) -> Route:
         """Return the route for a request to `url`, under `policy` or the Mesh's own."""
@@ -169,7 +301,7 @@ class Mesh:
         # recycled id is caught by the identity check below.
         key = (id(policy), ref.scheme, ref.host, ref.port)
         found = self._routes.get(key)
-        if found is not None and found.requested is policy:
+        if found is not None and found.requested is policy and found.generation == self.generation:
             return found
         route = self._new_route(policy, url)
         route.url_key = (ref.scheme, ref.host, ref.port)
@@ -179,12 +311,15 @@ class Mesh:
         """Return the route for a `resilient` function named `key`."""
         route_key = (id(policy), "function", key, None)
         found = self._routes.get(route_key)
-        if found is not None and found.requested is policy:
+        if found is not None and found.requested is policy and found.generation == self.generation:
             return found
         destination = Destination("function", key, 0)
         return self._routes.replace(route_key, self._new_route(policy, destination))
 
     def _new_route(self, requested: Policy | None, target: httpx.URL | Destination) -> Route:
+        # Read before the table: a reload in between stamps this route stale, never
+        # an old policy with the new generation.
+        generation = self.generation
         destination = target if isinstance(target, Destination) else Destination.of(target)
         policy = requested
         if policy is None:
@@ -210,7 +345,7 @@ class Mesh:
                 lambda: ConcurrencyLimit(bulkhead_settings, label),
             )
         route = Route(requested, policy, destination, budget, breaker, bulkhead)
-        route.generation = self.generation
+        route.generation = generation
         return route
 
     def on_breaker_change(self, hook: TransitionHook) -> None:

@@ -1,0 +1,219 @@
+"""Where a Mesh's policies come from when they change: a file, or a URL.
+
+Each source runs one daemon thread that polls, parses off the request path,
+and swaps the Mesh's policy table whole (`Mesh.update`). A bad document is
+refused with one log line and the last good policies stay. The thread holds
+the Mesh weakly and stops when the Mesh is closed or collected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx
+
+from ._config import MeshConfig, parse_config
+from ._errors import ConfigError
+from ._telemetry import logger
+
+if TYPE_CHECKING:
+    from ._mesh import Mesh
+
+__all__ = ["FileSource", "UrlSource"]
+
+
+class _Poller:
+    """A daemon thread calling `poll` every `interval` seconds until closed."""
+
+    def __init__(self, name: str, interval: float) -> None:
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
+            raise ConfigError(f"{name}: interval: expected seconds > 0, got {interval!r}")
+        self.interval = float(interval)
+        self._stop = threading.Event()
+        self._mesh: weakref.ref[Mesh] | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self, mesh: Mesh) -> None:
+        self._mesh = weakref.ref(mesh)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            mesh = self._mesh() if self._mesh is not None else None
+            if mesh is None:
+                return
+            try:
+                self.poll(mesh)
+            except Exception:  # a poller must outlive any surprise; say so once per poll
+                logger.exception("meshlib policy source %s failed", self._thread.name)
+            del mesh  # do not keep the Mesh alive between polls
+
+    def poll(self, mesh: Mesh) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _apply(mesh: Mesh, config: MeshConfig) -> None:
+    mesh.update(config.default, config.destinations)
+    logger.info(
+        "applied new policies from %s (%d destinations)",
+        config.source,
+        len(config.destinations),
+        extra={"meshlib_event": "config_applied", "meshlib_source": config.source},
+    )
+
+
+def _refuse(source: str, error: ConfigError) -> None:
+    logger.error(
+        "refused the policy update, keeping the last good policies: %s",
+        error,
+        extra={"meshlib_event": "config_rejected", "meshlib_source": source},
+    )
+
+
+class FileSource(_Poller):
+    """Follow a policy file: size and mtime first, then a hash of the content."""
+
+    def __init__(
+        self, mesh: Mesh, path: str | os.PathLike[str], digest: str, interval: float
+    ) -> None:
+        super().__init__(f"meshlib-config {os.fspath(path)}", interval)
+        self.path = os.fspath(path)
+        self._digest = digest
+        self._stat = self._signature()
+        self._failing: str | None = None
+        self.start(mesh)
+
+    def _signature(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_size, stat.st_mtime_ns
+
+    def poll(self, mesh: Mesh) -> None:
+        signature = self._signature()
+        if signature == self._stat:
+            return
+        self._stat = signature
+        try:
+            with open(self.path, "rb") as file:
+                data = file.read()
+        except OSError as exc:
+            self._fail(ConfigError(f"{self.path}: cannot read: {exc.strerror or exc}"))
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self._digest:
+            return  # touched, not changed
+        try:
+            config = parse_config(data, self.path)
+        except ConfigError as exc:
+            self._digest = digest  # the same bad content is refused once, not every poll
+            self._fail(exc)
+            return
+        self._digest = digest
+        self._failing = None
+        _apply(mesh, config)
+
+    def _fail(self, error: ConfigError) -> None:
+        if str(error) != self._failing:
+            self._failing = str(error)
+            _refuse(self.path, error)
+
+
+class UrlSource(_Poller):
+    """Follow a policy document over HTTP(S), with ETag / If-None-Match."""
+
+    def __init__(
+        self,
+        url: str,
+        interval: float,
+        timeout: float,
+        headers: Mapping[str, str],
+        verify: Any,
+    ) -> None:
+        super().__init__(f"meshlib-config {url}", interval)
+        self.url = url
+        # A plain client: the head office must stay reachable whatever the policies say.
+        self._client = httpx.Client(timeout=timeout, headers=dict(headers), verify=verify)
+        self._etag: str | None = None
+        self._digest: str | None = None
+        self._failing: str | None = None
+
+    def _get(self) -> httpx.Response:
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        return self._client.get(self.url, headers=headers)
+
+    def _parse(self, response: httpx.Response) -> MeshConfig | None:
+        """Return the new config, None when unchanged; raise ConfigError when bad."""
+        if response.status_code == 304:
+            return None
+        if response.status_code != 200:
+            raise ConfigError(f"{self.url}: HTTP {response.status_code}")
+        data = response.content
+        digest = hashlib.sha256(data).hexdigest()
+        etag = response.headers.get("etag")
+        if digest == self._digest:
+            self._etag = etag
+            return None
+        kind = response.headers.get("content-type", "")
+        fmt: Literal["toml", "json"] | None = (
+            "json" if "json" in kind else "toml" if "toml" in kind else None
+        )
+        config = parse_config(data, self.url, format=fmt)
+        self._digest, self._etag = digest, etag
+        return config
+
+    def fetch_first(self) -> MeshConfig:
+        """Fetch and parse the document once, for the Mesh's first policies."""
+        try:
+            config = self._parse(self._get())
+        except httpx.HTTPError as exc:
+            self.close()
+            raise ConfigError(f"{self.url}: cannot fetch: {exc}") from exc
+        except ConfigError:
+            self.close()
+            raise
+        assert config is not None  # no ETag was sent, so no 304
+        return config
+
+    def follow(self, mesh: Mesh) -> None:
+        self.start(mesh)
+
+    def poll(self, mesh: Mesh) -> None:
+        try:
+            config = self._parse(self._get())
+        except httpx.HTTPError as exc:
+            self._fail(ConfigError(f"{self.url}: cannot fetch: {type(exc).__name__}: {exc}"))
+            return
+        except ConfigError as exc:
+            self._fail(exc)
+            return
+        if self._failing is not None:
+            logger.info(
+                "policy source %s answers again",
+                self.url,
+                extra={"meshlib_event": "config_source_ok", "meshlib_source": self.url},
+            )
+            self._failing = None
+        if config is not None:
+            _apply(mesh, config)
+
+    def _fail(self, error: ConfigError) -> None:
+        # Once per change of state, not once per poll: a dead config server for an
+        # hour is one line, not 720.
+        kind = str(error).split(":", 2)[1] if ":" in str(error) else str(error)
+        if kind != self._failing:
+            self._failing = kind
+            _refuse(self.url, error)
+
+    def close(self) -> None:
+        super().close()
+        self._client.close()

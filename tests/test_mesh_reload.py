@@ -1,0 +1,280 @@
+"""The head office: policies from a file or a URL, changed while clients run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+import meshlib
+
+pytestmark = pytest.mark.usefixtures("no_waits")
+
+POLICY_A = """
+[default]
+retry = { attempts = 2, budget = false }
+timeout = { total = 5 }
+breaker = false
+"""
+POLICY_B = """
+[default]
+retry = { attempts = 4, budget = false }
+timeout = { total = 9 }
+breaker = false
+"""
+BREAKING = "breaker = { consecutive = 3, open_for = 60 }"
+
+
+def _write(path: Path, text: str) -> None:
+    # Atomically, as a ConfigMap update or a deploy tool does.
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _until(condition: Callable[[], bool], within: float = 2.0) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within, "not within the time allowed"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mesh.toml"
+    _write(path, POLICY_A)
+    return path
+
+
+@pytest.fixture
+def mesh(policy_file: Path) -> Iterator[meshlib.Mesh]:
+    loaded = meshlib.Mesh.from_file(policy_file, interval=0.05)
+    yield loaded
+    loaded.close()
+
+
+def _attempts(mesh: meshlib.Mesh) -> int:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(503)
+
+    with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(handler)), mesh) as client:
+        client.get("http://orders.internal/")
+    return calls
+
+
+def test_a_changed_file_applies_to_the_next_request(mesh: meshlib.Mesh, policy_file: Path) -> None:
+    assert _attempts(mesh) == 2
+    _write(policy_file, POLICY_B)
+    took = _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+    assert took < 1.0
+    assert _attempts(mesh) == 4
+
+
+def test_an_invalid_file_keeps_the_last_good_policy(
+    mesh: meshlib.Mesh, policy_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="meshlib"):
+        _write(policy_file, POLICY_A.replace("attempts = 2", "attempts = 0"))
+        _until(lambda: any(r.meshlib_event == "config_rejected" for r in caplog.records))  # type: ignore[attr-defined]
+        time.sleep(0.2)  # more polls: still one line, not one per poll
+    (record,) = [r for r in caplog.records if getattr(r, "meshlib_event", "") == "config_rejected"]
+    message = record.getMessage()
+    assert str(policy_file) in message
+    assert "attempts" in message
+    assert "0" in message
+    assert _attempts(mesh) == 2  # the last good policy stays
+    _write(policy_file, POLICY_B)  # and a good file afterwards is taken
+    _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+
+
+def test_a_missing_or_bad_file_fails_at_once(tmp_path: Path) -> None:
+    with pytest.raises(meshlib.ConfigError, match=r"missing\.toml"):
+        meshlib.Mesh.from_file(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[default]\nretry = { attempts = -1 }\n")
+    with pytest.raises(meshlib.ConfigError, match=r"bad\.toml.*attempts"):
+        meshlib.Mesh.from_file(bad)
+
+
+def test_breaker_state_survives_a_reload_that_keeps_its_settings(
+    mesh: meshlib.Mesh, policy_file: Path
+) -> None:
+    _write(policy_file, POLICY_A.replace("breaker = false", BREAKING))
+    _until(lambda: mesh.default.breaker is not None)
+    client = meshlib.wrap(
+        httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(503))), mesh
+    )
+    client.get("http://orders.internal/")  # two attempts, two failures
+    client.get("http://orders.internal/")  # the third failure opens it
+    (before,) = mesh.breakers()
+    assert before.state == "open"
+    _write(policy_file, POLICY_B.replace("breaker = false", BREAKING))  # retry/timeout change
+    _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+    with pytest.raises(meshlib.CircuitOpen):
+        client.get("http://orders.internal/")
+    _write(policy_file, POLICY_B.replace("breaker = false", BREAKING.replace("3", "5")))
+    _until(lambda: mesh.default.breaker is not None and mesh.default.breaker.consecutive == 5)
+    assert client.get("http://orders.internal/").status_code == 503  # a fresh breaker
+    client.close()
+
+
+def test_reload_under_traffic_never_mixes_two_policies(
+    mesh: meshlib.Mesh, policy_file: Path
+) -> None:
+    # Each call sees one policy whole: A = (2 attempts, 5 s), B = (4 attempts, 9 s).
+    seen: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    local = threading.local()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        budget = int(request.headers["x-envoy-expected-rq-timeout-ms"])
+        local.calls.append("A" if budget <= 5000 else "B")
+        return httpx.Response(503)
+
+    policy, other = POLICY_A, POLICY_B
+    stop = threading.Event()
+
+    def traffic() -> None:
+        client = meshlib.wrap(httpx.Client(transport=httpx.MockTransport(handler)), mesh)
+        while not stop.is_set():
+            local.calls = []
+            client.get("http://orders.internal/")
+            with lock:
+                seen.append((len(local.calls), "".join(sorted(set(local.calls)))))
+        client.close()
+
+    workers = [threading.Thread(target=traffic) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for text in (other, policy, other, policy, other):
+        _write(policy_file, text)
+        time.sleep(0.12)
+    stop.set()
+    for worker in workers:
+        worker.join(5)
+    kinds = set(seen)
+    assert kinds <= {(2, "A"), (4, "B")}, kinds
+    assert kinds == {(2, "A"), (4, "B")}  # both policies were seen, each whole
+
+
+def test_a_thousand_destinations_load_quickly(tmp_path: Path) -> None:
+    lines = ["[default]", "retry = { attempts = 3 }"]
+    for n in range(1000):
+        lines.append(f'[destinations."svc-{n}.internal"]')
+        lines.append(f"timeout = {{ total = {1 + n % 30} }}")
+    path = tmp_path / "fleet.toml"
+    path.write_text("\n".join(lines))
+    started = time.perf_counter()
+    mesh = meshlib.Mesh.from_file(path, reload=False)
+    took = time.perf_counter() - started
+    assert len(mesh.destinations) == 1000
+    assert mesh.policy_for("svc-999.internal").timeout == meshlib.Timeout(total=10)
+    assert took < 1.0
+
+
+def test_from_env(monkeypatch: pytest.MonkeyPatch, policy_file: Path) -> None:
+    monkeypatch.delenv("MESHLIB_CONFIG", raising=False)
+    assert meshlib.Mesh.from_env() is None
+    monkeypatch.setenv("MESHLIB_CONFIG", str(policy_file))
+    mesh = meshlib.Mesh.from_env(reload=False)
+    assert mesh is not None
+    assert mesh.default.retry is not None
+    assert mesh.default.retry.attempts == 2
+
+
+def test_update_validates_before_swapping() -> None:
+    mesh = meshlib.Mesh()
+    with pytest.raises(meshlib.ConfigError):
+        mesh.update(meshlib.STANDARD, {"": meshlib.STANDARD})
+    assert mesh.default == meshlib.STANDARD
+    assert mesh.pattern_for("a.internal") is None
+
+
+# The remote head office
+
+
+class _Office:
+    """A config server on 127.0.0.1 with ETags; counts what it was asked."""
+
+    def __init__(self, document: str) -> None:
+        self.document = document
+        self.fetches = 0
+        self.not_modified = 0
+        office = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                office.fetches += 1
+                etag = f'"{hash(office.document) & 0xFFFFFFFF:x}"'
+                if self.headers.get("If-None-Match") == etag:
+                    office.not_modified += 1
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                body = office.document.encode()
+                self.send_response(200)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Type", "application/toml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/mesh.toml"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.network
+def test_a_remote_document_is_followed_with_etags(caplog: pytest.LogCaptureFixture) -> None:
+    office = _Office(POLICY_A)
+    mesh = meshlib.Mesh.from_url(office.url, interval=0.05)
+    try:
+        assert mesh.default.retry is not None
+        assert mesh.default.retry.attempts == 2
+        _until(lambda: office.not_modified >= 3)  # polls cost a 304, nothing is re-parsed
+        office.document = POLICY_B
+        _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+        with caplog.at_level(logging.INFO, logger="meshlib"):
+            office.stop()
+            time.sleep(0.4)  # several failed polls
+            failures = [
+                r for r in caplog.records if getattr(r, "meshlib_event", "") == "config_rejected"
+            ]
+            assert len(failures) == 1  # once per state change, not per poll
+            assert office.url in failures[0].getMessage()
+        assert mesh.default.retry is not None
+        assert mesh.default.retry.attempts == 4
+    finally:
+        mesh.close()
+
+
+@pytest.mark.network
+def test_a_remote_document_that_is_bad_at_first_is_an_error() -> None:
+    office = _Office("[default]\nretry = { attempts = 0 }\n")
+    try:
+        with pytest.raises(meshlib.ConfigError, match="attempts"):
+            meshlib.Mesh.from_url(office.url)
+    finally:
+        office.stop()
+    with pytest.raises(meshlib.ConfigError, match="cannot fetch"):
+        meshlib.Mesh.from_url(office.url, timeout=0.5)
