@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -83,6 +82,8 @@ def _destination(text: str) -> tuple[str, int | None]:
             destination = Destination.of(httpx.URL(text))
         except httpx.InvalidURL as exc:
             raise ValueError(f"not a URL: {text!r} ({exc})") from exc
+        if not destination.host:
+            raise ValueError(f"not a URL with a host: {text!r}")
         return destination.host, destination.port
     host, port = text, ""
     if text.startswith("["):  # an IPv6 literal: [::1] or [::1]:8080
@@ -100,7 +101,7 @@ def _destination(text: str) -> tuple[str, int | None]:
 
 
 def _explain(file: str, host: str, port: int | None) -> int:
-    from ._config import describe, load_config, matching_pattern
+    from ._config import explain, load_config
     from ._errors import ConfigError
     from ._mesh import Mesh
 
@@ -110,14 +111,7 @@ def _explain(file: str, host: str, port: int | None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    pattern = matching_pattern(config.destinations, host, port)
-    policy = mesh.policy_for(host, port)
-    shown = host if ":" not in host else f"[{host}]"
-    target = f"{shown}:{port}" if port is not None else shown
-    where = "default" if pattern is None else f"destinations.{json.dumps(pattern)}"
-    print(f"{file}: {target} -> {where}")
-    for line in describe(policy, config.layer_origins(pattern)).splitlines():
-        print(f"  {line}")
+    print(f"{file}: {explain(config, host, port, mesh=mesh)}")
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fnmatch
 import hashlib
 import inspect
 import json
@@ -29,12 +28,14 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
 from ._policy import Policy
+
+if TYPE_CHECKING:
+    from ._mesh import Mesh
 
 __all__ = [
     "ENV_VAR",
@@ -43,7 +44,7 @@ __all__ = [
     "describe",
     "format_duration",
     "load_config",
-    "matching_pattern",
+    "explain",
     "normalise_pattern",
     "parse_config",
     "parse_duration",
@@ -58,6 +59,14 @@ _SETTINGS_MESSAGE = re.compile(r"(\w+)\.(\w+): (.*)", re.DOTALL)
 _TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# The validators speak Python; a file says ``false`` and writes durations as strings.
+_FILE_WORDS = (
+    ("seconds (float or timedelta)", 'a duration (seconds, or a string such as "2s")'),
+    (" or None, got", " or false, got"),
+    (", got None", ", got null"),
+    (", got False", ", got false"),
+    (", got True", ", got true"),
+)
 # Fields typed ``float`` that are shares, ratios or rates rather than durations: a
 # string such as "2s" is not accepted for them.
 _NOT_DURATION_WORDS = ("ratio", "share", "rate", "per_second", "weight", "abort", "delayed")
@@ -166,9 +175,19 @@ def _setting(name: str, hint: object, required: bool) -> _Setting:
     return _Setting(name, required, table, many, optional, duration, takes_bool, takes_str, in_file)
 
 
-@cache
+_SETTINGS: dict[type, dict[str, _Setting]] = {}
+
+
 def _settings(cls: type) -> dict[str, _Setting]:
     """Return the keyword arguments `cls` takes, public ones only, in declaration order."""
+    found = _SETTINGS.get(cls)
+    if found is None:
+        # Two threads may both read a class the first time: the same answer, no harm.
+        found = _SETTINGS[cls] = _read_settings(cls)
+    return found
+
+
+def _read_settings(cls: type) -> dict[str, _Setting]:
     target: Any = cls if dataclasses.is_dataclass(cls) else vars(cls).get("__init__", cls)
     try:
         hints = typing.get_type_hints(target)
@@ -300,9 +319,8 @@ class _Reader:
         name, problem = found[2], found[3]
         if name in written:  # the value in the message is the converted one
             problem += f" (written {written[name]})"
-        for python, toml in ((", got False", ", got false"), (", got True", ", got true")):
-            if problem.endswith(python):  # spell it as the file does
-                problem = problem.removesuffix(python) + toml
+        for python, spelled in _FILE_WORDS:  # say it as the file does
+            problem = problem.replace(python, spelled)
         return self.error(_join(path, name), problem)
 
     def value(self, setting: _Setting, value: Any, path: str, written: dict[str, str]) -> Any:
@@ -383,43 +401,16 @@ class _Reader:
 
 
 def normalise_pattern(pattern: str) -> str:
-    """Return `pattern` as a Mesh compares it: lower case, no trailing dot before ``:port``."""
+    """Return `pattern` as a Mesh compares it: lower case, no trailing dot before ``:port``.
+
+    Two patterns of one file that normalise alike are refused: the Mesh would keep one.
+    """
     host, colon, port = pattern.strip().lower().rpartition(":")
     if colon and port.isdigit() and not host.endswith("]") and ":" not in host:
         return f"{host.rstrip('.')}:{port}"
     if colon and port.isdigit() and host.endswith("]"):
         return f"{host}:{port}"  # an IPv6 literal with a port: [::1]:8080
     return pattern.strip().lower().rstrip(".")
-
-
-def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
-
-
-def matching_pattern(
-    destinations: Mapping[str, object], host: str, port: int | None = None
-) -> str | None:
-    """Return the pattern of `destinations` that applies to `host` (and `port`), or None.
-
-    The precedence is `Mesh`'s: the exact ``host:port``, the exact host, the longest
-    matching glob (the first given among equal lengths), else None for the default.
-    Patterns are returned as written in `destinations`.
-    """
-    written: dict[str, str] = {}
-    for pattern in destinations:
-        written.setdefault(normalise_pattern(pattern), pattern)
-    host = host.lower().rstrip(".")
-    if port is not None and f"{host}:{port}" in written:
-        return written[f"{host}:{port}"]
-    if host in written:
-        return written[host]
-    globs = sorted((p for p in written if _is_glob(p)), key=len, reverse=True)
-    for pattern in globs:
-        if fnmatch.fnmatchcase(host, pattern) or (
-            port is not None and fnmatch.fnmatchcase(f"{host}:{port}", pattern)
-        ):
-            return written[pattern]
-    return None
 
 
 # -- the document ----------------------------------------------------------------------
@@ -716,23 +707,27 @@ def _tracing(tracing: Any) -> str:
     )
 
 
+def _is_record(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
 def _generic(value: Any) -> str:
-    if isinstance(value, tuple) and value and all(dataclasses.is_dataclass(v) for v in value):
-        return "; ".join(_generic(v) for v in value)
-    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+    """Render a layer this module has no words for: ``name value`` per setting."""
+    if not _is_record(value):
         return _plain(value)
-    settings = _settings(type(value))
     parts: list[str] = []
-    for name, setting in settings.items():
+    for name, setting in _settings(type(value)).items():
         if not setting.in_file:
             continue
         item = getattr(value, name, None)
-        if setting.duration and isinstance(item, int | float) and not isinstance(item, bool):
-            shown = format_duration(item) if math.isfinite(item) else repr(item)
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            shown = f"({_generic(item)})"
-        elif item is None:
+        if item is None:
             shown = "off"
+        elif setting.duration and isinstance(item, int | float) and not isinstance(item, bool):
+            shown = format_duration(item) if math.isfinite(item) else repr(item)
+        elif _is_record(item):
+            shown = f"({_generic(item)})"
+        elif isinstance(item, tuple) and item and all(map(_is_record, item)):
+            shown = "[" + "; ".join(f"({_generic(v)})" for v in item) + "]"
         else:
             shown = _plain(item)
         parts.append(f"{name} {shown}")
@@ -785,3 +780,34 @@ def describe(policy: Policy, origins: Mapping[str, str] | None = None) -> str:
             text += f"  (from {origins[name]})"
         lines.append(f"{name.ljust(width)}  {text}")
     return "\n".join(lines)
+
+
+def explain(
+    config: MeshConfig, host: str, port: int | None = None, *, mesh: Mesh | None = None
+) -> str:
+    """Return what ``meshlib explain`` shows for `host` (and `port`) under `config`.
+
+    The first line names the table that applies, ``destinations."PATTERN"`` (as the file
+    writes it) or ``default``; then `describe`'s lines for the effective policy,
+    indented, each with the table its layer comes from. The pattern is the one
+    `Mesh.pattern_for` picks, so this always agrees with what requests get.
+
+    Args:
+        config: a parsed policy file.
+        host: the destination's host (an IPv6 literal without brackets).
+        port: its port; None matches ``host`` and globs only, never ``host:port``.
+        mesh: the Mesh built from `config`, if there is one; else one is built.
+    """
+    if mesh is None:
+        from ._mesh import Mesh
+
+        mesh = Mesh(config.default, config.destinations)
+    found = mesh.pattern_for(host, port)
+    written = {normalise_pattern(p): p for p in config.destinations}
+    pattern = None if found is None else written.get(found, found)
+    shown = f"[{host}]" if ":" in host else host
+    target = shown if port is None else f"{shown}:{port}"
+    where = "default" if pattern is None else _pattern_path(pattern)
+    policy = mesh.policy_for(host, port)
+    lines = describe(policy, config.layer_origins(pattern)).splitlines()
+    return "\n".join([f"{target} -> {where}", *(f"  {line}" for line in lines)])

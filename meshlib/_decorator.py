@@ -11,7 +11,7 @@ import anyio
 
 from ._deadline import DEADLINE_SLACK
 from ._errors import ConfigError, MeshError
-from ._mesh import Mesh, Route
+from ._mesh import Mesh, Plan
 from ._pipeline import (
     _resolve,
     admit,
@@ -99,24 +99,24 @@ def resilient(
 
             @functools.wraps(fn)
             async def call_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                route = mesh.function_route(fixed_policy, name)
+                plan = mesh.function_plan(fixed_policy, name)
                 now = runtime.clock.now()
-                deadline_at = call_deadline(route, now)
-                bulkhead = route.bulkhead
+                deadline_at = call_deadline(plan, now)
+                bulkhead = plan.bulkhead
                 if bulkhead is not None and not bulkhead.try_acquire():
-                    within = queue_timeout(bulkhead, route, None, deadline_at)
+                    within = queue_timeout(bulkhead, plan, None, deadline_at)
                     if not await bulkhead.acquire_async(within):
-                        raise queued_too_long(route, None, deadline_at)
+                        raise queued_too_long(plan, None, deadline_at)
                     now = runtime.clock.now()
                 try:
-                    span = function_span(route.telemetry, name)
+                    span = function_span(plan.telemetry, name)
                     if span is None:
                         return await _attempts_async(
-                            async_fn, args, kwargs, matches, route, deadline_at, now
+                            async_fn, args, kwargs, matches, plan, deadline_at, now
                         )
                     with span:
                         return await _attempts_async(
-                            async_fn, args, kwargs, matches, route, deadline_at, now
+                            async_fn, args, kwargs, matches, plan, deadline_at, now
                         )
                 finally:
                     if bulkhead is not None:
@@ -126,21 +126,21 @@ def resilient(
 
         @functools.wraps(fn)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            route = mesh.function_route(fixed_policy, name)
+            plan = mesh.function_plan(fixed_policy, name)
             now = runtime.clock.now()
-            deadline_at = call_deadline(route, now)
-            bulkhead = route.bulkhead
+            deadline_at = call_deadline(plan, now)
+            bulkhead = plan.bulkhead
             if bulkhead is not None and not bulkhead.try_acquire():
-                within = queue_timeout(bulkhead, route, None, deadline_at)
+                within = queue_timeout(bulkhead, plan, None, deadline_at)
                 if not bulkhead.acquire(within):
-                    raise queued_too_long(route, None, deadline_at)
+                    raise queued_too_long(plan, None, deadline_at)
                 now = runtime.clock.now()
             try:
-                span = function_span(route.telemetry, name)
+                span = function_span(plan.telemetry, name)
                 if span is None:
-                    return _attempts(fn, args, kwargs, matches, route, deadline_at, now)
+                    return _attempts(fn, args, kwargs, matches, plan, deadline_at, now)
                 with span:
-                    return _attempts(fn, args, kwargs, matches, route, deadline_at, now)
+                    return _attempts(fn, args, kwargs, matches, plan, deadline_at, now)
             finally:
                 if bulkhead is not None:
                     bulkhead.release()
@@ -155,35 +155,35 @@ def _attempts(
     args: Any,
     kwargs: Any,
     matches: Callable[[Exception], bool],
-    route: Route,
+    plan: Plan,
     deadline_at: float | None,
     now: float,
 ) -> R:
     """Run `fn` until it returns or retrying stops; sync twin of `_attempts_async`."""
     clock = runtime.clock
-    if route.budget is not None:
-        route.budget.deposit(now)
+    if plan.budget is not None:
+        plan.budget.deposit(now)
     state: RetryState | None = None
     last: Exception | None = None
     while True:
-        _attempt_bound(route, deadline_at, now)
-        ticket = admit(route, None, now, last)
+        _attempt_bound(plan, deadline_at, now)
+        ticket = admit(plan, None, now, last)
         if ticket is None:
             assert last is not None
             raise last
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:  # cancellation and Ctrl-C are handled below
-            record(route, ticket, _is_failure(exc, matches))
-            state, wait = _after_failure(exc, matches, route, state, deadline_at)
+            record(plan, ticket, _is_failure(exc, matches))
+            state, wait = _after_failure(exc, matches, plan, state, deadline_at)
             if wait is None:
                 raise
             last = exc
         except BaseException:
-            release(route, ticket)
+            release(plan, ticket)
             raise
         else:
-            record(route, ticket, False)
+            record(plan, ticket, False)
             return result
         if wait > 0 and not runtime.skip_waits:
             clock.sleep(wait)
@@ -195,19 +195,19 @@ async def _attempts_async(
     args: Any,
     kwargs: Any,
     matches: Callable[[Exception], bool],
-    route: Route,
+    plan: Plan,
     deadline_at: float | None,
     now: float,
 ) -> Any:
     """Await `fn` until it returns or retrying stops; each attempt under its time bound."""
     clock = runtime.clock
-    if route.budget is not None:
-        route.budget.deposit(now)
+    if plan.budget is not None:
+        plan.budget.deposit(now)
     state: RetryState | None = None
     last: Exception | None = None
     while True:
-        bound = _attempt_bound(route, deadline_at, now)
-        ticket = admit(route, None, now, last)
+        bound = _attempt_bound(plan, deadline_at, now)
+        ticket = admit(plan, None, now, last)
         if ticket is None:
             assert last is not None
             raise last
@@ -220,18 +220,18 @@ async def _attempts_async(
                     result = await fn(*args, **kwargs)
         except Exception as exc:  # cancellation is handled below
             timed_out = scope is not None and scope.cancelled_caught
-            record(route, ticket, timed_out or _is_failure(exc, matches))
+            record(plan, ticket, timed_out or _is_failure(exc, matches))
             state, wait = _after_failure(
-                exc, matches, route, state, deadline_at, timed_out=timed_out
+                exc, matches, plan, state, deadline_at, timed_out=timed_out
             )
             if wait is None:
                 raise
             last = exc
         except BaseException:
-            release(route, ticket)
+            release(plan, ticket)
             raise
         else:
-            record(route, ticket, False)
+            record(plan, ticket, False)
             return result
         if wait > 0 and not runtime.skip_waits:
             await clock.asleep(wait)
@@ -249,14 +249,14 @@ def _qualified_name(fn: Callable[..., object]) -> str:
     return f"{target.__module__}.{target.__qualname__}"
 
 
-def _attempt_bound(route: Route, deadline_at: float | None, now: float) -> float | None:
+def _attempt_bound(plan: Plan, deadline_at: float | None, now: float) -> float | None:
     """Return the time one attempt may take, or raise DeadlineExceeded if none is left."""
-    timeout = route.policy.timeout
+    timeout = plan.policy.timeout
     bound = timeout.attempt if timeout is not None else None
     if deadline_at is not None:
         left = deadline_at - now
         if left <= 0:
-            raise deadline_exceeded(route, None, "before calling")
+            raise deadline_exceeded(plan, None, "before calling")
         if bound is None or left < bound:
             bound = left
     return bound
@@ -265,7 +265,7 @@ def _attempt_bound(route: Route, deadline_at: float | None, now: float) -> float
 def _after_failure(
     exc: Exception,
     matches: Callable[[Exception], bool],
-    route: Route,
+    plan: Plan,
     state: RetryState | None,
     deadline_at: float | None,
     *,
@@ -275,12 +275,12 @@ def _after_failure(
     now = runtime.clock.now()
     if timed_out and deadline_at is not None and now >= deadline_at - DEADLINE_SLACK:
         # The bound that fired was what was left of the deadline: the call's time is up.
-        raise deadline_exceeded(route, None, "waiting for the answer") from exc
-    retry = route.policy.retry
+        raise deadline_exceeded(plan, None, "waiting for the answer") from exc
+    retry = plan.policy.retry
     if retry is None or isinstance(exc, MeshError) or not matches(exc):
         return state, None
     if state is None:
-        state = RetryState(retry, route.budget, deadline_at)
+        state = RetryState(retry, plan.budget, deadline_at)
     wait = state.next_wait(now)
-    report_decision(route, state, type(exc).__name__, wait)
+    report_decision(plan, state, type(exc).__name__, wait)
     return state, wait

@@ -1,7 +1,8 @@
 """A real HTTP/1.1 server on 127.0.0.1 that misbehaves on demand, for tests and demos.
 
-Queue behaviours (`Respond`, `Reset`, `Close`, `Hang`, `Drip`); each incoming request
-consumes the next one, and `FaultServer.default` answers once the queue is empty::
+Queue behaviours (`Respond`, `Reset`, `Close`, `Hang`, `Drip`, or `Chaos` to draw one of
+them at random); each incoming request consumes the next one, and `FaultServer.default`
+answers once the queue is empty::
 
     with FaultServer() as server:
         server.enqueue(Respond(503, headers={"Retry-After": "1"}), Reset(), Respond(200, b"ok"))
@@ -17,19 +18,22 @@ import collections
 import contextlib
 import http
 import itertools
+import math
+import random
 import socket
 import ssl
 import string
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeAlias
 
 __all__ = [
     "Behaviour",
+    "Chaos",
     "Close",
     "Drip",
     "FaultServer",
@@ -167,8 +171,95 @@ class Drip:
         _check_seconds("interval", self.interval)
 
 
-Behaviour: TypeAlias = Respond | Reset | Close | Hang | Drip
-_BEHAVIOUR_TYPES = (Respond, Reset, Close, Hang, Drip)
+_Fixed: TypeAlias = Respond | Reset | Close | Hang | Drip
+_FIXED_TYPES = (Respond, Reset, Close, Hang, Drip)
+
+
+class Chaos:
+    """Draw a behaviour at random for each request, with given weights.
+
+    Each request that gets this behaviour (as `FaultServer.default`, or queued) draws
+    one of `choices`; whatever weight is left up to 1.0 answers ``Respond(200)``::
+
+        server.default = Chaos(
+            [(0.04, Reset()), (0.03, Respond(503)), (0.03, Respond(delay=0.2))],
+            rng=random.Random(7),
+        )  # about 10% faults, the same sequence of draws on every run
+
+    Draws are serialised by a lock, so one seeded `rng` gives the same sequence of
+    behaviours however many connection threads draw from it (which request gets
+    which draw still depends on arrival order).
+
+    Args:
+        choices: (weight, behaviour) pairs; weights are probabilities >= 0 adding
+            up to at most 1.0. A `Chaos` cannot contain another.
+        rng: the source of the draws; a fresh unseeded ``random.Random`` when None.
+
+    Raises:
+        ValueError: a weight is negative, NaN or infinite, or the weights add up to
+            more than 1.0.
+        TypeError: a choice is not a (weight, behaviour) pair.
+    """
+
+    __slots__ = ("_behaviours", "_bounds", "_counts", "_lock", "_rng", "choices")
+
+    def __init__(
+        self,
+        choices: Sequence[tuple[float, _Fixed]],
+        rng: random.Random | None = None,
+    ) -> None:
+        pairs: list[tuple[float, _Fixed]] = []
+        for choice in choices:
+            if not isinstance(choice, tuple) or len(choice) != 2:
+                raise TypeError(f"expected a (weight, behaviour) pair, got {choice!r}")
+            weight, behaviour = choice
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise TypeError(f"weight must be a number, got {weight!r}")
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+            if not isinstance(behaviour, _FIXED_TYPES):
+                raise TypeError(f"not a behaviour Chaos can draw: {behaviour!r}")
+            pairs.append((float(weight), behaviour))
+        total = math.fsum(weight for weight, _ in pairs)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"weights must add up to at most 1.0, got {total!r}")
+        self.choices: tuple[tuple[float, _Fixed], ...] = tuple(pairs)
+        bounds: list[float] = []
+        running = 0.0
+        for weight, _ in pairs:
+            running += weight
+            bounds.append(running)
+        self._bounds = bounds
+        self._behaviours: list[_Fixed] = [behaviour for _, behaviour in pairs]
+        self._behaviours.append(Respond())
+        self._counts = [0] * len(self._behaviours)
+        self._rng = rng if rng is not None else random.Random()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Chaos({list(self.choices)!r})"
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """How often each choice was drawn, in the order given, then the ``Respond(200)`` rest."""
+        with self._lock:
+            return tuple(self._counts)
+
+    def draw(self) -> _Fixed:
+        """Draw the behaviour for one request (thread-safe)."""
+        with self._lock:
+            point = self._rng.random()
+            index = len(self._bounds)
+            for position, bound in enumerate(self._bounds):
+                if point < bound:
+                    index = position
+                    break
+            self._counts[index] += 1
+        return self._behaviours[index]
+
+
+Behaviour: TypeAlias = Respond | Reset | Close | Hang | Drip | Chaos
+_BEHAVIOUR_TYPES = (*_FIXED_TYPES, Chaos)
 
 
 @dataclass(frozen=True)
@@ -649,6 +740,8 @@ class FaultServer:
 
     def _perform(self, behaviour: Behaviour, sock: socket.socket, request: _Request) -> bool:
         """Carry out `behaviour`; return whether to keep reading from the connection."""
+        if isinstance(behaviour, Chaos):
+            behaviour = behaviour.draw()
         if isinstance(behaviour, Respond):
             return self._respond(behaviour, sock, request)
         if isinstance(behaviour, Drip):

@@ -13,31 +13,22 @@ import httpx
 from ._breaker import BreakerSnapshot, CircuitBreaker, TransitionHook
 from ._budget import RetryBudget
 from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
+from ._config import normalise_pattern
 from ._deadline import DEFAULT_HEADER
 from ._errors import ConfigError
 from ._policy import STANDARD, Breaker, Budget, Bulkhead, Policy
 from ._propagation import inside_mesh, propagates
 from ._runtime import runtime
 from ._state import BoundedMap, Destination, SharedState
-from ._telemetry import log_breaker, logger, telemetry_for, watch_breakers
+from ._telemetry import Reporter, log_breaker, logger, telemetry_for, watch_breakers
 
-__all__ = ["Mesh", "Route", "default_mesh"]
-
-
-def _normalise_pattern(pattern: str) -> str:
-    """Lowercase a pattern and drop the host's trailing dot, before any ``:port``."""
-    host, colon, port = pattern.strip().lower().rpartition(":")
-    if colon and port.isdigit() and not host.endswith("]") and ":" not in host:
-        return f"{host.rstrip('.')}:{port}"
-    if colon and port.isdigit() and host.endswith("]"):
-        return f"{host}:{port}"  # an IPv6 literal with a port: [::1]:8080
-    return pattern.strip().lower().rstrip(".")
+__all__ = ["Mesh", "Plan", "default_mesh"]
 
 
-class Route:
+class Plan:
     """Where one request goes and with what: a policy and the destination's state.
 
-    Routes are cached per (policy, destination), so the success path finds
+    Plans are cached per (policy, destination), so the success path finds
     everything it needs with one dictionary lookup.
     """
 
@@ -51,6 +42,7 @@ class Route:
         "label",
         "policy",
         "propagate",
+        "report",
         "requested",
         "telemetry",
         "url_key",
@@ -83,6 +75,13 @@ class Route:
             else propagates(destination.host, tracing.propagate_to)
         )
         self.telemetry = telemetry_for(tracing)
+        self.report = Reporter(
+            self.telemetry,
+            self.label,
+            {"code.function.name": destination.host}
+            if destination.scheme == "function"
+            else {"server.address": destination.host, "server.port": destination.port},
+        )
         timeout = policy.timeout
         header = DEFAULT_HEADER if timeout is None else timeout.header
         self.deadline_header = header if self.propagate else None
@@ -108,22 +107,30 @@ class PolicyTable:
                 raise ConfigError(
                     f"Mesh.destinations[{pattern!r}]: expected a meshlib.Policy, got {policy!r}"
                 )
-            table[_normalise_pattern(pattern)] = policy
+            table[normalise_pattern(pattern)] = policy
         self.default = default
         self.destinations: Mapping[str, Policy] = types.MappingProxyType(table)
         # Longest first; sorted() is stable, so equal lengths keep the file's order.
-        self.globs = sorted((p for p in table if any(c in p for c in "*?[")), key=len, reverse=True)
+        # A leading "[" is an IPv6 literal ([::1]:8080), not a glob's character class.
+        self.globs = sorted(
+            (p for p in table if "*" in p or "?" in p or "[" in p[1:]), key=len, reverse=True
+        )
 
     def pattern_for(self, host: str, port: int | None = None) -> str | None:
         """Return the pattern that decides `host`'s policy, or None for the default."""
-        host = host.lower().rstrip(".")
-        if port is not None and f"{host}:{port}" in self.destinations:
-            return f"{host}:{port}"
-        if host in self.destinations:
+        host = host.lower().rstrip(".").strip("[]")
+        named = f"[{host}]" if ":" in host else host  # IPv6 literals are written bracketed
+        with_port = f"{named}:{port}" if port is not None else None
+        destinations = self.destinations
+        if with_port is not None and with_port in destinations:
+            return with_port
+        if host in destinations:
             return host
+        if named in destinations:
+            return named
         for pattern in self.globs:
             if fnmatch.fnmatchcase(host, pattern) or (
-                port is not None and fnmatch.fnmatchcase(f"{host}:{port}", pattern)
+                with_port is not None and fnmatch.fnmatchcase(with_port, pattern)
             ):
                 return pattern
         return None
@@ -174,14 +181,14 @@ class Mesh:
                 f"Mesh.max_destinations: expected an int >= 1, got {max_destinations!r}"
             )
         self._table = PolicyTable(default, destinations)
-        self._routes: BoundedMap[tuple[int, str, str, int | None], Route] = BoundedMap(
+        self._plans: BoundedMap[tuple[int, str, str, int | None], Plan] = BoundedMap(
             max_destinations
         )
         self._budgets: SharedState[tuple[Destination, Budget], RetryBudget] = SharedState()
         self._breakers: SharedState[tuple[Destination, Breaker], CircuitBreaker] = SharedState()
         self._bulkheads: SharedState[tuple[Destination, Bulkhead], ConcurrencyLimit] = SharedState()
         self._hooks: list[TransitionHook] = []
-        # Bumped whenever cached routes stop being valid: reset() and update().
+        # Bumped whenever cached plans stop being valid: reset() and update().
         self.generation = 0
         self._source: Any = None  # a file or URL watcher, kept alive with the Mesh
         watch_breakers(self)
@@ -249,7 +256,7 @@ class Mesh:
     @classmethod
     def from_env(cls, variable: str = "MESHLIB_CONFIG", **kwargs: Any) -> Mesh | None:
         """Build a Mesh from the file the environment variable names, or None when unset."""
-        path = os.environ.get(variable)
+        path = os.environ.get(variable, "").strip()
         return cls.from_file(path, **kwargs) if path else None
 
     @classmethod
@@ -292,32 +299,32 @@ class Mesh:
             self._source.close()
             self._source = None
 
-    def route(self, policy: Policy | None, url: httpx.URL) -> Route:
-        """Return the route for a request to `url`, under `policy` or the Mesh's own."""
+    def plan(self, policy: Policy | None, url: httpx.URL) -> Plan:
+        """Return the plan for a request to `url`, under `policy` or the Mesh's own."""
         # httpx's parsed form: reading its fields costs a fraction of url.netloc's
         # encoding, and this runs on every request (httpx is pinned below 0.29).
         ref = url._uri_reference
         # Keyed by identity: hashing a policy by value costs a Python call. A
         # recycled id is caught by the identity check below.
         key = (id(policy), ref.scheme, ref.host, ref.port)
-        found = self._routes.get(key)
+        found = self._plans.get(key)
         if found is not None and found.requested is policy and found.generation == self.generation:
             return found
-        route = self._new_route(policy, url)
-        route.url_key = (ref.scheme, ref.host, ref.port)
-        return self._routes.replace(key, route)
+        plan = self._new_plan(policy, url)
+        plan.url_key = (ref.scheme, ref.host, ref.port)
+        return self._plans.replace(key, plan)
 
-    def function_route(self, policy: Policy | None, key: str) -> Route:
-        """Return the route for a `resilient` function named `key`."""
-        route_key = (id(policy), "function", key, None)
-        found = self._routes.get(route_key)
+    def function_plan(self, policy: Policy | None, key: str) -> Plan:
+        """Return the plan for a `resilient` function named `key`."""
+        plan_key = (id(policy), "function", key, None)
+        found = self._plans.get(plan_key)
         if found is not None and found.requested is policy and found.generation == self.generation:
             return found
         destination = Destination("function", key, 0)
-        return self._routes.replace(route_key, self._new_route(policy, destination))
+        return self._plans.replace(plan_key, self._new_plan(policy, destination))
 
-    def _new_route(self, requested: Policy | None, target: httpx.URL | Destination) -> Route:
-        # Read before the table: a reload in between stamps this route stale, never
+    def _new_plan(self, requested: Policy | None, target: httpx.URL | Destination) -> Plan:
+        # Read before the table: a reload in between stamps this plan stale, never
         # an old policy with the new generation.
         generation = self.generation
         destination = target if isinstance(target, Destination) else Destination.of(target)
@@ -344,9 +351,9 @@ class Mesh:
                 (destination, bulkhead_settings),
                 lambda: ConcurrencyLimit(bulkhead_settings, label),
             )
-        route = Route(requested, policy, destination, budget, breaker, bulkhead)
-        route.generation = generation
-        return route
+        plan = Plan(requested, policy, destination, budget, breaker, bulkhead)
+        plan.generation = generation
+        return plan
 
     def on_breaker_change(self, hook: TransitionHook) -> None:
         """Call ``hook(destination, old_state, new_state)`` after every breaker transition.
@@ -375,8 +382,8 @@ class Mesh:
 
     def reset(self) -> None:
         """Forget every destination's state: budgets, breakers and bulkheads."""
-        self.generation += 1  # routes cached by transports are stale from now on
-        self._routes.clear()
+        self.generation += 1  # plans cached by transports are stale from now on
+        self._plans.clear()
         self._budgets.clear()
         self._breakers.clear()
         self._bulkheads.clear()

@@ -31,7 +31,7 @@ from ._breaker import CLOSED
 from ._bulkhead import ConcurrencyLimit
 from ._deadline import DEADLINE_SLACK, GRPC_HEADER, current_deadline
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
-from ._mesh import Mesh, Route, default_mesh
+from ._mesh import Mesh, Plan, default_mesh
 from ._policy import STANDARD, Policy
 from ._retry import (
     RetryState,
@@ -42,7 +42,7 @@ from ._retry import (
 )
 from ._runtime import runtime
 from ._streams import AsyncDeadlineStream, SyncDeadlineStream
-from ._telemetry import end_attempt, log_retry, log_stop, note_rejection, start_attempt
+from ._telemetry import end_attempt, start_attempt
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -68,9 +68,9 @@ class _Pipeline:
 
     def __init__(self, policy_or_mesh: Policy | Mesh = STANDARD) -> None:
         self.mesh, self.policy = _resolve(policy_or_mesh)
-        self._last: Route | None = None
+        self._last: Plan | None = None
 
-    def _route(self, request: httpx.Request) -> Route:
+    def _plan(self, request: httpx.Request) -> Plan:
         policy = request.extensions.get(POLICY_EXTENSION)
         if policy is None:
             policy = self.policy
@@ -78,7 +78,7 @@ class _Pipeline:
             raise ConfigError(
                 f"extensions[{POLICY_EXTENSION!r}]: expected a meshlib.Policy, got {policy!r}"
             )
-        # Most clients talk to one destination: remember the last route and skip
+        # Most clients talk to one destination: remember the last plan and skip
         # the Mesh's lookup while it still matches (httpx's parsed URL fields).
         ref = request.url._uri_reference
         last = self._last
@@ -89,14 +89,14 @@ class _Pipeline:
             and last.generation == self.mesh.generation
         ):
             return last
-        route = self._last = self.mesh.route(policy, request.url)
-        return route
+        plan = self._last = self.mesh.plan(policy, request.url)
+        return plan
 
 
-def call_deadline(route: Route, now: float) -> float | None:
+def call_deadline(plan: Plan, now: float) -> float | None:
     """Return the call's deadline: the earlier of the enclosing one and `total` from now."""
     outer = current_deadline()
-    timeout = route.policy.timeout
+    timeout = plan.policy.timeout
     if timeout is None or timeout.total is None:
         return outer
     at = now + timeout.total
@@ -105,37 +105,37 @@ def call_deadline(route: Route, now: float) -> float | None:
 
 def queue_timeout(
     bulkhead: ConcurrencyLimit,
-    route: Route,
+    plan: Plan,
     request: httpx.Request | None,
     deadline_at: float | None,
 ) -> float | None:
     """Return how long a call may queue for a slot, or raise BulkheadFull when it may not."""
     if bulkhead.try_acquire() is False:
-        note_rejection(route.telemetry, route.label, "bulkhead_full")
-        raise BulkheadFull(route.label, request=request)
+        plan.report.rejected("bulkhead_full")
+        raise BulkheadFull(plan.label, request=request)
     return None if deadline_at is None else max(0.0, deadline_at - runtime.clock.now())
 
 
 def queued_too_long(
-    route: Route, request: httpx.Request | None, deadline_at: float | None
+    plan: Plan, request: httpx.Request | None, deadline_at: float | None
 ) -> MeshError:
     if deadline_at is not None and runtime.clock.now() >= deadline_at - DEADLINE_SLACK:
-        return deadline_exceeded(route, request, "waiting for a slot")
-    note_rejection(route.telemetry, route.label, "bulkhead_full")
-    return BulkheadFull(route.label, request=request)
+        return deadline_exceeded(plan, request, "waiting for a slot")
+    plan.report.rejected("bulkhead_full")
+    return BulkheadFull(plan.label, request=request)
 
 
-def deadline_exceeded(route: Route, request: httpx.Request | None, doing: str) -> DeadlineExceeded:
+def deadline_exceeded(plan: Plan, request: httpx.Request | None, doing: str) -> DeadlineExceeded:
     """Report a call cut off by its deadline and return the error to raise."""
-    note_rejection(route.telemetry, route.label, "deadline")
+    plan.report.rejected("deadline")
     return DeadlineExceeded(
-        f"deadline exceeded {doing} ({route.label})",
+        f"deadline exceeded {doing} ({plan.label})",
         request=request,
     )
 
 
 def admit(
-    route: Route,
+    plan: Plan,
     request: httpx.Request | None,
     now: float,
     last: httpx.Response | Exception | None,
@@ -145,14 +145,14 @@ def admit(
     Raises:
         CircuitOpen: the breaker rejects the first attempt; nothing is sent.
     """
-    breaker = route.breaker
+    breaker = plan.breaker
     if breaker is None:
         return 0
     ticket = breaker.admit(now)
     if ticket is None:
-        note_rejection(route.telemetry, route.label, "circuit_open")
+        plan.report.rejected("circuit_open")
         if last is None:
-            raise CircuitOpen(route.label, breaker.retry_after(now), request=request)
+            raise CircuitOpen(plan.label, breaker.retry_after(now), request=request)
     return ticket
 
 
@@ -164,10 +164,10 @@ def give_back(last: httpx.Response | Exception | None) -> httpx.Response:
     return last
 
 
-def record(route: Route, ticket: int, failed: bool) -> None:
+def record(plan: Plan, ticket: int, failed: bool) -> None:
     """Tell the breaker how the attempt it admitted with `ticket` ended."""
-    if route.breaker is not None:
-        route.breaker.record(ticket, failed, runtime.clock.now())
+    if plan.breaker is not None:
+        plan.breaker.record(ticket, failed, runtime.clock.now())
 
 
 def _error_is_failure(exc: Exception) -> bool:
@@ -175,10 +175,10 @@ def _error_is_failure(exc: Exception) -> bool:
     return isinstance(exc, httpx.TransportError) and not isinstance(exc, MeshError)
 
 
-def release(route: Route, ticket: int) -> None:
+def release(plan: Plan, ticket: int) -> None:
     """Give a cancelled attempt's probe slot back: cancellation is never a failure."""
-    if route.breaker is not None:
-        route.breaker.release(ticket)
+    if plan.breaker is not None:
+        plan.breaker.release(ticket)
 
 
 def _set_header(headers: httpx.Headers, name: str, value: str) -> None:
@@ -204,7 +204,7 @@ def _set_header(headers: httpx.Headers, name: str, value: str) -> None:
 
 
 def _prepare_attempt(
-    request: httpx.Request, route: Route, deadline_at: float | None, now: float
+    request: httpx.Request, plan: Plan, deadline_at: float | None, now: float
 ) -> None:
     """Bound the attempt by min(attempt timeout, what is left) and say what is left.
 
@@ -215,19 +215,19 @@ def _prepare_attempt(
     Raises:
         DeadlineExceeded: nothing is left; the request is not sent.
     """
-    timeout = route.policy.timeout
+    timeout = plan.policy.timeout
     bound = timeout.attempt if timeout is not None else None
     if deadline_at is not None:
         left = deadline_at - now
         if left <= 0:
-            raise deadline_exceeded(route, request, "before sending")
-        if route.deadline_header is not None:
+            raise deadline_exceeded(plan, request, "before sending")
+        if plan.deadline_header is not None:
             millis = str(int(left * 1000))
             # gRPC's header needs its unit; every other name carries bare milliseconds.
             _set_header(
                 request.headers,
-                route.deadline_header,
-                millis + "m" if route.deadline_header == GRPC_HEADER else millis,
+                plan.deadline_header,
+                millis + "m" if plan.deadline_header == GRPC_HEADER else millis,
             )
         if bound is None or left < bound:
             bound = left
@@ -257,7 +257,7 @@ def _after_error(
     exc: Exception,
     request: httpx.Request,
     body: object,
-    route: Route,
+    plan: Plan,
     state: RetryState | None,
     deadline_at: float | None,
 ) -> tuple[RetryState | None, float | None]:
@@ -272,14 +272,14 @@ def _after_error(
         and deadline_at is not None
         and now >= deadline_at - DEADLINE_SLACK
     ):
-        raise deadline_exceeded(route, request, "waiting for the answer") from exc
-    retry = route.policy.retry
+        raise deadline_exceeded(plan, request, "waiting for the answer") from exc
+    retry = plan.policy.retry
     if retry is None or not exception_is_retryable(exc, request, body, retry):
         return state, None
     if state is None:
-        state = RetryState(retry, route.budget, deadline_at)
+        state = RetryState(retry, plan.budget, deadline_at)
     wait = state.next_wait(now)
-    report_decision(route, state, type(exc).__name__, wait)
+    report_decision(plan, state, type(exc).__name__, wait)
     return state, wait
 
 
@@ -287,27 +287,27 @@ def _after_response(
     response: httpx.Response,
     request: httpx.Request,
     body: object,
-    route: Route,
+    plan: Plan,
     state: RetryState | None,
     deadline_at: float | None,
 ) -> tuple[RetryState | None, float | None]:
     """Decide what follows a response with a retryable status: (state, wait or None)."""
-    retry = route.policy.retry
+    retry = plan.policy.retry
     assert retry is not None  # the drivers call this only for statuses in retry.on_status
     if not (request_is_idempotent(request, retry) and body_is_replayable(body)):
         return state, None
     if state is None:
-        state = RetryState(retry, route.budget, deadline_at)
+        state = RetryState(retry, plan.budget, deadline_at)
     header = response.headers.get("retry-after")
     retry_after = parse_retry_after(header) if header is not None else None
     wait = state.next_wait(runtime.clock.now(), retry_after)
-    report_decision(route, state, str(response.status_code), wait)
+    report_decision(plan, state, str(response.status_code), wait)
     return state, wait
 
 
-def observe(route: Route) -> tuple[Telemetry | None, Tracer | None]:
+def observe(plan: Plan) -> tuple[Telemetry | None, Tracer | None]:
     """Return (telemetry, tracer) for a call, telemetry None when nothing would record."""
-    telemetry = route.telemetry
+    telemetry = plan.telemetry
     if telemetry is None or not telemetry.active():
         return None, None
     tracer = telemetry.tracer()
@@ -316,19 +316,12 @@ def observe(route: Route) -> tuple[Telemetry | None, Tracer | None]:
     return telemetry, tracer
 
 
-def report_decision(route: Route, state: RetryState, cause: str, wait: float | None) -> None:
-    """Log (and count) a retry, or why retrying stopped."""
+def report_decision(plan: Plan, state: RetryState, cause: str, wait: float | None) -> None:
+    """Report a retry, or why retrying stopped."""
     if wait is None:
-        log_stop(route.telemetry, route.label, state.attempt_number, cause, state.stop_reason or "")
+        plan.report.stop(state.attempt_number, cause, state.stop_reason or "")
     else:
-        log_retry(
-            route.telemetry,
-            route.label,
-            state.attempt_number - 1,
-            state.retry.attempts,
-            cause,
-            wait,
-        )
+        plan.report.retry(state.attempt_number - 1, state.retry.attempts, cause, wait)
 
 
 class Transport(_Pipeline, httpx.BaseTransport):
@@ -347,41 +340,41 @@ class Transport(_Pipeline, httpx.BaseTransport):
         self.inner = transport
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        route = self._route(request)
+        plan = self._plan(request)
         clock = runtime.clock
         now = clock.now()
-        deadline_at = call_deadline(route, now)
-        bulkhead = route.bulkhead
+        deadline_at = call_deadline(plan, now)
+        bulkhead = plan.bulkhead
         if bulkhead is not None and not bulkhead.try_acquire():
-            timeout = queue_timeout(bulkhead, route, request, deadline_at)
+            timeout = queue_timeout(bulkhead, plan, request, deadline_at)
             if not bulkhead.acquire(timeout):
-                raise queued_too_long(route, request, deadline_at)
+                raise queued_too_long(plan, request, deadline_at)
             now = clock.now()
         try:
-            return self._send(request, route, deadline_at, now)
+            return self._send(request, plan, deadline_at, now)
         finally:
             if bulkhead is not None:
                 bulkhead.release()
 
     def _send(
-        self, request: httpx.Request, route: Route, deadline_at: float | None, now: float
+        self, request: httpx.Request, plan: Plan, deadline_at: float | None, now: float
     ) -> httpx.Response:
-        if route.budget is not None:
-            route.budget.deposit(now)
-        retry = route.policy.retry
-        breaker = route.breaker
+        if plan.budget is not None:
+            plan.budget.deposit(now)
+        retry = plan.policy.retry
+        breaker = plan.breaker
         clock = runtime.clock
         state: RetryState | None = None
         # Telemetry decided once per call: with no SDK, no span work at all.
-        observed, tracer = observe(route)
-        host, port, propagate = route.destination.host, route.destination.port, route.propagate
+        observed, tracer = observe(plan)
+        host, port, propagate = plan.destination.host, plan.destination.port, plan.propagate
         last: httpx.Response | Exception | None = None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
-            _prepare_attempt(request, route, deadline_at, now)
+            _prepare_attempt(request, plan, deadline_at, now)
             ticket = 0  # closed, the common case: decided without the breaker's lock
             if breaker is not None and breaker.state is not CLOSED:
-                admitted = admit(route, request, now, last)
+                admitted = admit(plan, request, now, last)
                 if admitted is None:
                     return give_back(last)
                 ticket = admitted
@@ -396,7 +389,7 @@ class Transport(_Pipeline, httpx.BaseTransport):
                     end_attempt(span, exc)
                 if breaker is not None:
                     breaker.record(ticket, _error_is_failure(exc), clock.now())
-                state, wait = _after_error(exc, request, body, route, state, deadline_at)
+                state, wait = _after_error(exc, request, body, plan, state, deadline_at)
                 if wait is None:
                     raise
                 last = exc
@@ -417,11 +410,11 @@ class Transport(_Pipeline, httpx.BaseTransport):
                         request,
                         response,
                         deadline_at,
-                        route.label,
+                        plan.label,
                     )
                 if retry is None or response.status_code not in retry.on_status:
                     return response
-                state, wait = _after_response(response, request, body, route, state, deadline_at)
+                state, wait = _after_response(response, request, body, plan, state, deadline_at)
                 if wait is None:
                     return response
                 # Read and close so the connection goes back to the pool; the
@@ -459,41 +452,41 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         self.inner = transport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        route = self._route(request)
+        plan = self._plan(request)
         clock = runtime.clock
         now = clock.now()
-        deadline_at = call_deadline(route, now)
-        bulkhead = route.bulkhead
+        deadline_at = call_deadline(plan, now)
+        bulkhead = plan.bulkhead
         if bulkhead is not None and not bulkhead.try_acquire():
-            timeout = queue_timeout(bulkhead, route, request, deadline_at)
+            timeout = queue_timeout(bulkhead, plan, request, deadline_at)
             if not await bulkhead.acquire_async(timeout):
-                raise queued_too_long(route, request, deadline_at)
+                raise queued_too_long(plan, request, deadline_at)
             now = clock.now()
         try:
-            return await self._send(request, route, deadline_at, now)
+            return await self._send(request, plan, deadline_at, now)
         finally:
             if bulkhead is not None:
                 bulkhead.release()
 
     async def _send(
-        self, request: httpx.Request, route: Route, deadline_at: float | None, now: float
+        self, request: httpx.Request, plan: Plan, deadline_at: float | None, now: float
     ) -> httpx.Response:
-        if route.budget is not None:
-            route.budget.deposit(now)
-        retry = route.policy.retry
-        breaker = route.breaker
+        if plan.budget is not None:
+            plan.budget.deposit(now)
+        retry = plan.policy.retry
+        breaker = plan.breaker
         clock = runtime.clock
         state: RetryState | None = None
         # Telemetry decided once per call: with no SDK, no span work at all.
-        observed, tracer = observe(route)
-        host, port, propagate = route.destination.host, route.destination.port, route.propagate
+        observed, tracer = observe(plan)
+        host, port, propagate = plan.destination.host, plan.destination.port, plan.propagate
         last: httpx.Response | Exception | None = None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
-            _prepare_attempt(request, route, deadline_at, now)
+            _prepare_attempt(request, plan, deadline_at, now)
             ticket = 0  # closed, the common case: decided without the breaker's lock
             if breaker is not None and breaker.state is not CLOSED:
-                admitted = admit(route, request, now, last)
+                admitted = admit(plan, request, now, last)
                 if admitted is None:
                     return give_back(last)
                 ticket = admitted
@@ -508,7 +501,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                     end_attempt(span, exc)
                 if breaker is not None:
                     breaker.record(ticket, _error_is_failure(exc), clock.now())
-                state, wait = _after_error(exc, request, body, route, state, deadline_at)
+                state, wait = _after_error(exc, request, body, plan, state, deadline_at)
                 if wait is None:
                     raise
                 last = exc
@@ -529,11 +522,11 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                         request,
                         response,
                         deadline_at,
-                        route.label,
+                        plan.label,
                     )
                 if retry is None or response.status_code not in retry.on_status:
                     return response
-                state, wait = _after_response(response, request, body, route, state, deadline_at)
+                state, wait = _after_response(response, request, body, plan, state, deadline_at)
                 if wait is None:
                     return response
                 # Read and close so the connection goes back to the pool; the

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextvars import Token
 from typing import Any
 from urllib.parse import quote, unquote
@@ -36,12 +36,10 @@ from ._policy import Tracing
 
 __all__ = [
     "Telemetry",
-    "log_breaker",
-    "log_retry",
-    "log_stop",
+    "Reporter",
     "function_span",
+    "log_breaker",
     "logger",
-    "note_rejection",
     "redact_url",
     "telemetry_for",
 ]
@@ -324,35 +322,6 @@ def end_attempt(attempt: AttemptSpan, outcome: httpx.Response | BaseException) -
         attempt.instruments.duration.record(time.perf_counter() - attempt.started, attributes)
 
 
-def log_retry(
-    telemetry: Telemetry | None,
-    destination: str,
-    attempt: int,
-    attempts: int,
-    cause: str,
-    wait: float,
-) -> None:
-    """Report that attempt `attempt` failed with `cause` and the next starts in `wait` s."""
-    logger.info(
-        "retrying %s after %s (attempt %d of %d failed); waiting %.3fs",
-        destination,
-        cause,
-        attempt,
-        attempts,
-        wait,
-        extra={
-            "meshlib_event": "retry",
-            "meshlib_destination": destination,
-            "meshlib_attempt": attempt,
-            "meshlib_cause": cause,
-            "meshlib_wait": wait,
-        },
-    )
-    instruments = telemetry.instruments() if telemetry is not None else None
-    if instruments is not None:
-        instruments.retries.add(1, {"server.address": destination, "meshlib.cause": cause})
-
-
 _STOP_REASONS = {
     "attempts": "attempts used up",
     "budget": "retry budget spent",
@@ -360,56 +329,104 @@ _STOP_REASONS = {
 }
 
 
-def log_stop(
-    telemetry: Telemetry | None, destination: str, attempt: int, cause: str, reason: str
-) -> None:
-    """Report that retrying stopped: attempts used up, budget spent or no time left."""
-    logger.info(
-        "giving up on %s after %s on attempt %d: %s",
-        destination,
-        cause,
-        attempt,
-        _STOP_REASONS.get(reason, reason),
-        extra={
-            "meshlib_event": "give_up",
-            "meshlib_destination": destination,
-            "meshlib_attempt": attempt,
-            "meshlib_cause": cause,
-            "meshlib_reason": reason,
-        },
-    )
-    if reason in ("budget", "deadline"):
-        _count_rejection(telemetry, destination, f"retry_{reason}")
-        _caller_event("meshlib.retry_stopped", destination, reason)
+class Reporter:
+    """Tells what the mesh did for one destination: log line, metric, caller's span event.
 
+    Attributes:
+        label: ``scheme://host:port``, or a `resilient` function's key, for logs.
+        attributes: the metric attributes that name the destination, as
+            ``http.client.request.duration`` names it (``server.address`` and
+            ``server.port``), or ``code.function.name`` for a function.
+    """
 
-def note_rejection(telemetry: Telemetry | None, destination: str, reason: str) -> None:
-    """Report a call ended without sending: circuit_open, bulkhead_full or deadline."""
-    logger.info(
-        "rejected a call to %s: %s",
-        destination,
-        reason.replace("_", " "),
-        extra={
-            "meshlib_event": "rejected",
-            "meshlib_destination": destination,
-            "meshlib_reason": reason,
-        },
-    )
-    _count_rejection(telemetry, destination, reason)
-    _caller_event("meshlib.rejected", destination, reason)
+    __slots__ = ("attributes", "label", "telemetry")
 
+    def __init__(
+        self, telemetry: Telemetry | None, label: str, attributes: Mapping[str, Any]
+    ) -> None:
+        self.telemetry = telemetry
+        self.label = label
+        self.attributes = dict(attributes)
 
-def _count_rejection(telemetry: Telemetry | None, destination: str, reason: str) -> None:
-    instruments = telemetry.instruments() if telemetry is not None else None
-    if instruments is not None:
-        instruments.rejections.add(1, {"server.address": destination, "meshlib.reason": reason})
+    def _instruments(self) -> _Instruments | None:
+        return self.telemetry.instruments() if self.telemetry is not None else None
 
+    def retry(self, attempt: int, attempts: int, cause: str, wait: float) -> None:
+        """Report that attempt `attempt` failed with `cause`; the next starts in `wait` s."""
+        logger.info(
+            "retrying %s after %s (attempt %d of %d failed); waiting %.3fs",
+            self.label,
+            cause,
+            attempt,
+            attempts,
+            wait,
+            extra={
+                "meshlib_event": "retry",
+                "meshlib_destination": self.label,
+                "meshlib_attempt": attempt,
+                "meshlib_cause": cause,
+                "meshlib_wait": wait,
+            },
+        )
+        instruments = self._instruments()
+        if instruments is not None:
+            instruments.retries.add(1, {**self.attributes, "meshlib.cause": cause})
 
-def _caller_event(name: str, destination: str, reason: str) -> None:
-    # Nothing was sent, so there is no CLIENT span: the caller's span says why.
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.add_event(name, {"meshlib.destination": destination, "meshlib.reason": reason})
+    def stop(self, attempt: int, cause: str, reason: str) -> None:
+        """Report that retrying stopped: attempts used up, budget spent or no time left."""
+        logger.info(
+            "giving up on %s after %s on attempt %d: %s",
+            self.label,
+            cause,
+            attempt,
+            _STOP_REASONS.get(reason, reason),
+            extra={
+                "meshlib_event": "give_up",
+                "meshlib_destination": self.label,
+                "meshlib_attempt": attempt,
+                "meshlib_cause": cause,
+                "meshlib_reason": reason,
+            },
+        )
+        if reason in ("budget", "deadline"):
+            self._count(f"retry_{reason}")
+            self._caller_event("meshlib.retry_stopped", reason)
+
+    def rejected(self, reason: str) -> None:
+        """Report a call ended without sending: circuit_open, bulkhead_full or deadline."""
+        logger.info(
+            "rejected a call to %s: %s",
+            self.label,
+            reason.replace("_", " "),
+            extra={
+                "meshlib_event": "rejected",
+                "meshlib_destination": self.label,
+                "meshlib_reason": reason,
+            },
+        )
+        self._count(reason)
+        self._caller_event("meshlib.rejected", reason)
+
+    def _count(self, reason: str) -> None:
+        instruments = self._instruments()
+        if instruments is not None:
+            instruments.rejections.add(
+                1, {**self.attributes, "meshlib.reason": reason, "error.type": reason}
+            )
+
+    def _caller_event(self, name: str, reason: str) -> None:
+        # Nothing was sent, so there is no CLIENT span: the caller's span says why.
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                name,
+                {
+                    **self.attributes,
+                    "meshlib.destination": self.label,
+                    "meshlib.reason": reason,
+                    "error.type": reason,
+                },
+            )
 
 
 def log_breaker(destination: str, old: str, new: str) -> None:

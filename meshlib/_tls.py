@@ -97,18 +97,11 @@ def _read(name: str, path: str) -> bytes:
     """Return the bytes of the regular file at `path`, or raise _Bad saying why not."""
     try:
         info = os.stat(path)
-    except FileNotFoundError:
-        raise _Bad(name, path, f"file not found: '{path}'") from None
-    except PermissionError:
-        raise _Bad(name, path, f"cannot read '{path}': permission denied") from None
-    except OSError as exc:
-        raise _Bad(name, path, f"cannot read '{path}': {exc.strerror or exc}") from None
-    # Checked before open(): opening a FIFO would block, and /dev/zero would never end.
-    if not stat.S_ISREG(info.st_mode):
-        raise _Bad(name, path, f"'{path}' is not a regular file")
-    if info.st_size > _MAX_FILE_BYTES:
-        raise _Bad(name, path, f"'{path}' is too large for a PEM file ({info.st_size} bytes)")
-    try:
+        # Checked before open(): opening a FIFO would block, and /dev/zero never ends.
+        if not stat.S_ISREG(info.st_mode):
+            raise _Bad(name, path, f"'{path}' is not a regular file")
+        if info.st_size > _MAX_FILE_BYTES:
+            raise _Bad(name, path, f"'{path}' is too large for a PEM file ({info.st_size} bytes)")
         with open(path, "rb") as file:
             return file.read(_MAX_FILE_BYTES + 1)
     except FileNotFoundError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
 import time
@@ -13,6 +14,7 @@ import pytest
 import trustme
 
 from meshlib._faultserver import (
+    Chaos,
     Close,
     Drip,
     FaultServer,
@@ -502,3 +504,27 @@ def test_tls_reset_and_stop_during_handshake(ca: trustme.CA) -> None:
         started = time.monotonic()
         server.stop()
         assert time.monotonic() - started < 0.5
+
+
+def test_chaos_draws_behaviours_with_the_given_weights(server: FaultServer) -> None:
+    weights = {503: 0.2, 500: 0.1, 201: 0.3}  # the remaining 0.4 answers 200
+    chaos = Chaos([(w, Respond(status)) for status, w in weights.items()], random.Random(42))
+    server.default = chaos
+    server.enqueue(Chaos([(1.0, Respond(418))]))  # queued like any other behaviour
+    with httpx.Client(timeout=TIMEOUT) as client:
+        assert client.get(server.url).status_code == 418
+        seen = [client.get(server.url).status_code for _ in range(400)]
+    for status, weight in [*weights.items(), (200, 0.4)]:
+        assert abs(seen.count(status) / 400 - weight) <= 0.05, (status, seen.count(status))
+    assert chaos.counts == tuple(seen.count(status) for status in (503, 500, 201, 200))
+    assert "Respond(status=503" in repr(chaos)
+    with pytest.raises(ValueError, match=r"at most 1\.0"):
+        Chaos([(0.6, Reset()), (0.5, Close())])
+    with pytest.raises(ValueError, match=">= 0"):
+        Chaos([(-0.1, Reset())])
+    with pytest.raises(TypeError, match="pair"):
+        Chaos([Reset()])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="number"):
+        Chaos([("0.1", Reset())])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="Chaos can draw"):
+        Chaos([(0.1, chaos)])  # type: ignore[list-item]

@@ -14,33 +14,28 @@ import json
 from pathlib import Path
 
 import meshlib
-from meshlib._config import MeshConfig, describe, load_config, matching_pattern, parse_config
+from meshlib._config import MeshConfig, explain, load_config, parse_config
 
 HERE = Path(__file__).resolve().parent
 
 
-def explain(config: MeshConfig, mesh: meshlib.Mesh, host: str, port: int | None = None) -> str:
+def show(config: MeshConfig, mesh: meshlib.Mesh, host: str, port: int | None = None) -> str:
     """Print what ``meshlib explain FILE HOST[:PORT]`` prints; return the table that applies."""
-    pattern = matching_pattern(config.destinations, host, port)
-    where = "default" if pattern is None else f"destinations.{json.dumps(pattern)}"
-    target = host if port is None else f"{host}:{port}"
-    print(f"{target} -> {where}")
-    policy = mesh.policy_for(host, port)
-    for line in describe(policy, config.layer_origins(pattern)).splitlines():
-        print(f"  {line}")
-    print()
-    return where
+    text = explain(config, host, port, mesh=mesh)
+    print(text, end="\n\n")
+    return text.splitlines()[0].split(" -> ")[1]
 
 
 def main() -> None:
     config = load_config(HERE / "mesh.toml")
     mesh = meshlib.Mesh(config.default, config.destinations)
-    print(f"{config.source}: {len(config.destinations)} destinations, sha256 {config.digest[:12]}")
+    name = Path(config.source).name
+    print(f"{name}: {len(config.destinations)} destinations, sha256 {config.digest[:12]}")
     print()
 
-    assert explain(config, mesh, "payments.internal", 443) == 'destinations."payments.internal"'
-    assert explain(config, mesh, "ledger.svc.cluster.local") == 'destinations."*.svc.cluster.local"'
-    assert explain(config, mesh, "orders.internal") == "default"
+    assert show(config, mesh, "payments.internal", 443) == 'destinations."payments.internal"'
+    assert show(config, mesh, "ledger.svc.cluster.local") == 'destinations."*.svc.cluster.local"'
+    assert show(config, mesh, "orders.internal") == "default"
 
     # Payments: its own retry, timeout and breaker; the default's bulkhead; STANDARD's tracing.
     payments = mesh.policy_for("payments.internal", 443)

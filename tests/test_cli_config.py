@@ -1,0 +1,201 @@
+"""`meshlib check` and `meshlib explain`: the policy file from the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshlib._cli import main
+
+FLEET = """\
+[default]
+retry = { attempts = 3 }
+timeout = { total = "30s", attempt = "10s" }
+bulkhead = false
+
+[destinations."payments.internal"]
+retry = { attempts = 2 }
+timeout = { total = "5s" }
+
+[destinations."payments.internal:8443"]
+retry = false
+
+[destinations."*.svc.cluster.local"]
+timeout = { total = "10s", attempt = "3s" }
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    path = tmp_path / "mesh.toml"
+    path.write_text(FLEET)
+    return path
+
+
+@pytest.fixture
+def bad(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text('[destinations."payments.internal"]\nretry = { attempts = 0 }\n')
+    return path
+
+
+def test_check_a_good_file(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(fleet)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"{fleet}: ok (3 destinations)\n"
+    assert captured.err == ""
+
+
+def test_check_counts_one_destination_in_the_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "one.json"
+    path.write_text('{"destinations": {"a.internal": {"retry": false}}}')
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: ok (1 destination)\n"
+
+
+def test_check_a_bad_file_exits_1_with_the_reason(
+    bad: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f'{bad}: destinations."payments.internal".retry.attempts: '
+        "expected an int >= 1 (it counts the first call), got 0\n"
+    )
+
+
+def test_check_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.toml"
+    assert main(["check", str(missing)]) == 1
+    assert capsys.readouterr().err == (
+        f"{missing}: cannot read the policy file: No such file or directory\n"
+    )
+
+
+def test_check_a_syntax_error_names_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[default]\nretry = { attempts = 2\n")
+    assert main(["check", str(path)]) == 1
+    assert capsys.readouterr().err.startswith(f"{path}, line 2, column 23: invalid TOML: ")
+
+
+def test_check_several_files_fails_if_any_does(
+    fleet: Path, bad: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(fleet), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == f"{fleet}: ok (3 destinations)\n"
+    assert captured.err.startswith(f"{bad}: ")
+
+
+def test_check_needs_a_file(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check"])
+    assert exited.value.code == 2
+    assert "FILE" in capsys.readouterr().err
+
+
+def test_explain_an_exact_host(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", str(fleet), "payments.internal"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f'{fleet}: payments.internal -> destinations."payments.internal"'
+    assert lines[1].startswith("  retry     2 attempts; backoff full jitter 50ms..1s; ")
+    assert lines[1].endswith('(from destinations."payments.internal")')
+    assert lines[2] == (
+        "  timeout   total 5s, no per-attempt bound; header x-envoy-expected-rq-timeout-ms"
+        '  (from destinations."payments.internal")'
+    )
+    assert lines[3].endswith("(from STANDARD)")
+    assert lines[4] == "  bulkhead  off  (from default)"
+    assert len(lines) == 6
+
+
+def test_explain_a_host_and_port(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", str(fleet), "payments.internal:8443"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(' payments.internal:8443 -> destinations."payments.internal:8443"')
+    assert lines[1] == '  retry     off  (from destinations."payments.internal:8443")'
+    assert lines[2].startswith("  timeout   total 30s, attempt 10s;")  # the default's
+
+
+def test_explain_a_url_fills_in_the_default_port(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["explain", str(fleet), "https://Payments.Internal./pay?x=1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f'{fleet}: payments.internal:443 -> destinations."payments.internal"\n')
+
+
+def test_explain_a_glob(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", str(fleet), "ledger.svc.cluster.local"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f'{fleet}: ledger.svc.cluster.local -> destinations."*.svc.cluster.local"'
+    assert lines[1].startswith("  retry     3 attempts;")
+    assert lines[1].endswith("(from default)")
+    assert lines[2] == (
+        "  timeout   total 10s, attempt 3s; header x-envoy-expected-rq-timeout-ms"
+        '  (from destinations."*.svc.cluster.local")'
+    )
+
+
+def test_explain_the_default(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", str(fleet), "orders.internal"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{fleet}: orders.internal -> default"
+    assert lines[1].endswith("(from default)")
+    assert lines[3].endswith("(from STANDARD)")
+    assert lines[4] == "  bulkhead  off  (from default)"
+
+
+def test_explain_an_ipv6_literal(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", str(fleet), "[::1]:8080"]) == 0
+    assert capsys.readouterr().out.startswith(f"{fleet}: [::1]:8080 -> default\n")
+
+
+def test_explain_a_bad_file_exits_1_with_the_reason(
+    bad: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["explain", str(bad), "payments.internal"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f'{bad}: destinations."payments.internal".retry.attempts: ')
+
+
+@pytest.mark.parametrize(
+    "destination", ["orders.internal:http", "orders.internal:99999", ":80", "a:"]
+)
+def test_explain_refuses_a_destination_that_is_not_one(
+    fleet: Path, destination: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["explain", str(fleet), destination])
+    assert exited.value.code == 2
+    assert "not a" in capsys.readouterr().err
+
+
+def test_check_from_the_installed_command(fleet: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meshlib", "check", str(fleet)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        f"{fleet}: ok (3 destinations)\n",
+        "",
+    )
+
+
+def test_the_fleet_example_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "fleet" / "mesh.toml"
+    assert main(["check", str(example)]) == 0
+    assert capsys.readouterr().out == f"{example}: ok (6 destinations)\n"
