@@ -16,11 +16,12 @@ from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
 from ._config import normalise_pattern
 from ._deadline import DEFAULT_HEADER
 from ._errors import ConfigError
-from ._policy import STANDARD, Breaker, Budget, Bulkhead, Policy
+from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Policy
 from ._propagation import inside_mesh, propagates
 from ._runtime import runtime
 from ._state import BoundedMap, Destination, SharedState
 from ._telemetry import Reporter, log_breaker, logger, telemetry_for, watch_breakers
+from ._traffic import EndpointPool, EndpointSnapshot, LatencyWindow
 
 __all__ = ["Mesh", "Plan", "default_mesh"]
 
@@ -38,8 +39,11 @@ class Plan:
         "bulkhead",
         "deadline_header",
         "destination",
+        "endpoints",
+        "faults_announced",
         "generation",
         "label",
+        "latencies",
         "policy",
         "propagate",
         "report",
@@ -64,6 +68,9 @@ class Plan:
         self.budget = budget
         self.breaker = breaker
         self.bulkhead = bulkhead
+        self.endpoints: EndpointPool | None = None
+        self.latencies: LatencyWindow | None = None  # for a hedge delay of "p95"
+        self.faults_announced = False
         self.generation = 0  # the Mesh's generation it was made in; set by the Mesh
         self.url_key: tuple[str, str, int | None] | None = None  # (scheme, host, port) as parsed
         tracing = policy.tracing
@@ -87,6 +94,21 @@ class Plan:
         self.deadline_header = header if self.propagate else None
 
 
+def refuse_destination_layers(policy: Policy, where: str) -> None:
+    """Raise ConfigError if a policy that applies to every destination has endpoints or routes.
+
+    Endpoints and routes describe one destination: as a default they would send
+    every host's requests to the same addresses.
+    """
+    for layer in ("endpoints", "routes"):
+        if getattr(policy, layer) is not None:
+            raise ConfigError(
+                f"{where}.{layer}: endpoints and routes belong to a destination "
+                f'(Mesh(destinations={{...}}) or [destinations."HOST"]), '
+                f"not to a default policy; got {getattr(policy, layer)!r}"
+            )
+
+
 class PolicyTable:
     """An immutable map from destination patterns to policies, swapped whole on reload.
 
@@ -99,6 +121,7 @@ class PolicyTable:
     def __init__(self, default: Policy, destinations: Mapping[str, Policy] | None) -> None:
         if not isinstance(default, Policy):
             raise ConfigError(f"Mesh.default: expected a meshlib.Policy, got {default!r}")
+        refuse_destination_layers(default, "Mesh.default")
         table: dict[str, Policy] = {}
         for pattern, policy in (destinations or {}).items():
             if not isinstance(pattern, str) or not pattern.strip():
@@ -187,6 +210,8 @@ class Mesh:
         self._budgets: SharedState[tuple[Destination, Budget], RetryBudget] = SharedState()
         self._breakers: SharedState[tuple[Destination, Breaker], CircuitBreaker] = SharedState()
         self._bulkheads: SharedState[tuple[Destination, Bulkhead], ConcurrencyLimit] = SharedState()
+        self._endpoints: SharedState[tuple[Destination, Endpoints], EndpointPool] = SharedState()
+        self._latencies: SharedState[Destination, LatencyWindow] = SharedState()
         self._hooks: list[TransitionHook] = []
         # Bumped whenever cached plans stop being valid: reset() and update().
         self.generation = 0
@@ -353,6 +378,14 @@ class Mesh:
             )
         plan = Plan(requested, policy, destination, budget, breaker, bulkhead)
         plan.generation = generation
+        if policy.endpoints is not None:
+            endpoint_settings = policy.endpoints
+            plan.endpoints = self._endpoints.get_or_create(
+                (destination, endpoint_settings),
+                lambda: EndpointPool(endpoint_settings, destination.port, label),
+            )
+        if policy.hedge is not None and policy.hedge.delay == "p95":
+            plan.latencies = self._latencies.get_or_create(destination, LatencyWindow)
         return plan
 
     def on_breaker_change(self, hook: TransitionHook) -> None:
@@ -371,6 +404,11 @@ class Mesh:
             except Exception:
                 logger.exception("breaker hook %r failed", hook)
 
+    def endpoints(self) -> dict[str, list[EndpointSnapshot]]:
+        """Return, per destination with endpoints, each endpoint's load and health."""
+        now = runtime.clock.now()
+        return {pool.label: pool.snapshot(now) for pool in self._endpoints.values()}
+
     def breakers(self) -> list[BreakerSnapshot]:
         """Return the state and counts of every breaker in use."""
         now = runtime.clock.now()
@@ -387,6 +425,8 @@ class Mesh:
         self._budgets.clear()
         self._breakers.clear()
         self._bulkheads.clear()
+        self._endpoints.clear()
+        self._latencies.clear()
 
 
 _default = Mesh()

@@ -23,6 +23,7 @@ Keep them side by side and in step.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, cast
 
 import httpx
@@ -31,7 +32,7 @@ from ._breaker import CLOSED
 from ._bulkhead import ConcurrencyLimit
 from ._deadline import DEADLINE_SLACK, GRPC_HEADER, current_deadline
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
-from ._mesh import Mesh, Plan, default_mesh
+from ._mesh import Mesh, Plan, default_mesh, refuse_destination_layers
 from ._policy import STANDARD, Policy
 from ._retry import (
     RetryState,
@@ -42,7 +43,9 @@ from ._retry import (
 )
 from ._runtime import runtime
 from ._streams import AsyncDeadlineStream, SyncDeadlineStream
-from ._telemetry import end_attempt, start_attempt
+from ._telemetry import end_attempt, logger, start_attempt
+from ._traffic import Endpoint, choose_route, route_target
+from ._traffic import draw_fault as _draw
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -59,6 +62,8 @@ def _resolve(policy_or_mesh: Policy | Mesh) -> tuple[Mesh, Policy | None]:
     if isinstance(policy_or_mesh, Mesh):
         return policy_or_mesh, None
     if isinstance(policy_or_mesh, Policy):
+        # A bare policy applies to every destination: it is a default.
+        refuse_destination_layers(policy_or_mesh, "policy")
         return default_mesh(), policy_or_mesh
     raise ConfigError(f"policy: expected a meshlib.Policy or meshlib.Mesh, got {policy_or_mesh!r}")
 
@@ -88,8 +93,20 @@ class _Pipeline:
             and last.url_key == (ref.scheme, ref.host, ref.port)
             and last.generation == self.mesh.generation
         ):
-            return last
-        plan = self._last = self.mesh.plan(policy, request.url)
+            plan = last
+        else:
+            plan = self._last = self.mesh.plan(policy, request.url)
+        if plan.policy.routes:
+            route = choose_route(plan.policy.routes, request)
+            if route is not None:
+                # The request goes to `to` as if sent there: its URL and Host header,
+                # then its policy and state; `to`'s own routes are not followed.
+                host, port = route_target(route)
+                request.url = request.url.copy_with(
+                    host=host, port=port if port is not None else request.url.port
+                )
+                request.headers["Host"] = request.url.netloc.decode("ascii")
+                plan = self.mesh.plan(policy, request.url)
         return plan
 
 
@@ -316,6 +333,94 @@ def observe(plan: Plan) -> tuple[Telemetry | None, Tracer | None]:
     return telemetry, tracer
 
 
+def draw_fault(
+    plan: Plan, request: httpx.Request, deadline_at: float | None, now: float
+) -> tuple[httpx.Response | None, float]:
+    """Draw this call's injected fault: (an abort's response or None, seconds to hold it).
+
+    An injected delay uses up the deadline: when it would outlast it, the call
+    waits what is left and fails with DeadlineExceeded (checked on the next step).
+    """
+    faults = plan.policy.faults
+    assert faults is not None
+    if not plan.faults_announced:
+        plan.faults_announced = True
+        logger.warning(
+            "fault injection is active for %s: %r",
+            plan.label,
+            faults,
+            extra={"meshlib_event": "faults_active", "meshlib_destination": plan.label},
+        )
+    abort, delay = _draw(faults)
+    if deadline_at is not None and delay > deadline_at - now:
+        delay = max(0.0, deadline_at - now)
+    response = None
+    if abort:
+        # The caller's answer: not sent, not retried, not counted by the breaker.
+        response = httpx.Response(
+            faults.status, headers={"x-meshlib-fault": "abort"}, request=request
+        )
+    return response, delay
+
+
+class Attempt:
+    """One attempt's extras, made only when there are any: its span and its endpoint.
+
+    With endpoints, the request goes to the chosen address while its Host
+    header, TLS server name and (once restored) URL stay the destination's.
+    """
+
+    __slots__ = ("endpoint", "plan", "request", "span", "started", "target")
+
+    def __init__(
+        self,
+        plan: Plan,
+        request: httpx.Request,
+        state: RetryState | None,
+        observed: Telemetry | None,
+        tracer: Tracer | None,
+        avoid: Endpoint | None,
+        now: float,
+    ) -> None:
+        self.plan = plan
+        self.request = request
+        self.span = None
+        if observed is not None:
+            destination = plan.destination
+            resend = 0 if state is None else state.attempt_number - 1
+            self.span = start_attempt(
+                observed,
+                tracer,
+                request,
+                destination.host,
+                destination.port,
+                resend,
+                plan.propagate,
+            )
+        self.endpoint = None
+        self.target = request.url
+        pool = plan.endpoints
+        if pool is not None:
+            endpoint = self.endpoint = pool.pick(now, avoid)
+            request.url = self.target.copy_with(host=endpoint.host, port=endpoint.port)
+            if self.target.scheme == "https":
+                # httpcore verifies the certificate against the SNI name.
+                request.extensions["sni_hostname"] = plan.destination.host
+        self.started = time.perf_counter()
+
+    def end(self, outcome: httpx.Response | BaseException, failed: bool | None) -> None:
+        """Restore the URL, tell the endpoint pool and end the span; `failed` None: cancelled."""
+        latency = time.perf_counter() - self.started
+        if self.endpoint is not None:
+            self.request.url = self.target
+            assert self.plan.endpoints is not None
+            self.plan.endpoints.done(self.endpoint, failed, latency, runtime.clock.now())
+        if failed is False and self.plan.latencies is not None:
+            self.plan.latencies.add(latency)
+        if self.span is not None:
+            end_attempt(self.span, outcome)
+
+
 def report_decision(plan: Plan, state: RetryState, cause: str, wait: float | None) -> None:
     """Report a retry, or why retrying stopped."""
     if wait is None:
@@ -344,6 +449,13 @@ class Transport(_Pipeline, httpx.BaseTransport):
         clock = runtime.clock
         now = clock.now()
         deadline_at = call_deadline(plan, now)
+        if plan.policy.faults is not None:
+            abort, delay = draw_fault(plan, request, deadline_at, now)
+            if delay:
+                clock.sleep(delay)
+                now = clock.now()
+            if abort is not None:
+                return abort
         bulkhead = plan.bulkhead
         if bulkhead is not None and not bulkhead.try_acquire():
             timeout = queue_timeout(bulkhead, plan, request, deadline_at)
@@ -367,7 +479,7 @@ class Transport(_Pipeline, httpx.BaseTransport):
         state: RetryState | None = None
         # Telemetry decided once per call: with no SDK, no span work at all.
         observed, tracer = observe(plan)
-        host, port, propagate = plan.destination.host, plan.destination.port, plan.propagate
+        avoid: Endpoint | None = None  # a retry prefers another endpoint
         last: httpx.Response | Exception | None = None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
@@ -378,15 +490,15 @@ class Transport(_Pipeline, httpx.BaseTransport):
                 if admitted is None:
                     return give_back(last)
                 ticket = admitted
-            span = None
-            if observed is not None:
-                resend = 0 if state is None else state.attempt_number - 1
-                span = start_attempt(observed, tracer, request, host, port, resend, propagate)
+            attempt = None  # an attempt's extras: its span and endpoint, when there are any
+            if observed is not None or plan.endpoints is not None:
+                attempt = Attempt(plan, request, state, observed, tracer, avoid, now)
+                avoid = attempt.endpoint
             try:
                 response = self.inner.handle_request(request)
             except Exception as exc:  # cancellation and Ctrl-C are handled below
-                if span is not None:
-                    end_attempt(span, exc)
+                if attempt is not None:
+                    attempt.end(exc, _error_is_failure(exc))
                 if breaker is not None:
                     breaker.record(ticket, _error_is_failure(exc), clock.now())
                 state, wait = _after_error(exc, request, body, plan, state, deadline_at)
@@ -394,14 +506,14 @@ class Transport(_Pipeline, httpx.BaseTransport):
                     raise
                 last = exc
             except BaseException as exc:
-                if span is not None:
-                    end_attempt(span, exc)
+                if attempt is not None:
+                    attempt.end(exc, None)
                 if breaker is not None:
                     breaker.release(ticket)
                 raise
             else:
-                if span is not None:
-                    end_attempt(span, response)
+                if attempt is not None:
+                    attempt.end(response, response.status_code >= 500)
                 if breaker is not None:
                     breaker.record(ticket, response.status_code in breaker.on_status, now)
                 if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
@@ -456,6 +568,13 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         clock = runtime.clock
         now = clock.now()
         deadline_at = call_deadline(plan, now)
+        if plan.policy.faults is not None:
+            abort, delay = draw_fault(plan, request, deadline_at, now)
+            if delay:
+                await clock.asleep(delay)
+                now = clock.now()
+            if abort is not None:
+                return abort
         bulkhead = plan.bulkhead
         if bulkhead is not None and not bulkhead.try_acquire():
             timeout = queue_timeout(bulkhead, plan, request, deadline_at)
@@ -479,7 +598,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         state: RetryState | None = None
         # Telemetry decided once per call: with no SDK, no span work at all.
         observed, tracer = observe(plan)
-        host, port, propagate = plan.destination.host, plan.destination.port, plan.propagate
+        avoid: Endpoint | None = None  # a retry prefers another endpoint
         last: httpx.Response | Exception | None = None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
@@ -490,15 +609,15 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 if admitted is None:
                     return give_back(last)
                 ticket = admitted
-            span = None
-            if observed is not None:
-                resend = 0 if state is None else state.attempt_number - 1
-                span = start_attempt(observed, tracer, request, host, port, resend, propagate)
+            attempt = None  # an attempt's extras: its span and endpoint, when there are any
+            if observed is not None or plan.endpoints is not None:
+                attempt = Attempt(plan, request, state, observed, tracer, avoid, now)
+                avoid = attempt.endpoint
             try:
                 response = await self.inner.handle_async_request(request)
             except Exception as exc:  # cancellation and Ctrl-C are handled below
-                if span is not None:
-                    end_attempt(span, exc)
+                if attempt is not None:
+                    attempt.end(exc, _error_is_failure(exc))
                 if breaker is not None:
                     breaker.record(ticket, _error_is_failure(exc), clock.now())
                 state, wait = _after_error(exc, request, body, plan, state, deadline_at)
@@ -506,14 +625,14 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                     raise
                 last = exc
             except BaseException as exc:
-                if span is not None:
-                    end_attempt(span, exc)
+                if attempt is not None:
+                    attempt.end(exc, None)
                 if breaker is not None:
                     breaker.release(ticket)
                 raise
             else:
-                if span is not None:
-                    end_attempt(span, response)
+                if attempt is not None:
+                    attempt.end(response, response.status_code >= 500)
                 if breaker is not None:
                     breaker.record(ticket, response.status_code in breaker.on_status, now)
                 if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):

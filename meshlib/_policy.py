@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, get_args
@@ -22,8 +22,13 @@ __all__ = [
     "Breaker",
     "Budget",
     "Bulkhead",
+    "Ejection",
+    "Endpoints",
+    "Faults",
+    "Hedge",
     "Policy",
     "Retry",
+    "Route",
     "Timeout",
     "Tracing",
 ]
@@ -404,12 +409,233 @@ class Tracing:
         )
 
 
+def _address(owner: str, value: object) -> tuple[str, int | None]:
+    """Split ``host:port`` (``[v6]:port``; the port may be left out) or raise ConfigError."""
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(owner, "addresses", value, "'host:port' strings")
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else None
+        if rest and port_text is None:
+            raise _fail(owner, "addresses", value, "'[IPv6]:port'")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif ":" in text:
+        raise _fail(owner, "addresses", value, "IPv6 addresses in brackets: '[::1]:8080'")
+    else:
+        host, port_text = text, None
+    if not host:
+        raise _fail(owner, "addresses", value, "'host:port' with a host")
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise _fail(owner, "addresses", value, "a port between 1 and 65535")
+        port = int(port_text)
+    return host.lower(), port
+
+
+@dataclass(frozen=True, slots=True)
+class Ejection:
+    """Leave out an endpoint that keeps failing (outlier ejection, Envoy's and Linkerd's).
+
+    An endpoint with `consecutive` failures in a row (connection errors,
+    timeouts, 5xx; a success resets the count) is left out for ``base × k``
+    seconds on its k-th ejection, capped at `cap`. At most `max_share` of the
+    endpoints are out at once (at least one, when there are two or more);
+    if all are out, all are used.
+    """
+
+    consecutive: int = 5
+    base: float = 30.0
+    cap: float = 300.0
+    max_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        _count("Ejection", "consecutive", self.consecutive)
+        _set(self, "base", duration("Ejection", "base", self.base, positive=True))
+        _set(self, "cap", duration("Ejection", "cap", self.cap, positive=True))
+        if self.cap < self.base:
+            raise ConfigError(
+                f"Ejection.cap: expected a cap >= base ({self.base!r}), got {self.cap!r}"
+            )
+        share = _number("Ejection", "max_share", self.max_share)
+        if share > 1:
+            raise _fail("Ejection", "max_share", self.max_share, "a share between 0 and 1")
+        _set(self, "max_share", share)
+
+
+BALANCERS = ("p2c", "round_robin")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """The addresses a destination's requests go to, and how to choose among them.
+
+    The Host header, the TLS server name, ``response.url`` and the breaker
+    stay the destination's. A retry prefers another endpoint.
+
+    Args:
+        addresses: ``host:port`` strings (IPv6 as ``[::1]:8080``; without a
+            port, the destination's port); no duplicates, at least one.
+        balance: ``"p2c"`` (two distinct healthy endpoints at random, the less
+            loaded wins: requests in flight weighted by peak-EWMA latency) or
+            ``"round_robin"``.
+        ejection: outlier ejection, or None to keep every endpoint in.
+    """
+
+    addresses: tuple[str, ...]
+    balance: Literal["p2c", "round_robin"] = "p2c"
+    ejection: Ejection | None = field(default_factory=Ejection)
+
+    def __post_init__(self) -> None:
+        addresses = self.addresses
+        if isinstance(addresses, str) or not isinstance(addresses, Iterable):
+            raise _fail("Endpoints", "addresses", addresses, "a list of 'host:port' strings")
+        parsed = [_address("Endpoints", a) for a in addresses]
+        if not parsed:
+            raise _fail("Endpoints", "addresses", list(addresses), "at least one address")
+        seen: set[tuple[str, int | None]] = set()
+        for address, key in zip(addresses, parsed, strict=True):
+            if key in seen:
+                raise _fail("Endpoints", "addresses", address, "no duplicate addresses")
+            seen.add(key)
+        _set(self, "addresses", tuple(a.strip() for a in addresses))
+        if self.balance not in BALANCERS:
+            raise _fail("Endpoints", "balance", self.balance, f"one of {list(BALANCERS)}")
+        if self.ejection is not None and not isinstance(self.ejection, Ejection):
+            raise _fail("Endpoints", "ejection", self.ejection, "a meshlib.Ejection or None")
+
+    def parsed(self) -> tuple[tuple[str, int | None], ...]:
+        """Return each address as (host, port or None)."""
+        return tuple(_address("Endpoints", a) for a in self.addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Send some of a destination's requests to another destination (canary, A/B).
+
+    Routes are tried in order; the first that takes a request wins, and the
+    request then goes to `to` as if sent there (its Host header, policy and
+    state are `to`'s; `to`'s own routes are not followed).
+
+    Args:
+        to: the destination host (``orders-v2.internal``, or ``host:port``).
+        headers: take only requests whose headers all have these values.
+        weight: take this share (0 to 1) of the requests; with `headers`, of
+            those that match. The weights of a destination's routes add up
+            to at most 1.
+        sticky: a header whose value keeps a caller on the same side of the
+            split; without it (or when absent), the draw is random.
+    """
+
+    to: str
+    headers: tuple[tuple[str, str], ...] | None = None
+    weight: float | None = None
+    sticky: str | None = None
+
+    def __post_init__(self) -> None:
+        host = _address("Route", self.to)[0] if isinstance(self.to, str) else ""
+        if not host:
+            raise _fail("Route", "to", self.to, "a destination host")
+        _set(self, "to", self.to.strip().lower())
+        headers = self.headers
+        if headers is not None:
+            items = headers.items() if isinstance(headers, Mapping) else headers
+            pairs = []
+            for item in items:
+                if not (isinstance(item, tuple | list) and len(item) == 2):
+                    raise _fail("Route", "headers", headers, "a table of header: value")
+                name, value = item
+                if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+                    raise _fail("Route", "headers", name, "HTTP header names")
+                if not isinstance(value, str):
+                    raise _fail("Route", "headers", value, "header values (strings)")
+                pairs.append((name.lower(), value))
+            _set(self, "headers", tuple(pairs))
+        if self.weight is not None:
+            weight = _number("Route", "weight", self.weight)
+            if weight > 1:
+                raise _fail("Route", "weight", self.weight, "a share between 0 and 1")
+            _set(self, "weight", weight)
+        if self.sticky is not None:
+            if not isinstance(self.sticky, str) or not _TOKEN.fullmatch(self.sticky):
+                raise _fail("Route", "sticky", self.sticky, "a header name")
+            _set(self, "sticky", self.sticky.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Inject failures into a destination's calls, to test what the mesh does about them.
+
+    Applied once per call, before retries, bulkhead and breaker. An injected
+    abort is the caller's answer: it is not retried and the breaker does not
+    count it. An injected delay uses up the deadline. Off unless given; a
+    warning is logged while active.
+
+    Args:
+        abort: the share of calls answered with `status` without being sent.
+        status: the status of an injected abort.
+        delay: seconds a delayed call is held back first.
+        delayed: the share of calls held back `delay` seconds.
+    """
+
+    abort: float = 0.0
+    status: int = 503
+    delay: float = 0.0
+    delayed: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("abort", "delayed"):
+            share = _number("Faults", name, getattr(self, name))
+            if share > 1:
+                raise _fail("Faults", name, getattr(self, name), "a share between 0 and 1")
+            _set(self, name, share)
+        if (
+            not isinstance(self.status, int)
+            or isinstance(self.status, bool)
+            or not 100 <= self.status <= 599
+        ):
+            raise _fail("Faults", "status", self.status, "an HTTP status code")
+        _set(self, "delay", duration("Faults", "delay", self.delay))
+
+
+@dataclass(frozen=True, slots=True)
+class Hedge:
+    """Send a copy of a slow idempotent request, and take the first answer.
+
+    For idempotent requests (the retry methods, or an ``Idempotency-Key``)
+    with a body that can be replayed: after `delay` seconds without response
+    headers, up to `max_extra` copies go out, to other endpoints where there
+    are any. The first answer wins; the others are cancelled and closed.
+    Copies draw from the retry budget.
+
+    Args:
+        delay: seconds, or ``"p95"``: the destination's observed 95th
+            percentile latency, once 20 calls have been measured (until then,
+            1 second).
+        max_extra: copies at most, per call.
+    """
+
+    delay: float | Literal["p95"] = 0.05
+    max_extra: int = 1
+
+    def __post_init__(self) -> None:
+        if self.delay != "p95":
+            _set(self, "delay", duration("Hedge", "delay", self.delay))
+        _count("Hedge", "max_extra", self.max_extra)
+
+
 _LAYERS: dict[str, type] = {
     "retry": Retry,
     "timeout": Timeout,
     "breaker": Breaker,
     "bulkhead": Bulkhead,
     "tracing": Tracing,
+    "endpoints": Endpoints,
+    "routes": tuple,
+    "faults": Faults,
+    "hedge": Hedge,
 }
 
 
@@ -426,20 +652,34 @@ class Policy:
     breaker: Breaker | None = field(default_factory=Breaker)
     bulkhead: Bulkhead | None = field(default_factory=Bulkhead)
     tracing: Tracing | None = field(default_factory=Tracing)
+    endpoints: Endpoints | None = None
+    routes: tuple[Route, ...] | None = None
+    faults: Faults | None = None
+    hedge: Hedge | None = None
     # Policies are dictionary keys on every request (state lookup); hashing the
     # nested values each time would cost microseconds, so the hash is kept.
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.routes is not None:
+            routes = self.routes
+            if isinstance(routes, Route):
+                routes = (routes,)
+            if isinstance(routes, str) or not isinstance(routes, Iterable):
+                raise _fail("Policy", "routes", routes, "a list of meshlib.Route")
+            routes = tuple(routes)
+            for route in routes:
+                if not isinstance(route, Route):
+                    raise _fail("Policy", "routes", route, "meshlib.Route values")
+            total = sum(r.weight or 0.0 for r in routes)
+            if total > 1 + 1e-9:
+                raise _fail("Policy", "routes", round(total, 6), "weights adding up to at most 1")
+            _set(self, "routes", routes)
         for name, layer in _LAYERS.items():
             value = getattr(self, name)
             if value is not None and not isinstance(value, layer):
                 raise _fail("Policy", name, value, f"a meshlib.{layer.__name__} or None")
-        _set(
-            self,
-            "_hash",
-            hash((self.retry, self.timeout, self.breaker, self.bulkhead, self.tracing)),
-        )
+        _set(self, "_hash", hash(tuple(getattr(self, name) for name in _LAYERS)))
 
     def __hash__(self) -> int:
         return self._hash

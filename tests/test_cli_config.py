@@ -107,23 +107,23 @@ def test_explain_an_exact_host(fleet: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["explain", str(fleet), "payments.internal"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f'{fleet}: payments.internal -> destinations."payments.internal"'
-    assert lines[1].startswith("  retry     2 attempts; backoff full jitter 50ms..1s; ")
+    assert lines[1].startswith("  retry      2 attempts; backoff full jitter 50ms..1s; ")
     assert lines[1].endswith('(from destinations."payments.internal")')
     assert lines[2] == (
-        "  timeout   total 5s, no per-attempt bound; header x-envoy-expected-rq-timeout-ms"
+        "  timeout    total 5s, no per-attempt bound; header x-envoy-expected-rq-timeout-ms"
         '  (from destinations."payments.internal")'
     )
     assert lines[3].endswith("(from STANDARD)")
-    assert lines[4] == "  bulkhead  off  (from default)"
-    assert len(lines) == 6
+    assert lines[4] == "  bulkhead   off  (from default)"
+    assert len(lines) == 10  # the header line and one per layer
 
 
 def test_explain_a_host_and_port(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", str(fleet), "payments.internal:8443"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith(' payments.internal:8443 -> destinations."payments.internal:8443"')
-    assert lines[1] == '  retry     off  (from destinations."payments.internal:8443")'
-    assert lines[2].startswith("  timeout   total 30s, attempt 10s;")  # the default's
+    assert lines[1] == '  retry      off  (from destinations."payments.internal:8443")'
+    assert lines[2].startswith("  timeout    total 30s, attempt 10s;")  # the default's
 
 
 def test_explain_a_url_fills_in_the_default_port(
@@ -138,10 +138,10 @@ def test_explain_a_glob(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["explain", str(fleet), "ledger.svc.cluster.local"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f'{fleet}: ledger.svc.cluster.local -> destinations."*.svc.cluster.local"'
-    assert lines[1].startswith("  retry     3 attempts;")
+    assert lines[1].startswith("  retry      3 attempts;")
     assert lines[1].endswith("(from default)")
     assert lines[2] == (
-        "  timeout   total 10s, attempt 3s; header x-envoy-expected-rq-timeout-ms"
+        "  timeout    total 10s, attempt 3s; header x-envoy-expected-rq-timeout-ms"
         '  (from destinations."*.svc.cluster.local")'
     )
 
@@ -152,7 +152,7 @@ def test_explain_the_default(fleet: Path, capsys: pytest.CaptureFixture[str]) ->
     assert lines[0] == f"{fleet}: orders.internal -> default"
     assert lines[1].endswith("(from default)")
     assert lines[3].endswith("(from STANDARD)")
-    assert lines[4] == "  bulkhead  off  (from default)"
+    assert lines[4] == "  bulkhead   off  (from default)"
 
 
 def test_explain_an_ipv6_literal(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -300,6 +300,10 @@ def test_layer_origins_name_the_table_each_layer_comes_from() -> None:
         "breaker": "STANDARD",
         "bulkhead": "STANDARD",
         "tracing": "STANDARD",
+        "endpoints": "STANDARD",
+        "routes": "STANDARD",
+        "faults": "STANDARD",
+        "hedge": "STANDARD",
     }
     assert config.layer_origins(None)["timeout"] == "default"
     assert config.layer_origins(None)["retry"] == "STANDARD"
@@ -494,7 +498,7 @@ ERRORS: list[tuple[str, str]] = [
     # unknown names list the allowed ones
     (
         D + "retyr = { attempts = 2 }",
-        f"{P}.retyr: unknown layer 'retyr'; layers: retry, timeout, breaker, bulkhead, tracing"
+        f"{P}.retyr: unknown layer 'retyr'; layers: retry, timeout, breaker, bulkhead, tracing, endpoints, routes, faults, hedge"
         " (did you mean 'retry'?)",
     ),
     (
@@ -849,9 +853,9 @@ def test_explain_names_the_pattern_the_mesh_picks_as_written(
     expected = config.default if pattern is None else config.destinations[pattern]
     assert Mesh(config.default, config.destinations).policy_for(host, port) == expected
     assert expected.bulkhead is not None
-    bulkhead = f"  bulkhead  {expected.bulkhead.max_concurrent} in flight, no queue  (from {where})"
+    bulkhead = f"  bulkhead   {expected.bulkhead.max_concurrent} in flight, no queue  (from {where})"
     if pattern is None:
-        bulkhead = "  bulkhead  1000 in flight, no queue  (from STANDARD)"
+        bulkhead = "  bulkhead   1000 in flight, no queue  (from STANDARD)"
     assert bulkhead in layers
 
 
@@ -860,7 +864,7 @@ def test_explain_shows_the_destination_as_given() -> None:
     assert explain(config, "orders.internal").splitlines()[0] == "orders.internal -> default"
     assert explain(config, "orders.internal", 80).startswith("orders.internal:80 -> default\n")
     assert explain(config, "::1", 8080).startswith("[::1]:8080 -> default\n")
-    assert "  retry     off  (from default)" in explain(config, "a").splitlines()
+    assert "  retry      off  (from default)" in explain(config, "a").splitlines()
 
 
 @pytest.mark.parametrize(
@@ -884,37 +888,44 @@ def test_describe_shows_each_layer_on_its_own_line_with_units() -> None:
         "breaker",
         "bulkhead",
         "tracing",
+        "endpoints",
+        "routes",
+        "faults",
+        "hedge",
     ]
     assert lines[0] == (
-        "retry     3 attempts; backoff full jitter 50ms..1s; on status 408, 429, 502-504 for "
+        "retry      3 attempts; backoff full jitter 50ms..1s; on status 408, 429, 502-504 for "
         "DELETE, GET, HEAD, OPTIONS, PUT, TRACE; Retry-After up to 30s; "
         "budget 20% of calls + 10/s over 10s"
     )
-    assert lines[1] == "timeout   total 30s, attempt 10s; header x-envoy-expected-rq-timeout-ms"
+    assert lines[1] == "timeout    total 30s, attempt 10s; header x-envoy-expected-rq-timeout-ms"
     assert lines[2] == (
-        "breaker   opens at 50% failures of >= 20 calls over 30s; open 5s; 1 probe; "
+        "breaker    opens at 50% failures of >= 20 calls over 30s; open 5s; 1 probe; "
         "failures: 429, 500-599"
     )
-    assert lines[3] == "bulkhead  1000 in flight, no queue"
-    assert lines[4].startswith("tracing   context to mesh; ")
+    assert lines[3] == "bulkhead   1000 in flight, no queue"
+    assert lines[4].startswith("tracing    context to mesh; ")
 
 
 def test_describe_says_off_and_shows_where_layers_come_from() -> None:
     config = parse(FULL_TOML)
     policy = config.destinations["payments.internal:8443"]
     text = describe(policy, config.layer_origins("payments.internal:8443"))
-    for line in text.splitlines():
+    for line in text.splitlines()[:5]:  # the layers the file names
         assert line.split()[1] == "off"
         assert line.endswith('(from destinations."payments.internal:8443")')
+    for line in text.splitlines()[5:]:  # traffic layers are off in STANDARD too
+        assert line.split()[1] == "off"
+        assert line.endswith("(from STANDARD)")
     detailed = describe(config.default).splitlines()
-    assert detailed[0].startswith("retry     4 attempts; backoff equal jitter 100ms..2s; ")
+    assert detailed[0].startswith("retry      4 attempts; backoff equal jitter 100ms..2s; ")
     assert "for GET, PUT; Retry-After up to 20s; budget 30% of calls + 5/s over 30s" in detailed[0]
-    assert detailed[1] == "timeout   total 20s, attempt 5.5s; header x-deadline-ms"
+    assert detailed[1] == "timeout    total 20s, attempt 5.5s; header x-deadline-ms"
     assert detailed[2] == (
-        "breaker   opens at 40% failures of >= 8 calls over 1m or 6 in a row; "
+        "breaker    opens at 40% failures of >= 8 calls over 1m or 6 in a row; "
         "open 2s doubling up to 90s; 3 probes; failures: 500, 502-503"
     )
-    assert detailed[3] == "bulkhead  64 in flight, 16 queued"
+    assert detailed[3] == "bulkhead   64 in flight, 16 queued"
     assert "headers captured: x-request-id" in detailed[4]
     no_budget = describe(Policy(retry=Retry(attempts=1, budget=None), timeout=Timeout(None)))
     assert "1 attempt; " in no_budget

@@ -1,0 +1,240 @@
+"""Traffic decisions: which endpoint, which route, which fault, when to hedge.
+
+Pure objects with the clock and randomness passed in or read from
+`runtime`; the drivers in `_pipeline` act on what they decide.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from ._policy import Endpoints, Faults, Route
+from ._runtime import runtime
+
+__all__ = [
+    "Endpoint",
+    "EndpointPool",
+    "EndpointSnapshot",
+    "LatencyWindow",
+    "choose_route",
+    "draw_fault",
+    "route_target",
+]
+
+# Peak-EWMA decay (Finagle, Linkerd): latencies older than this weigh e⁻¹ as much.
+_DECAY = 10.0
+# An endpoint with no measurement yet costs as if it answered in 1 ms.
+_UNMEASURED = 0.001
+
+
+class Endpoint:
+    """One address of a destination, with its load and health."""
+
+    __slots__ = (
+        "ejected_until",
+        "ejections",
+        "ewma",
+        "failures_in_a_row",
+        "host",
+        "in_flight",
+        "measured_at",
+        "port",
+    )
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.in_flight = 0
+        self.ewma = 0.0
+        self.measured_at = 0.0
+        self.failures_in_a_row = 0
+        self.ejections = 0
+        self.ejected_until = -math.inf
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def cost(self) -> float:
+        """Peak-EWMA latency × (requests in flight + 1): lower is better."""
+        return (self.ewma or _UNMEASURED) * (self.in_flight + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSnapshot:
+    """An endpoint's state at one moment."""
+
+    address: str
+    in_flight: int
+    latency: float
+    failures_in_a_row: int
+    ejected: bool
+    ejections: int
+
+
+class EndpointPool:
+    """A destination's endpoints: balancing, outlier ejection, and their counts.
+
+    Thread-safe; the lock is held for a pick or an outcome, never across I/O.
+    """
+
+    __slots__ = ("__weakref__", "_lock", "_next", "endpoints", "label", "settings")
+
+    def __init__(self, settings: Endpoints, default_port: int, label: str) -> None:
+        self.settings = settings
+        self.label = label
+        self.endpoints = [
+            Endpoint(host, port if port is not None else default_port)
+            for host, port in settings.parsed()
+        ]
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def _healthy(self, now: float) -> list[Endpoint]:
+        healthy = [e for e in self.endpoints if e.ejected_until <= now]
+        return healthy or self.endpoints  # all out: all are used
+
+    def pick(self, now: float, avoid: Endpoint | None = None) -> Endpoint:
+        """Choose an endpoint for an attempt (preferring one other than `avoid`)."""
+        with self._lock:
+            candidates = self._healthy(now)
+            if avoid is not None and len(candidates) > 1:
+                candidates = [e for e in candidates if e is not avoid] or candidates
+            if len(candidates) == 1:
+                chosen = candidates[0]
+            elif self.settings.balance == "round_robin":
+                chosen = candidates[self._next % len(candidates)]
+                self._next += 1
+            else:
+                first, second = runtime.rng.sample(candidates, 2)
+                chosen = first if first.cost() <= second.cost() else second
+            chosen.in_flight += 1
+            return chosen
+
+    def done(self, endpoint: Endpoint, failed: bool | None, latency: float, now: float) -> None:
+        """Record an attempt's end; `failed` None: cancelled (counts for nothing)."""
+        with self._lock:
+            endpoint.in_flight -= 1
+            if failed is None:
+                return
+            # Peak EWMA: jump up to a slow answer at once, decay down slowly.
+            if latency > endpoint.ewma:
+                endpoint.ewma = latency
+            else:
+                weight = math.exp(-(now - endpoint.measured_at) / _DECAY)
+                endpoint.ewma = endpoint.ewma * weight + latency * (1 - weight)
+            endpoint.measured_at = now
+            if not failed:
+                endpoint.failures_in_a_row = 0
+                return
+            endpoint.failures_in_a_row += 1
+            ejection = self.settings.ejection
+            if ejection is None or endpoint.failures_in_a_row < ejection.consecutive:
+                return
+            total = len(self.endpoints)
+            allowed = max(1, math.floor(ejection.max_share * total)) if total >= 2 else 0
+            out = sum(1 for e in self.endpoints if e.ejected_until > now)
+            if out < allowed and endpoint.ejected_until <= now:
+                endpoint.ejections += 1
+                endpoint.ejected_until = now + min(ejection.cap, ejection.base * endpoint.ejections)
+                endpoint.failures_in_a_row = 0
+
+    def snapshot(self, now: float) -> list[EndpointSnapshot]:
+        """Return every endpoint's load and health."""
+        with self._lock:
+            return [
+                EndpointSnapshot(
+                    e.address,
+                    e.in_flight,
+                    e.ewma,
+                    e.failures_in_a_row,
+                    e.ejected_until > now,
+                    e.ejections,
+                )
+                for e in self.endpoints
+            ]
+
+
+def _share(route: Route, request: httpx.Request, draw: float) -> float:
+    """The caller's place in [0, 1): from the sticky header's value, else `draw`."""
+    if route.sticky is not None:
+        value = request.headers.get(route.sticky)
+        if value is not None:
+            return zlib.crc32(f"{route.to}\0{value}".encode()) / 2**32
+    return draw
+
+
+def choose_route(routes: Sequence[Route], request: httpx.Request) -> Route | None:
+    """Return the route that takes `request`, or None when it stays.
+
+    Routes are tried in order. Header routes take matching requests; weighted
+    routes split the requests by consecutive slices of [0, 1), so the same
+    sticky value lands in the same slice every time.
+    """
+    draw = runtime.rng.random()
+    start = 0.0
+    for route in routes:
+        if route.headers is not None and any(
+            request.headers.get(name) != value for name, value in route.headers
+        ):
+            continue
+        if route.weight is None:
+            return route
+        share = _share(route, request, draw)
+        if start <= share < start + route.weight:
+            return route
+        start += route.weight
+    return None
+
+
+def route_target(route: Route) -> tuple[str, int | None]:
+    """Return the (host, port or None) a route sends to."""
+    host, _, port = route.to.rpartition(":")
+    if host and port.isdigit() and not host.endswith(":"):
+        return host.strip("[]"), int(port)
+    return route.to.strip("[]"), None
+
+
+def draw_fault(faults: Faults) -> tuple[bool, float]:
+    """Return (abort, delay) for one call under `faults`."""
+    rng = runtime.rng
+    delay = faults.delay if faults.delay > 0 and rng.random() < faults.delayed else 0.0
+    return rng.random() < faults.abort, delay
+
+
+class LatencyWindow:
+    """The destination's recent latencies, for a hedge delay of ``"p95"``."""
+
+    __slots__ = ("__weakref__", "_lock", "_recent", "_sorted")
+
+    SIZE = 200
+    MINIMUM = 20
+
+    def __init__(self) -> None:
+        self._recent: deque[float] = deque()
+        self._sorted: list[float] = []
+        self._lock = threading.Lock()
+
+    def add(self, latency: float) -> None:
+        with self._lock:
+            self._recent.append(latency)
+            bisect.insort(self._sorted, latency)
+            if len(self._recent) > self.SIZE:
+                old = self._recent.popleft()
+                del self._sorted[bisect.bisect_left(self._sorted, old)]
+
+    def p95(self) -> float | None:
+        """Return the 95th percentile, or None until enough calls were measured."""
+        with self._lock:
+            if len(self._sorted) < self.MINIMUM:
+                return None
+            return self._sorted[min(len(self._sorted) - 1, int(0.95 * len(self._sorted)))]
