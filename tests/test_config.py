@@ -498,7 +498,8 @@ ERRORS: list[tuple[str, str]] = [
     # unknown names list the allowed ones
     (
         D + "retyr = { attempts = 2 }",
-        f"{P}.retyr: unknown layer 'retyr'; layers: retry, timeout, breaker, bulkhead, tracing, endpoints, routes, faults, hedge"
+        f"{P}.retyr: unknown layer 'retyr'; layers: retry, timeout, breaker, bulkhead, tracing,"
+        " endpoints, routes, faults, hedge"
         " (did you mean 'retry'?)",
     ),
     (
@@ -853,7 +854,8 @@ def test_explain_names_the_pattern_the_mesh_picks_as_written(
     expected = config.default if pattern is None else config.destinations[pattern]
     assert Mesh(config.default, config.destinations).policy_for(host, port) == expected
     assert expected.bulkhead is not None
-    bulkhead = f"  bulkhead   {expected.bulkhead.max_concurrent} in flight, no queue  (from {where})"
+    slots = expected.bulkhead.max_concurrent
+    bulkhead = f"  bulkhead   {slots} in flight, no queue  (from {where})"
     if pattern is None:
         bulkhead = "  bulkhead   1000 in flight, no queue  (from STANDARD)"
     assert bulkhead in layers
