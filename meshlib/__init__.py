@@ -23,12 +23,18 @@ from ._policy import (
     Breaker,
     Budget,
     Bulkhead,
+    Ejection,
+    Endpoints,
+    Faults,
+    Hedge,
     Policy,
     Retry,
+    Route,
     Timeout,
     Tracing,
 )
 from ._tls import TLS
+from ._traffic import EndpointSnapshot
 
 __all__ = [
     "STANDARD",
@@ -46,10 +52,16 @@ __all__ = [
     "Client",
     "ConfigError",
     "DeadlineExceeded",
+    "Ejection",
+    "EndpointSnapshot",
+    "Endpoints",
+    "Faults",
+    "Hedge",
     "Mesh",
     "MeshError",
     "Policy",
     "Retry",
+    "Route",
     "Timeout",
     "Tracing",
     "Transport",

@@ -23,9 +23,12 @@ Keep them side by side and in step.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from typing import TYPE_CHECKING, cast
 
+import anyio
 import httpx
 
 from ._breaker import CLOSED
@@ -33,7 +36,7 @@ from ._bulkhead import ConcurrencyLimit
 from ._deadline import DEADLINE_SLACK, GRPC_HEADER, current_deadline
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._mesh import Mesh, Plan, default_mesh, refuse_destination_layers
-from ._policy import STANDARD, Policy
+from ._policy import IDEMPOTENT_METHODS, STANDARD, Policy
 from ._retry import (
     RetryState,
     body_is_replayable,
@@ -421,6 +424,57 @@ class Attempt:
             end_attempt(self.span, outcome)
 
 
+def hedge_for(plan: Plan, request: httpx.Request) -> float | None:
+    """Return the hedge delay for this call, or None when it is not hedged.
+
+    Only idempotent requests whose body can be sent again are hedged.
+    """
+    hedge = plan.policy.hedge
+    if hedge is None:
+        return None
+    retry = plan.policy.retry
+    methods = retry.methods if retry is not None else IDEMPOTENT_METHODS
+    if request.method not in methods and "idempotency-key" not in request.headers:
+        return None
+    if not body_is_replayable(request.stream):
+        return None
+    if hedge.delay == "p95":
+        measured = plan.latencies.p95() if plan.latencies is not None else None
+        return measured if measured is not None else 1.0
+    return hedge.delay
+
+
+def spend_on_hedge(plan: Plan) -> bool:
+    """Charge a hedged copy to the retry budget; False when the budget is spent."""
+    budget = plan.budget
+    return budget is None or budget.try_withdraw(runtime.clock.now())
+
+
+def copy_request(request: httpx.Request) -> httpx.Request:
+    """Return a copy of a replayable request for a hedged attempt."""
+    return httpx.Request(
+        request.method,
+        request.url,
+        headers=request.headers.copy(),
+        content=request.read(),
+        extensions=dict(request.extensions),
+    )
+
+
+def _close_the_rest(answers: queue.SimpleQueue[httpx.Response | Exception], pending: int) -> None:
+    """Close the losing copies' responses as they arrive, off the caller's thread."""
+    if pending <= 0:
+        return
+
+    def drain() -> None:
+        for _ in range(pending):
+            answer = answers.get()
+            if isinstance(answer, httpx.Response):
+                answer.close()
+
+    threading.Thread(target=drain, name="meshlib-hedge-close", daemon=True).start()
+
+
 def report_decision(plan: Plan, state: RetryState, cause: str, wait: float | None) -> None:
     """Report a retry, or why retrying stopped."""
     if wait is None:
@@ -481,6 +535,7 @@ class Transport(_Pipeline, httpx.BaseTransport):
         observed, tracer = observe(plan)
         avoid: Endpoint | None = None  # a retry prefers another endpoint
         last: httpx.Response | Exception | None = None
+        hedge = hedge_for(plan, request)
         body = request.stream  # as it was before sending: reading may replace it
         while True:
             _prepare_attempt(request, plan, deadline_at, now)
@@ -491,11 +546,14 @@ class Transport(_Pipeline, httpx.BaseTransport):
                     return give_back(last)
                 ticket = admitted
             attempt = None  # an attempt's extras: its span and endpoint, when there are any
-            if observed is not None or plan.endpoints is not None:
+            if hedge is None and (observed is not None or plan.endpoints is not None):
                 attempt = Attempt(plan, request, state, observed, tracer, avoid, now)
                 avoid = attempt.endpoint
             try:
-                response = self.inner.handle_request(request)
+                if hedge is None:
+                    response = self.inner.handle_request(request)
+                else:
+                    response = self._hedged(request, plan, state, observed, tracer, avoid, hedge)
             except Exception as exc:  # cancellation and Ctrl-C are handled below
                 if attempt is not None:
                     attempt.end(exc, _error_is_failure(exc))
@@ -541,6 +599,65 @@ class Transport(_Pipeline, httpx.BaseTransport):
             if wait > 0 and not runtime.skip_waits:
                 clock.sleep(wait)
             now = clock.now()
+
+    def _hedged(
+        self,
+        request: httpx.Request,
+        plan: Plan,
+        state: RetryState | None,
+        observed: Telemetry | None,
+        tracer: Tracer | None,
+        avoid: Endpoint | None,
+        delay: float,
+    ) -> httpx.Response:
+        """Send `request`, and copies after `delay` without an answer; the first answer wins.
+
+        Copies run in threads (a blocked sync read cannot be cancelled): the
+        losers' responses are closed when they arrive. The winner's response
+        carries the caller's request.
+        """
+        answers: queue.SimpleQueue[httpx.Response | Exception] = queue.SimpleQueue()
+        hedge = plan.policy.hedge
+        assert hedge is not None
+
+        def send(copy: httpx.Request, avoid: Endpoint | None) -> Endpoint | None:
+            attempt = Attempt(plan, copy, state, observed, tracer, avoid, runtime.clock.now())
+
+            def run() -> None:
+                try:
+                    response = self.inner.handle_request(copy)
+                except Exception as exc:
+                    attempt.end(exc, _error_is_failure(exc))
+                    answers.put(exc)
+                    return
+                attempt.end(response, response.status_code >= 500)
+                answers.put(response)
+
+            threading.Thread(target=run, name="meshlib-hedge", daemon=True).start()
+            return attempt.endpoint
+
+        # Every attempt sends a copy: a loser still running must not change the URL
+        # of the request the caller gets back.
+        used = send(copy_request(request), avoid)
+        launched, failures, copies_allowed = 1, 0, True
+        while True:
+            may_copy = copies_allowed and launched <= hedge.max_extra
+            try:
+                answer = answers.get(timeout=delay if may_copy else None)
+            except queue.Empty:
+                if spend_on_hedge(plan):
+                    used = send(copy_request(request), used)
+                    launched += 1
+                else:
+                    copies_allowed = False
+                continue
+            if isinstance(answer, httpx.Response):
+                _close_the_rest(answers, launched - failures - 1)
+                answer.request = request
+                return answer
+            failures += 1
+            if failures == launched:
+                raise answer  # every copy failed: the retry layer decides what follows
 
     def close(self) -> None:
         self.inner.close()
@@ -600,6 +717,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         observed, tracer = observe(plan)
         avoid: Endpoint | None = None  # a retry prefers another endpoint
         last: httpx.Response | Exception | None = None
+        hedge = hedge_for(plan, request)
         body = request.stream  # as it was before sending: reading may replace it
         while True:
             _prepare_attempt(request, plan, deadline_at, now)
@@ -610,11 +728,16 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                     return give_back(last)
                 ticket = admitted
             attempt = None  # an attempt's extras: its span and endpoint, when there are any
-            if observed is not None or plan.endpoints is not None:
+            if hedge is None and (observed is not None or plan.endpoints is not None):
                 attempt = Attempt(plan, request, state, observed, tracer, avoid, now)
                 avoid = attempt.endpoint
             try:
-                response = await self.inner.handle_async_request(request)
+                if hedge is None:
+                    response = await self.inner.handle_async_request(request)
+                else:
+                    response = await self._hedged(
+                        request, plan, state, observed, tracer, avoid, hedge
+                    )
             except Exception as exc:  # cancellation and Ctrl-C are handled below
                 if attempt is not None:
                     attempt.end(exc, _error_is_failure(exc))
@@ -660,6 +783,65 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
             if wait > 0 and not runtime.skip_waits:
                 await clock.asleep(wait)
             now = clock.now()
+
+    async def _hedged(
+        self,
+        request: httpx.Request,
+        plan: Plan,
+        state: RetryState | None,
+        observed: Telemetry | None,
+        tracer: Tracer | None,
+        avoid: Endpoint | None,
+        delay: float,
+    ) -> httpx.Response:
+        """Send `request`, and copies after `delay` without an answer; the first answer wins.
+
+        The losers are cancelled (their spans end, their endpoints are not
+        blamed) and any response they already had is closed.
+        """
+        hedge = plan.policy.hedge
+        assert hedge is not None
+        answered = anyio.Event()
+        winner: list[httpx.Response] = []
+        errors: list[Exception] = []
+        launched = 0
+
+        async def send(copy: httpx.Request, avoid: Endpoint | None) -> None:
+            attempt = Attempt(plan, copy, state, observed, tracer, avoid, runtime.clock.now())
+            try:
+                response = await self.inner.handle_async_request(copy)
+            except Exception as exc:
+                attempt.end(exc, _error_is_failure(exc))
+                errors.append(exc)
+                if len(errors) == launched:
+                    answered.set()
+                return
+            except BaseException as exc:  # a loser, cancelled: not the endpoint's fault
+                attempt.end(exc, None)
+                raise
+            attempt.end(response, response.status_code >= 500)
+            if winner:
+                await response.aclose()
+            else:
+                winner.append(response)
+                answered.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(send, copy_request(request), avoid)
+            launched = 1
+            while launched <= hedge.max_extra:
+                with anyio.move_on_after(delay):
+                    await answered.wait()
+                if answered.is_set() or not spend_on_hedge(plan):
+                    break
+                launched += 1
+                group.start_soon(send, copy_request(request), None)
+            await answered.wait()
+            group.cancel_scope.cancel()
+        if winner:
+            winner[0].request = request
+            return winner[0]
+        raise errors[-1]
 
     async def aclose(self) -> None:
         await self.inner.aclose()

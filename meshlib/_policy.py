@@ -409,28 +409,28 @@ class Tracing:
         )
 
 
-def _address(owner: str, value: object) -> tuple[str, int | None]:
+def _address(owner: str, value: object, name: str = "addresses") -> tuple[str, int | None]:
     """Split ``host:port`` (``[v6]:port``; the port may be left out) or raise ConfigError."""
     if not isinstance(value, str) or not value.strip():
-        raise _fail(owner, "addresses", value, "'host:port' strings")
+        raise _fail(owner, name, value, "'host:port' strings")
     text = value.strip()
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else None
         if rest and port_text is None:
-            raise _fail(owner, "addresses", value, "'[IPv6]:port'")
+            raise _fail(owner, name, value, "'[IPv6]:port'")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
     elif ":" in text:
-        raise _fail(owner, "addresses", value, "IPv6 addresses in brackets: '[::1]:8080'")
+        raise _fail(owner, name, value, "IPv6 addresses in brackets: '[::1]:8080'")
     else:
         host, port_text = text, None
     if not host:
-        raise _fail(owner, "addresses", value, "'host:port' with a host")
+        raise _fail(owner, name, value, "'host:port' with a host")
     port = None
     if port_text is not None:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise _fail(owner, "addresses", value, "a port between 1 and 65535")
+            raise _fail(owner, name, value, "a port between 1 and 65535")
         port = int(port_text)
     return host.lower(), port
 
@@ -535,7 +535,7 @@ class Route:
     sticky: str | None = None
 
     def __post_init__(self) -> None:
-        host = _address("Route", self.to)[0] if isinstance(self.to, str) else ""
+        host = _address("Route", self.to, "to")[0] if isinstance(self.to, str) else ""
         if not host:
             raise _fail("Route", "to", self.to, "a destination host")
         _set(self, "to", self.to.strip().lower())

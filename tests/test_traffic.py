@@ -1,0 +1,441 @@
+"""Traffic: endpoints and balancing, ejection, routes, fault injection, hedging."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import statistics
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+import meshlib
+from meshlib.testing import FakeClock, FaultServer, Respond
+
+pytestmark = pytest.mark.usefixtures("rng")
+
+NO_BREAKER = meshlib.Policy(breaker=None)
+
+
+def _mesh(destination: str = "orders.internal", **layers: object) -> meshlib.Mesh:
+    return meshlib.Mesh(destinations={destination: NO_BREAKER.replace(**layers)})
+
+
+@pytest.fixture
+def two_servers() -> Iterator[tuple[FaultServer, FaultServer]]:
+    with FaultServer() as first, FaultServer() as second:
+        yield first, second
+
+
+def _endpoints(*servers: FaultServer, **options: object) -> meshlib.Endpoints:
+    return meshlib.Endpoints([f"127.0.0.1:{s.port}" for s in servers], **options)  # type: ignore[arg-type]
+
+
+# Endpoints and balancing
+
+
+@pytest.mark.network
+def test_requests_go_to_the_endpoints_as_the_destination(
+    two_servers: tuple[FaultServer, FaultServer],
+) -> None:
+    first, second = two_servers
+    mesh = _mesh(endpoints=_endpoints(first, second, balance="round_robin"))
+    with meshlib.wrap(httpx.Client(), mesh) as client:
+        responses = [client.get("http://orders.internal/items") for _ in range(4)]
+    assert [r.status_code for r in responses] == [200] * 4
+    assert all(str(r.url) == "http://orders.internal/items" for r in responses)
+    assert (first.request_count, second.request_count) == (2, 2)  # round robin
+    hosts = {r.headers["host"] for r in first.requests + second.requests}
+    assert hosts == {"orders.internal"}
+
+
+@pytest.mark.network
+def test_p2c_steers_away_from_a_slow_endpoint(
+    two_servers: tuple[FaultServer, FaultServer],
+) -> None:
+    slow, fast = two_servers
+    slow.default = Respond(200, delay=0.03)
+    mesh = _mesh(endpoints=_endpoints(slow, fast))
+    with meshlib.wrap(httpx.Client(), mesh) as client:
+        for _ in range(150):
+            client.get("http://orders.internal/")
+    assert fast.request_count > 0.85 * 150
+    snapshot = {e.address: e for e in mesh.endpoints()["http://orders.internal:80"]}
+    slow_seen = snapshot[f"127.0.0.1:{slow.port}"]
+    # Either never chosen again after the fast one was measured, or measured slower.
+    assert slow_seen.latency == 0 or slow_seen.latency > snapshot[f"127.0.0.1:{fast.port}"].latency
+
+
+@pytest.mark.network
+@pytest.mark.anyio
+async def test_p2c_steers_away_from_a_slow_endpoint_async(
+    two_servers: tuple[FaultServer, FaultServer],
+) -> None:
+    slow, fast = two_servers
+    slow.default = Respond(200, delay=0.03)
+    mesh = _mesh(endpoints=_endpoints(slow, fast))
+    async with meshlib.wrap(httpx.AsyncClient(), mesh) as client:
+        for _ in range(10):  # concurrent waves: in-flight counts matter too
+            await asyncio.gather(*(client.get("http://orders.internal/") for _ in range(10)))
+    assert fast.request_count > 0.7 * 100
+
+
+@pytest.mark.network
+def test_a_retry_prefers_another_endpoint(two_servers: tuple[FaultServer, FaultServer]) -> None:
+    broken, healthy = two_servers
+    broken.default = Respond(503)
+    mesh = _mesh(
+        endpoints=_endpoints(broken, healthy, ejection=None, balance="round_robin"),
+        retry=meshlib.Retry(attempts=2, backoff=meshlib.Backoff(base=0, cap=0), budget=None),
+    )
+    with meshlib.wrap(httpx.Client(), mesh) as client:
+        statuses = [client.get("http://orders.internal/").status_code for _ in range(30)]
+    assert statuses == [200] * 30  # a call that met the broken endpoint retried elsewhere
+    assert broken.request_count > 0
+
+
+# Ejection, with the fake clock
+
+
+def _by_host(failing: set[str]) -> tuple[httpx.MockTransport, collections.Counter[str]]:
+    seen: collections.Counter[str] = collections.Counter()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[request.url.host] += 1
+        return httpx.Response(503 if request.url.host in failing else 200)
+
+    return httpx.MockTransport(handler), seen
+
+
+def test_an_endpoint_with_consecutive_failures_is_ejected_and_returns(clock: FakeClock) -> None:
+    transport, seen = _by_host({"a"})
+    ejection = meshlib.Ejection(consecutive=3, base=30.0, cap=300.0)
+    mesh = _mesh(
+        endpoints=meshlib.Endpoints(["a:80", "b:80", "c:80"], ejection=ejection), retry=None
+    )
+    with meshlib.wrap(httpx.Client(transport=transport), mesh) as client:
+        while seen["a"] < 3:
+            client.get("http://orders.internal/")
+        (a,) = [e for e in mesh.endpoints()["http://orders.internal:80"] if e.address == "a:80"]
+        assert a.ejected
+        seen.clear()
+        for _ in range(60):
+            client.get("http://orders.internal/")
+        assert seen["a"] == 0  # left out for 30 s
+        clock.advance(30.0)
+        for _ in range(60):
+            client.get("http://orders.internal/")
+        assert seen["a"] > 0  # back in; it fails 3 more times and is out for 60 s
+        (a,) = [e for e in mesh.endpoints()["http://orders.internal:80"] if e.address == "a:80"]
+        assert a.ejections == 2
+        seen.clear()
+        clock.advance(59.0)
+        for _ in range(60):
+            client.get("http://orders.internal/")
+        assert seen["a"] == 0
+
+
+def test_ejection_never_takes_out_more_than_its_share(clock: FakeClock) -> None:
+    transport, seen = _by_host({"a", "b"})
+    ejection = meshlib.Ejection(consecutive=2, max_share=0.5)
+    mesh = _mesh(endpoints=meshlib.Endpoints(["a:80", "b:80"], ejection=ejection), retry=None)
+    with meshlib.wrap(httpx.Client(transport=transport), mesh) as client:
+        for _ in range(40):
+            client.get("http://orders.internal/")
+    out = [e for e in mesh.endpoints()["http://orders.internal:80"] if e.ejected]
+    assert len(out) == 1  # half of two, at least one: never both
+    assert seen["a"] > 0
+    assert seen["b"] > 0
+
+
+def test_all_endpoints_out_means_all_are_used(clock: FakeClock) -> None:
+    transport, seen = _by_host({"a"})
+    mesh = _mesh(
+        endpoints=meshlib.Endpoints(["a:80"], ejection=meshlib.Ejection(consecutive=1)),
+        retry=None,
+    )
+    with meshlib.wrap(httpx.Client(transport=transport), mesh) as client:
+        for _ in range(5):
+            assert client.get("http://orders.internal/").status_code == 503
+    assert seen["a"] == 5
+
+
+# Routes
+
+
+def _host_counter() -> tuple[httpx.MockTransport, collections.Counter[str]]:
+    seen: collections.Counter[str] = collections.Counter()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[request.headers["host"]] += 1
+        return httpx.Response(200)
+
+    return httpx.MockTransport(handler), seen
+
+
+def test_a_95_5_split_over_10k_requests_lands_within_one_percent() -> None:
+    transport, seen = _host_counter()
+    mesh = meshlib.Mesh(
+        destinations={
+            "orders.internal": NO_BREAKER.replace(
+                routes=(meshlib.Route(to="orders-v2.internal", weight=0.05),)
+            )
+        }
+    )
+    with meshlib.wrap(httpx.Client(transport=transport), mesh) as client:
+        for _ in range(10_000):
+            client.get("http://orders.internal/")
+    assert abs(seen["orders-v2.internal"] / 10_000 - 0.05) <= 0.01
+    assert seen["orders.internal"] + seen["orders-v2.internal"] == 10_000
+
+
+def test_header_routes_and_their_order() -> None:
+    transport, seen = _host_counter()
+    routes = (
+        meshlib.Route(to="orders-canary.internal", headers={"x-canary": "1"}),
+        meshlib.Route(to="orders-v2.internal", weight=1.0),
+    )
+    mesh = meshlib.Mesh(destinations={"orders.internal": NO_BREAKER.replace(routes=routes)})
+    with meshlib.wrap(httpx.Client(transport=transport), mesh) as client:
+        canary = client.get("http://orders.internal/x", headers={"x-canary": "1"})
+        other = client.get("http://orders.internal/x", headers={"x-canary": "0"})
+    assert str(canary.url) == "http://orders-canary.internal/x"
+    assert str(other.url) == "http://orders-v2.internal/x"
+    assert seen == {"orders-canary.internal": 1, "orders-v2.internal": 1}
+
+
+def test_sticky_keeps_a_caller_on_one_side() -> None:
+    transport, _ = _host_counter()
+    route = meshlib.Route(to="orders-v2.internal", weight=0.3, sticky="x-user-id")
+    mesh = meshlib.Mesh(destinations={"orders.internal": NO_BREAKER.replace(routes=(route,))})
+    sides: dict[str, set[str]] = collections.defaultdict(set)
+    with meshlib.wrap(httpx.Client(transport=transport), mesh) as client:
+        for user in range(400):
+            for _ in range(3):
+                response = client.get(
+                    "http://orders.internal/", headers={"x-user-id": f"user-{user}"}
+                )
+                sides[f"user-{user}"].add(response.url.host)
+    assert all(len(hosts) == 1 for hosts in sides.values())
+    share = sum("orders-v2.internal" in h for h in sides.values()) / len(sides)
+    assert 0.22 <= share <= 0.38
+
+
+def test_a_routed_request_takes_the_targets_policy_and_not_its_routes() -> None:
+    calls: collections.Counter[str] = collections.Counter()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls[request.url.host] += 1
+        return httpx.Response(503)
+
+    mesh = meshlib.Mesh(
+        destinations={
+            "orders.internal": NO_BREAKER.replace(
+                routes=(meshlib.Route(to="orders-v2.internal:8080"),)
+            ),
+            "orders-v2.internal": meshlib.Policy(
+                retry=None,
+                breaker=None,
+                routes=(meshlib.Route(to="elsewhere.internal"),),
+            ),
+        }
+    )
+    with (
+        meshlib.testing.set_testing(True),
+        meshlib.wrap(httpx.Client(transport=httpx.MockTransport(handler)), mesh) as client,
+    ):
+        response = client.get("http://orders.internal/")
+    assert str(response.url) == "http://orders-v2.internal:8080/"
+    assert calls == {"orders-v2.internal": 1}  # no retries: the target's policy
+
+
+def test_endpoints_and_routes_belong_to_a_destination() -> None:
+    with pytest.raises(meshlib.ConfigError, match=r"Mesh\.default\.endpoints"):
+        meshlib.Mesh(default=meshlib.Policy(endpoints=meshlib.Endpoints(["a:1"])))
+    with pytest.raises(meshlib.ConfigError, match=r"policy\.routes"):
+        meshlib.wrap(httpx.Client(), meshlib.Policy(routes=(meshlib.Route(to="b"),)))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: meshlib.Endpoints([]), "Endpoints.addresses"),
+        (lambda: meshlib.Endpoints(["a:1", "a:1"]), "duplicate"),
+        (lambda: meshlib.Endpoints(["a:99999"]), "port"),
+        (lambda: meshlib.Endpoints(["a:1"], balance="random"), "Endpoints.balance"),  # type: ignore[arg-type]
+        (lambda: meshlib.Route(to=""), "Route.to"),
+        (lambda: meshlib.Route(to="b", weight=1.5), "Route.weight"),
+        (
+            lambda: meshlib.Policy(
+                routes=(meshlib.Route(to="b", weight=0.6), meshlib.Route(to="c", weight=0.6))
+            ),
+            "Policy.routes",
+        ),
+        (lambda: meshlib.Faults(abort=2), "Faults.abort"),
+        (lambda: meshlib.Faults(status=700), "Faults.status"),
+        (lambda: meshlib.Hedge(delay=-1), "Hedge.delay"),
+        (lambda: meshlib.Hedge(max_extra=0), "Hedge.max_extra"),
+        (lambda: meshlib.Ejection(base=10, cap=5), "Ejection.cap"),
+    ],
+)
+def test_traffic_values_are_validated(build: object, message: str) -> None:
+    with pytest.raises(meshlib.ConfigError, match=message):
+        build()  # type: ignore[operator]
+
+
+# Fault injection
+
+
+def test_aborts_take_their_share_and_are_never_sent_retried_or_counted(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    sent = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal sent
+        sent += 1
+        return httpx.Response(200)
+
+    mesh = meshlib.Mesh(
+        destinations={
+            "flaky-test.internal": meshlib.Policy(
+                faults=meshlib.Faults(abort=0.1, status=503),
+                breaker=meshlib.Breaker(consecutive=1),
+            )
+        }
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="meshlib"),
+        meshlib.wrap(httpx.Client(transport=httpx.MockTransport(handler)), mesh) as client,
+    ):
+        statuses = [client.get("http://flaky-test.internal/").status_code for _ in range(3000)]
+    aborted = statuses.count(503)
+    assert abs(aborted / 3000 - 0.1) < 0.02
+    assert sent == 3000 - aborted  # aborted calls were not sent, nor retried
+    assert mesh.breakers()[0].state == "closed"  # nor counted by the breaker
+    warnings = [r for r in caplog.records if getattr(r, "meshlib_event", "") == "faults_active"]
+    assert len(warnings) == 1
+
+
+def test_an_injected_delay_uses_up_the_deadline(clock: FakeClock) -> None:
+    mesh = _mesh(faults=meshlib.Faults(delay=2.0, delayed=1.0))
+    transport = httpx.MockTransport(lambda r: httpx.Response(200))
+    with meshlib.wrap(httpx.Client(transport=transport), mesh) as client:
+        assert client.get("http://orders.internal/").status_code == 200
+        assert clock.sleeps == [2.0]
+        with meshlib.deadline(1.0), pytest.raises(meshlib.DeadlineExceeded):
+            client.get("http://orders.internal/")
+    assert clock.sleeps == [2.0, 1.0]  # held back what was left, then out of time
+
+
+# Hedging
+
+
+def _hedged_policy(delay: float = 0.05) -> meshlib.Policy:
+    return NO_BREAKER.replace(hedge=meshlib.Hedge(delay=delay), retry=meshlib.Retry(budget=None))
+
+
+@pytest.mark.network
+def test_hedging_cuts_the_slow_tail_sync(server: FaultServer) -> None:
+    mesh = meshlib.Mesh(destinations={"127.0.0.1": _hedged_policy()})
+    plain = meshlib.Mesh(destinations={"127.0.0.1": NO_BREAKER})
+    timings: dict[str, list[float]] = {}
+    for name, chosen in (("plain", plain), ("hedged", mesh)):
+        durations = []
+        with meshlib.wrap(httpx.Client(base_url=server.url), chosen) as client:
+            for n in range(40):
+                # Every tenth call meets a slow answer first; a copy meets a fast one.
+                server.enqueue(Respond(200, delay=0.4) if n % 10 == 0 else Respond(200))
+                server.enqueue(Respond(200))
+                started = time.perf_counter()
+                assert client.get("/search").status_code == 200
+                durations.append(time.perf_counter() - started)
+                time.sleep(0.002)
+            server.default = Respond(200)
+        timings[name] = sorted(durations)
+        while server.pending:  # leftovers of the plain run
+            server.reset_log()
+            break
+    assert max(timings["plain"]) >= 0.4
+    assert max(timings["hedged"]) < 0.3  # the tail answered by the copy after 50 ms
+
+
+@pytest.mark.network
+@pytest.mark.anyio
+async def test_hedging_cuts_the_slow_tail_async(server: FaultServer) -> None:
+    mesh = meshlib.Mesh(destinations={"127.0.0.1": _hedged_policy()})
+    durations = []
+    async with meshlib.wrap(httpx.AsyncClient(base_url=server.url), mesh) as client:
+        for n in range(30):
+            server.enqueue(Respond(200, delay=0.4) if n % 10 == 0 else Respond(200))
+            server.enqueue(Respond(200))
+            started = time.perf_counter()
+            assert (await client.get("/search")).status_code == 200
+            durations.append(time.perf_counter() - started)
+    assert max(durations) < 0.3
+    assert statistics.median(durations) < 0.05
+
+
+def test_only_idempotent_replayable_requests_are_hedged() -> None:
+    sent: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        await asyncio.sleep(0.1)
+        return httpx.Response(200)
+
+    async def go() -> None:
+        transport = httpx.MockTransport(handler)
+        mesh = meshlib.Mesh(destinations={"orders.internal": _hedged_policy(0.01)})
+        async with meshlib.wrap(httpx.AsyncClient(transport=transport), mesh) as client:
+            await client.post("http://orders.internal/", content=b"x")
+            await client.get("http://orders.internal/")
+
+    asyncio.run(go())
+    assert sent.count("POST") == 1  # not idempotent: never copied
+    assert sent.count("GET") == 2  # the original and one copy
+
+
+def test_hedged_copies_draw_from_the_retry_budget() -> None:
+    sent = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal sent
+        sent += 1
+        await asyncio.sleep(0.05)
+        return httpx.Response(200)
+
+    stingy = NO_BREAKER.replace(
+        hedge=meshlib.Hedge(delay=0.005),
+        retry=meshlib.Retry(budget=meshlib.Budget(ratio=0.0, min_per_second=0.1, ttl=10)),
+    )
+
+    async def go() -> None:
+        transport = httpx.MockTransport(handler)
+        mesh = meshlib.Mesh(destinations={"orders.internal": stingy})
+        async with meshlib.wrap(httpx.AsyncClient(transport=transport), mesh) as client:
+            for _ in range(5):
+                await client.get("http://orders.internal/")
+
+    asyncio.run(go())
+    assert sent == 5 + 1  # one copy, the budget's whole reserve
+
+
+def test_hedge_p95_waits_for_enough_measurements() -> None:
+    from meshlib._traffic import LatencyWindow
+
+    window = LatencyWindow()
+    for value in range(19):
+        window.add(value / 1000)
+    assert window.p95() is None
+    for value in range(19, 100):
+        window.add(value / 1000)
+    assert window.p95() == pytest.approx(0.095)
+    rng = random.Random(3)
+    for _ in range(500):
+        window.add(rng.random())
+    assert 0.85 < (window.p95() or 0) <= 1.0  # only the last 200 count
