@@ -535,7 +535,7 @@ class Transport(_Pipeline, httpx.BaseTransport):
         observed, tracer = observe(plan)
         avoid: Endpoint | None = None  # a retry prefers another endpoint
         last: httpx.Response | Exception | None = None
-        hedge = hedge_for(plan, request)
+        hedge = hedge_for(plan, request) if plan.policy.hedge is not None else None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
             _prepare_attempt(request, plan, deadline_at, now)
@@ -717,7 +717,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         observed, tracer = observe(plan)
         avoid: Endpoint | None = None  # a retry prefers another endpoint
         last: httpx.Response | Exception | None = None
-        hedge = hedge_for(plan, request)
+        hedge = hedge_for(plan, request) if plan.policy.hedge is not None else None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
             _prepare_attempt(request, plan, deadline_at, now)
