@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ._policy import Breaker
 from ._runtime import runtime
+from ._window import WindowCounts
 
 __all__ = ["CLOSED", "HALF_OPEN", "OPEN", "BreakerSnapshot", "CircuitBreaker"]
 
@@ -28,7 +29,6 @@ CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
 
-_SLOTS = 10  # the window is counted in ten buckets
 
 #: Called with (destination, old state, new state) after each transition.
 TransitionHook = Callable[[str, str, str], None]
@@ -60,9 +60,7 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__",
-        "_calls",
-        "_epoch",
-        "_failures",
+        "_counts",
         "_hook",
         "_in_a_row",
         "_lock",
@@ -70,7 +68,6 @@ class CircuitBreaker:
         "_probe_successes",
         "_probes_in_flight",
         "_trips",
-        "_width",
         "episode",
         "label",
         "on_status",
@@ -85,10 +82,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self.state = CLOSED  # read without the lock on the success path; written under it
         self.on_status = settings.on_status
-        self._width = settings.window / _SLOTS
-        self._calls = [0] * _SLOTS
-        self._failures = [0] * _SLOTS
-        self._epoch = -1
+        self._counts = WindowCounts(settings.window)  # first: calls, second: failures
         self._in_a_row = 0
         self._trips = 0
         self._open_until = 0.0
@@ -126,11 +120,10 @@ class CircuitBreaker:
     def record(self, ticket: int, failed: bool, now: float) -> None:
         """Record the outcome of a call admitted with `ticket` (`now`: when it started or ended)."""
         if ticket == 0 and not failed:  # the common case: a success while closed
-            epoch = int(now // self._width)
+            counts = self._counts
             with self._lock:
                 if self.state is CLOSED:
-                    slot = epoch % _SLOTS if epoch == self._epoch else self._advance(now)
-                    self._calls[slot] += 1
+                    counts.first[counts.slot(now)] += 1
                     self._in_a_row = 0
             return
         transition = None
@@ -138,10 +131,10 @@ class CircuitBreaker:
             if ticket == 0:
                 if self.state is not CLOSED:
                     return  # admitted before a trip: the breaker has moved on
-                slot = self._advance(now)
-                self._calls[slot] += 1
+                slot = self._counts.slot(now)
+                self._counts.first[slot] += 1
                 if failed:
-                    self._failures[slot] += 1
+                    self._counts.second[slot] += 1
                     self._in_a_row += 1
                     if self._should_trip():
                         transition = self._trip(now)
@@ -168,38 +161,30 @@ class CircuitBreaker:
     def snapshot(self, now: float) -> BreakerSnapshot:
         """Return the breaker's state and counts."""
         with self._lock:
-            if self.state is CLOSED:
-                self._advance(now)
+            counts = self._counts
+            calls, failures = (
+                counts.totals(now)
+                if self.state is CLOSED
+                else (sum(counts.first), sum(counts.second))
+            )
             return BreakerSnapshot(
                 destination=self.label,
                 state=self.state,
-                calls=sum(self._calls),
-                failures=sum(self._failures),
+                calls=calls,
+                failures=failures,
                 retry_after=self.retry_after(now),
                 trips=self._trips,
             )
 
     # Everything below runs under the lock.
 
-    def _advance(self, now: float) -> int:
-        # A late, slightly older clock reading counts in the newest bucket.
-        epoch = max(int(now // self._width), self._epoch)
-        if epoch != self._epoch:
-            stale = min(epoch - self._epoch, _SLOTS) if self._epoch >= 0 else _SLOTS
-            for offset in range(stale):
-                slot = (epoch - offset) % _SLOTS
-                self._calls[slot] = 0
-                self._failures[slot] = 0
-            self._epoch = epoch
-        return epoch % _SLOTS
-
     def _should_trip(self) -> bool:
         settings = self.settings
         if settings.consecutive is not None and self._in_a_row >= settings.consecutive:
             return True
-        calls = sum(self._calls)
+        calls, failures = sum(self._counts.first), sum(self._counts.second)
         # Divide rather than multiply: 14/25 equals the literal 0.56, 0.56*25 exceeds 14.
-        return calls >= settings.min_calls and sum(self._failures) / calls >= settings.failure_ratio
+        return calls >= settings.min_calls and failures / calls >= settings.failure_ratio
 
     def _trip(self, now: float) -> tuple[str, str]:
         settings = self.settings
@@ -217,9 +202,7 @@ class CircuitBreaker:
     def _close(self) -> tuple[str, str]:
         self._trips = 0
         self._in_a_row = 0
-        self._calls = [0] * _SLOTS
-        self._failures = [0] * _SLOTS
-        self._epoch = -1
+        self._counts.clear()
         return self._move(CLOSED)
 
     def _move(self, state: str) -> tuple[str, str]:

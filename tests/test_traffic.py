@@ -76,12 +76,13 @@ async def test_p2c_steers_away_from_a_slow_endpoint_async(
     two_servers: tuple[FaultServer, FaultServer],
 ) -> None:
     slow, fast = two_servers
-    slow.default = Respond(200, delay=0.03)
+    slow.default = Respond(200, delay=0.1)
     mesh = _mesh(endpoints=_endpoints(slow, fast))
     async with meshlib.wrap(httpx.AsyncClient(), mesh) as client:
-        for _ in range(10):  # concurrent waves: in-flight counts matter too
+        for _ in range(8):  # concurrent waves: in-flight counts weigh in too
             await asyncio.gather(*(client.get("http://orders.internal/") for _ in range(10)))
-    assert fast.request_count > 0.7 * 100
+    # The first wave splits by load alone; once measured, the slow one is avoided.
+    assert fast.request_count > 0.8 * 80
 
 
 @pytest.mark.network

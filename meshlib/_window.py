@@ -1,0 +1,51 @@
+"""Two counters over a sliding time window, kept in ten buckets.
+
+The retry budget (calls and retries) and the breaker (calls and failures)
+both count this way. Not locked: each owner holds its own lock around it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SLOTS", "WindowCounts"]
+
+SLOTS = 10  # a tenth of the window is resolution enough
+
+
+class WindowCounts:
+    """Counts of two kinds of event (`first`, `second`) over the last `window` seconds."""
+
+    __slots__ = ("_epoch", "_width", "first", "second")
+
+    def __init__(self, window: float) -> None:
+        self._width = window / SLOTS
+        self.first = [0] * SLOTS
+        self.second = [0] * SLOTS
+        self._epoch = -1  # the newest bucket, in bucket widths since the clock's zero
+
+    def slot(self, now: float) -> int:
+        """Return the bucket for `now`, emptying the buckets that left the window."""
+        epoch = int(now // self._width)
+        if epoch == self._epoch:  # the common case: still in the newest bucket
+            return epoch % SLOTS
+        # Threads read the clock before taking their lock, so a slightly older
+        # reading may arrive late: count it in the newest bucket, never rewind.
+        if epoch < self._epoch:
+            return self._epoch % SLOTS
+        stale = min(epoch - self._epoch, SLOTS) if self._epoch >= 0 else SLOTS
+        for offset in range(stale):
+            index = (epoch - offset) % SLOTS
+            self.first[index] = 0
+            self.second[index] = 0
+        self._epoch = epoch
+        return epoch % SLOTS
+
+    def totals(self, now: float) -> tuple[int, int]:
+        """Return the two counts over the window ending at `now`."""
+        self.slot(now)
+        return sum(self.first), sum(self.second)
+
+    def clear(self) -> None:
+        """Forget everything counted."""
+        self.first = [0] * SLOTS
+        self.second = [0] * SLOTS
+        self._epoch = -1
