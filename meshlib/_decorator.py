@@ -103,8 +103,8 @@ def resilient(
                 now = runtime.clock.now()
                 deadline_at = call_deadline(plan, now)
                 bulkhead = plan.bulkhead
-                if bulkhead is not None and not bulkhead.try_acquire():
-                    within = queue_timeout(bulkhead, plan, None, deadline_at)
+                if bulkhead is not None and (taken := bulkhead.try_acquire()) is not True:
+                    within = queue_timeout(taken, plan, None, deadline_at)
                     if not await bulkhead.acquire_async(within):
                         raise queued_too_long(plan, None, deadline_at)
                     now = runtime.clock.now()
@@ -130,8 +130,8 @@ def resilient(
             now = runtime.clock.now()
             deadline_at = call_deadline(plan, now)
             bulkhead = plan.bulkhead
-            if bulkhead is not None and not bulkhead.try_acquire():
-                within = queue_timeout(bulkhead, plan, None, deadline_at)
+            if bulkhead is not None and (taken := bulkhead.try_acquire()) is not True:
+                within = queue_timeout(taken, plan, None, deadline_at)
                 if not bulkhead.acquire(within):
                     raise queued_too_long(plan, None, deadline_at)
                 now = runtime.clock.now()

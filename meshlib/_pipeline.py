@@ -32,7 +32,6 @@ import anyio
 import httpx
 
 from ._breaker import CLOSED
-from ._bulkhead import ConcurrencyLimit
 from ._deadline import DEADLINE_SLACK, GRPC_HEADER, current_deadline
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._mesh import Mesh, Plan, default_mesh, refuse_destination_layers
@@ -124,13 +123,16 @@ def call_deadline(plan: Plan, now: float) -> float | None:
 
 
 def queue_timeout(
-    bulkhead: ConcurrencyLimit,
+    verdict: bool | None,
     plan: Plan,
     request: httpx.Request | None,
     deadline_at: float | None,
 ) -> float | None:
-    """Return how long a call may queue for a slot, or raise BulkheadFull when it may not."""
-    if bulkhead.try_acquire() is False:
+    """Return how long a call may queue for a slot, or raise BulkheadFull when it may not.
+
+    `verdict` is what ``try_acquire`` said: None (the queue has room) or False (full).
+    """
+    if verdict is False:
         plan.report.rejected("bulkhead_full")
         raise BulkheadFull(plan.label, request=request)
     return None if deadline_at is None else max(0.0, deadline_at - runtime.clock.now())
@@ -511,8 +513,8 @@ class Transport(_Pipeline, httpx.BaseTransport):
             if abort is not None:
                 return abort
         bulkhead = plan.bulkhead
-        if bulkhead is not None and not bulkhead.try_acquire():
-            timeout = queue_timeout(bulkhead, plan, request, deadline_at)
+        if bulkhead is not None and (taken := bulkhead.try_acquire()) is not True:
+            timeout = queue_timeout(taken, plan, request, deadline_at)
             if not bulkhead.acquire(timeout):
                 raise queued_too_long(plan, request, deadline_at)
             now = clock.now()
@@ -693,8 +695,8 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
             if abort is not None:
                 return abort
         bulkhead = plan.bulkhead
-        if bulkhead is not None and not bulkhead.try_acquire():
-            timeout = queue_timeout(bulkhead, plan, request, deadline_at)
+        if bulkhead is not None and (taken := bulkhead.try_acquire()) is not True:
+            timeout = queue_timeout(taken, plan, request, deadline_at)
             if not await bulkhead.acquire_async(timeout):
                 raise queued_too_long(plan, request, deadline_at)
             now = clock.now()
