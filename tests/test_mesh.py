@@ -248,3 +248,23 @@ def test_a_busy_destination_keeps_one_budget_for_every_equal_policy() -> None:
     newcomer = Policy()
     assert newcomer is not long_lived
     assert mesh.plan(newcomer, busy).budget is budget
+
+
+def test_a_hundred_thousand_hosts_keep_memory_bounded() -> None:
+    import gc
+    import sys
+
+    mesh = Mesh(max_destinations=1_000)
+    for n in range(5_000):  # fill the map and churn it once: the steady state
+        mesh.plan(STANDARD, httpx.URL(f"http://warm-{n}.internal/"))
+    gc.collect()
+    before = sys.getallocatedblocks()
+    for n in range(100_000):
+        mesh.plan(STANDARD, httpx.URL(f"http://host-{n}.internal/"))
+    gc.collect()
+    grown = sys.getallocatedblocks() - before
+    assert len(mesh._plans) == 1_000
+    assert len(mesh._breakers) <= 1_000
+    assert len(mesh._bulkheads) <= 1_000
+    # 95 000 more hosts than the map holds left no trace: under one block per host.
+    assert grown < 10_000
