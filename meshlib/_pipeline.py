@@ -34,6 +34,7 @@ import httpx
 from ._breaker import CLOSED
 from ._deadline import DEADLINE_SLACK, GRPC_HEADER, current_deadline
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
+from ._headers import set_header
 from ._mesh import Mesh, Plan, default_mesh, refuse_destination_layers
 from ._policy import IDEMPOTENT_METHODS, STANDARD, Policy
 from ._retry import (
@@ -203,28 +204,6 @@ def release(plan: Plan, ticket: int) -> None:
         plan.breaker.release(ticket)
 
 
-def _set_header(headers: httpx.Headers, name: str, value: str) -> None:
-    """Set a header whose lowercase name and value are ASCII, replacing any copy.
-
-    ``Headers.__setitem__`` re-encodes and rescans on every call; on the
-    success path the same result is had by editing httpx's item list, whose
-    entries are (raw name, lowercase name, value) bytes (httpx < 0.29).
-    """
-    items = getattr(headers, "_list", None)
-    if not isinstance(items, list):  # pragma: no cover - a future httpx: the public way
-        headers[name] = value
-        return
-    key = name.encode("ascii")
-    entry = (key, key, value.encode("ascii"))
-    for index, item in enumerate(items):
-        if item[1] == key:
-            items[index] = entry
-            # Drop later duplicates, as __setitem__ does.
-            items[index + 1 :] = [later for later in items[index + 1 :] if later[1] != key]
-            return
-    items.append(entry)
-
-
 def _prepare_attempt(
     request: httpx.Request, plan: Plan, deadline_at: float | None, now: float
 ) -> None:
@@ -246,7 +225,7 @@ def _prepare_attempt(
         if plan.deadline_header is not None:
             millis = str(int(left * 1000))
             # gRPC's header needs its unit; every other name carries bare milliseconds.
-            _set_header(
+            set_header(
                 request.headers,
                 plan.deadline_header,
                 millis + "m" if plan.deadline_header == GRPC_HEADER else millis,

@@ -243,4 +243,8 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
             yield chunk
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        # Shielded: a cancellation landing while httpcore closes the response can
+        # otherwise leave its pooled connection marked in use for good
+        # (encode/httpcore#1093); the caller's cancellation still arrives after.
+        with anyio.CancelScope(shield=True):
+            await self._inner.aclose()

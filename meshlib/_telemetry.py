@@ -17,6 +17,7 @@ skipped after one cheap check per call, and no trace context is injected.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -32,6 +33,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ._headers import set_header
 from ._policy import Tracing
 
 __all__ = [
@@ -58,6 +60,7 @@ _MISSING = object()
 # The suppression key opentelemetry-instrumentation-httpx honours: set around
 # meshlib's own attempt spans so an instrumented inner transport adds no twin.
 _SUPPRESS_HTTP = getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", None)
+_HTTPX_INSTRUMENTATION = "opentelemetry.instrumentation.httpx"
 
 
 # The API's public getters cost half a microsecond each (they read os.environ);
@@ -217,7 +220,7 @@ class _HeadersSetter(Setter[httpx.Headers]):
     """Lets OpenTelemetry's propagators write into httpx.Headers."""
 
     def set(self, carrier: httpx.Headers, key: str, value: str) -> None:
-        carrier[key] = value
+        set_header(carrier, key, value)
 
 
 _SETTER = _HeadersSetter()
@@ -232,7 +235,7 @@ class AttemptSpan:
         self,
         telemetry: Telemetry,
         span: trace.Span,
-        token: Token[Context],
+        token: Token[Context] | None,
         attributes: dict[str, Any],
         instruments: _Instruments | None,
     ) -> None:
@@ -288,15 +291,18 @@ def start_attempt(
         ctx = trace.set_span_in_context(span, ctx)
         if propagate_context:
             propagate.inject(request.headers, context=ctx, setter=_SETTER)
-    if _SUPPRESS_HTTP is not None:
-        ctx = otel_context.set_value(_SUPPRESS_HTTP, True, ctx)
-    token = otel_context.attach(ctx)
+    token = None
+    if _SUPPRESS_HTTP is not None and _HTTPX_INSTRUMENTATION in sys.modules:
+        # Only an instrumented inner transport reads the context during the call:
+        # without one loaded, attaching it would be work for nobody.
+        token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP, True, ctx))
     return AttemptSpan(telemetry, span, token, metric_attributes, telemetry.instruments())
 
 
 def end_attempt(attempt: AttemptSpan, outcome: httpx.Response | BaseException) -> None:
     """End an attempt's span (on every path, cancellation included) and record its duration."""
-    otel_context.detach(attempt.token)
+    if attempt.token is not None:
+        otel_context.detach(attempt.token)
     span = attempt.span
     attributes = attempt.attributes
     if isinstance(outcome, httpx.Response):

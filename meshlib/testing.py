@@ -15,11 +15,12 @@ from types import TracebackType
 
 import anyio
 
-from ._faultserver import Close, Drip, FaultServer, Hang, RecordedRequest, Reset, Respond
+from ._faultserver import Chaos, Close, Drip, FaultServer, Hang, RecordedRequest, Reset, Respond
 from ._mesh import default_mesh
 from ._runtime import Clock, runtime
 
 __all__ = [
+    "Chaos",
     "Close",
     "Drip",
     "FakeClock",

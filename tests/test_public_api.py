@@ -49,6 +49,7 @@ PUBLIC = [
 ]
 
 TESTING = [
+    "Chaos",
     "Close",
     "Drip",
     "FakeClock",
