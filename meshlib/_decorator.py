@@ -251,8 +251,7 @@ def _qualified_name(fn: Callable[..., object]) -> str:
 
 def _attempt_bound(plan: Plan, deadline_at: float | None, now: float) -> float | None:
     """Return the time one attempt may take, or raise DeadlineExceeded if none is left."""
-    timeout = plan.policy.timeout
-    bound = timeout.attempt if timeout is not None else None
+    bound = plan.attempt_timeout
     if deadline_at is not None:
         left = deadline_at - now
         if left <= 0:

@@ -34,22 +34,29 @@ class Plan:
     """
 
     __slots__ = (
+        "attempt_timeout",
         "breaker",
         "budget",
         "bulkhead",
         "deadline_header",
         "destination",
         "endpoints",
+        "faults",
         "faults_announced",
         "generation",
+        "hedge",
         "label",
         "latencies",
         "policy",
         "propagate",
         "report",
         "requested",
+        "routes",
         "telemetry",
-        "url_key",
+        "total",
+        "url_host",
+        "url_port",
+        "url_scheme",
     )
 
     def __init__(
@@ -72,7 +79,18 @@ class Plan:
         self.latencies: LatencyWindow | None = None  # for a hedge delay of "p95"
         self.faults_announced = False
         self.generation = 0  # the Mesh's generation it was made in; set by the Mesh
-        self.url_key: tuple[str, str, int | None] | None = None  # (scheme, host, port) as parsed
+        # httpx's parsed (scheme, host, port) this plan was made for: transports
+        # compare them to reuse their last plan without a lookup.
+        self.url_scheme: str | None = None
+        self.url_host: str | None = None
+        self.url_port: int | None = None
+        # Read on every request: one attribute each instead of two.
+        self.routes = policy.routes
+        timeout = policy.timeout
+        self.total = timeout.total if timeout is not None else None
+        self.attempt_timeout = timeout.attempt if timeout is not None else None
+        self.faults = policy.faults
+        self.hedge = policy.hedge
         tracing = policy.tracing
         # Only the destinations Tracing.propagate_to names (by default, those inside
         # the mesh) learn the caller's trace context and how long it will wait.
@@ -336,7 +354,7 @@ class Mesh:
         if found is not None and found.requested is policy and found.generation == self.generation:
             return found
         plan = self._new_plan(policy, url)
-        plan.url_key = (ref.scheme, ref.host, ref.port)
+        plan.url_scheme, plan.url_host, plan.url_port = ref.scheme, ref.host, ref.port
         return self._plans.replace(key, plan)
 
     def function_plan(self, policy: Policy | None, key: str) -> Plan:

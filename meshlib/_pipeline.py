@@ -92,15 +92,17 @@ class _Pipeline:
         last = self._last
         if (
             last is not None
+            and last.url_host == ref.host
+            and last.url_port == ref.port
+            and last.url_scheme == ref.scheme
             and last.requested is policy
-            and last.url_key == (ref.scheme, ref.host, ref.port)
             and last.generation == self.mesh.generation
         ):
             plan = last
         else:
             plan = self._last = self.mesh.plan(policy, request.url)
-        if plan.policy.routes:
-            route = choose_route(plan.policy.routes, request)
+        if plan.routes:
+            route = choose_route(plan.routes, request)
             if route is not None:
                 # The request goes to `to` as if sent there: its URL and Host header,
                 # then its policy and state; `to`'s own routes are not followed.
@@ -116,10 +118,10 @@ class _Pipeline:
 def call_deadline(plan: Plan, now: float) -> float | None:
     """Return the call's deadline: the earlier of the enclosing one and `total` from now."""
     outer = current_deadline()
-    timeout = plan.policy.timeout
-    if timeout is None or timeout.total is None:
+    total = plan.total
+    if total is None:
         return outer
-    at = now + timeout.total
+    at = now + total
     return at if outer is None or at < outer else outer
 
 
@@ -216,8 +218,7 @@ def _prepare_attempt(
     Raises:
         DeadlineExceeded: nothing is left; the request is not sent.
     """
-    timeout = plan.policy.timeout
-    bound = timeout.attempt if timeout is not None else None
+    bound = plan.attempt_timeout
     if deadline_at is not None:
         left = deadline_at - now
         if left <= 0:
@@ -240,11 +241,19 @@ def _prepare_attempt(
     base = extensions.get("meshlib.timeout")
     if base is None:
         base = extensions.get("timeout") or {}
-        for phase in _PHASES:
-            value = base.get(phase)
-            if value is None or value > bound:
-                break
-        else:
+        # Unrolled: this runs on every request.
+        get = base.get
+        connect, read, write, pool = get("connect"), get("read"), get("write"), get("pool")
+        if (
+            connect is not None
+            and read is not None
+            and write is not None
+            and pool is not None
+            and connect <= bound
+            and read <= bound
+            and write <= bound
+            and pool <= bound
+        ):
             return  # every phase is already within the bound: the common case
         extensions["meshlib.timeout"] = base
     phases = {}
@@ -484,7 +493,7 @@ class Transport(_Pipeline, httpx.BaseTransport):
         clock = runtime.clock
         now = clock.now()
         deadline_at = call_deadline(plan, now)
-        if plan.policy.faults is not None:
+        if plan.faults is not None:
             abort, delay = draw_fault(plan, request, deadline_at, now)
             if delay:
                 clock.sleep(delay)
@@ -516,7 +525,7 @@ class Transport(_Pipeline, httpx.BaseTransport):
         observed, tracer = observe(plan)
         avoid: Endpoint | None = None  # a retry prefers another endpoint
         last: httpx.Response | Exception | None = None
-        hedge = hedge_for(plan, request) if plan.policy.hedge is not None else None
+        hedge = hedge_for(plan, request) if plan.hedge is not None else None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
             _prepare_attempt(request, plan, deadline_at, now)
@@ -666,7 +675,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         clock = runtime.clock
         now = clock.now()
         deadline_at = call_deadline(plan, now)
-        if plan.policy.faults is not None:
+        if plan.faults is not None:
             abort, delay = draw_fault(plan, request, deadline_at, now)
             if delay:
                 await clock.asleep(delay)
@@ -698,7 +707,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         observed, tracer = observe(plan)
         avoid: Endpoint | None = None  # a retry prefers another endpoint
         last: httpx.Response | Exception | None = None
-        hedge = hedge_for(plan, request) if plan.policy.hedge is not None else None
+        hedge = hedge_for(plan, request) if plan.hedge is not None else None
         body = request.stream  # as it was before sending: reading may replace it
         while True:
             _prepare_attempt(request, plan, deadline_at, now)

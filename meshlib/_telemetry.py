@@ -66,7 +66,10 @@ _HTTPX_INSTRUMENTATION = "opentelemetry.instrumentation.httpx"
 # The API's public getters cost half a microsecond each (they read os.environ);
 # the module globals behind them cost a dictionary lookup. None: no SDK installed.
 _metrics_internal: Any = getattr(metrics, "_internal", None)
-if hasattr(trace, "_TRACER_PROVIDER") and hasattr(_metrics_internal, "_METER_PROVIDER"):
+_GLOBALS_READABLE = hasattr(trace, "_TRACER_PROVIDER") and hasattr(
+    _metrics_internal, "_METER_PROVIDER"
+)
+if _GLOBALS_READABLE:
 
     def _global_tracer_provider() -> Any:
         return trace._TRACER_PROVIDER
@@ -170,7 +173,13 @@ class Telemetry:
         tracing = self.tracing
         if tracing.tracer_provider is not None or tracing.meter_provider is not None:
             return True
-        return _global_tracer_provider() is not None or _global_meter_provider() is not None
+        if _GLOBALS_READABLE:
+            return (
+                trace._TRACER_PROVIDER is not None or _metrics_internal._METER_PROVIDER is not None
+            )
+        return (  # pragma: no cover - a future API without the globals
+            _global_tracer_provider() is not None or _global_meter_provider() is not None
+        )
 
     def tracer(self) -> trace.Tracer | None:
         """Return the tracer to use now, or None when no SDK would record anything."""
