@@ -99,11 +99,6 @@ class BoundedMap(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._data)
 
-    def items(self) -> list[tuple[K, V]]:
-        """Return a snapshot of the entries, least recently used first."""
-        with self._lock:
-            return list(self._data.items())
-
 
 class SharedState(Generic[K, V]):
     """Per-destination state (budgets, breakers, bulkheads), shared by every route using it.
