@@ -71,11 +71,15 @@ class _Collector(logging.Handler):
 def _describe(records: list[logging.LogRecord], outcome: str) -> str:
     steps = []
     for record in records:
-        cause = getattr(record, "meshlib_cause", "?")
-        if getattr(record, "meshlib_event", "") == "retry":
+        event = getattr(record, "meshlib_event", "")
+        cause = getattr(record, "meshlib_cause", "")
+        reason = str(getattr(record, "meshlib_reason", "")).replace("_", " ")
+        if event == "retry":
             steps.append(f"{cause} -> wait {getattr(record, 'meshlib_wait', 0.0) * 1000:.0f} ms")
-        else:
-            steps.append(f"{cause} -> give up ({getattr(record, 'meshlib_reason', '?')})")
+        elif event == "give_up":
+            steps.append(f"{cause} -> give up ({reason})")
+        elif event == "rejected":
+            steps.append(f"stopped: {reason}")
     if steps:
         return "; ".join(steps)
     return "answered on the first attempt" if outcome == "200" else f"{outcome} is not retried"
