@@ -98,9 +98,11 @@ def redact_url(url: httpx.URL, sensitive: frozenset[str]) -> str:
     Userinfo becomes ``REDACTED:REDACTED``; the value of each query parameter
     named in `sensitive` (any case) becomes ``REDACTED``.
     """
-    if url.userinfo:
+    # httpx's parsed form: cheaper than the encoded properties, on every attempt.
+    parsed = url._uri_reference
+    if parsed.userinfo:
         url = url.copy_with(username="REDACTED", password="REDACTED")
-    query = url.query.decode("ascii", "replace")
+    query = parsed.query
     if query and sensitive:
         parts = []
         for part in query.split("&"):
