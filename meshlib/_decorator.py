@@ -179,7 +179,7 @@ def _attempts(
             if wait is None:
                 raise
             last = exc
-        except BaseException:
+        except BaseException:  # give a probe slot back, then re-raise at once
             release(plan, ticket)
             raise
         else:
@@ -227,7 +227,7 @@ async def _attempts_async(
             if wait is None:
                 raise
             last = exc
-        except BaseException:
+        except BaseException:  # give a probe slot back, then re-raise at once
             release(plan, ticket)
             raise
         else:

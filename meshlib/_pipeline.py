@@ -553,7 +553,7 @@ class Transport(_Pipeline, httpx.BaseTransport):
                 if wait is None:
                     raise
                 last = exc
-            except BaseException as exc:
+            except BaseException as exc:  # clean up, then re-raise: cancellation propagates
                 if attempt is not None:
                     attempt.end(exc, None)
                 if breaker is not None:
@@ -737,7 +737,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 if wait is None:
                     raise
                 last = exc
-            except BaseException as exc:
+            except BaseException as exc:  # clean up, then re-raise: cancellation propagates
                 if attempt is not None:
                     attempt.end(exc, None)
                 if breaker is not None:

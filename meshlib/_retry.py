@@ -105,10 +105,9 @@ def parse_retry_after(value: str) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
+    wall_now = datetime.now(UTC)  # wall-clock ok: an HTTP date is wall time
     try:
-        delta = (
-            when - datetime.now(UTC)
-        ).total_seconds()  # wall-clock ok: HTTP dates are wall time
+        delta = (when - wall_now).total_seconds()
     except OverflowError:
         return None
     return max(0.0, delta)
