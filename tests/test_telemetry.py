@@ -290,3 +290,58 @@ def test_resilient_gets_an_internal_span(otel: Telemetry) -> None:
 def test_tracing_validation(bad: dict[str, Any]) -> None:
     with pytest.raises(meshlib.ConfigError, match=r"Tracing\."):
         meshlib.Tracing(**bad)
+
+
+def test_tracestate_and_baggage_travel_with_the_default_propagator(otel: Telemetry) -> None:
+    from opentelemetry import baggage
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    parent = SpanContext(
+        trace_id=0x1234,
+        span_id=0x5678,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=TraceState([("vendor", "v1")]),
+    )
+    ctx = baggage.set_baggage("tenant", "acme", trace.set_span_in_context(NonRecordingSpan(parent)))
+    token = otel_context.attach(ctx)
+    try:
+        script = Script()
+        send("sync", script, otel.policy)
+    finally:
+        otel_context.detach(token)
+    headers = script.requests[0].headers
+    (span,) = otel.spans()
+    assert headers["traceparent"] == f"00-{0x1234:032x}-{span.context.span_id:016x}-01"
+    assert headers["tracestate"] == "vendor=v1"
+    assert headers["baggage"] == "tenant=acme"
+
+
+def test_an_installed_propagator_is_used_as_it_is(otel: Telemetry) -> None:
+    from opentelemetry import propagate
+    from opentelemetry.propagators.textmap import TextMapPropagator
+
+    class Vendor(TextMapPropagator):
+        def inject(self, carrier, context=None, setter=None):  # type: ignore[no-untyped-def]
+            span = trace.get_current_span(context)
+            carrier["x-vendor-trace"] = format(span.get_span_context().span_id, "016x")
+
+        def extract(self, carrier, context=None, getter=None):  # type: ignore[no-untyped-def]
+            return context
+
+        @property
+        def fields(self) -> set[str]:
+            return {"x-vendor-trace"}
+
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(Vendor())
+    try:
+        script = Script()
+        send("sync", script, otel.policy)
+    finally:
+        propagate.set_global_textmap(previous)
+    headers = script.requests[0].headers
+    (span,) = otel.spans()
+    assert headers["x-vendor-trace"] == format(span.context.span_id, "016x")
+    assert "traceparent" not in headers
