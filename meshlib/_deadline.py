@@ -37,6 +37,12 @@ _deadline: ContextVar[float | None] = ContextVar("meshlib.deadline", default=Non
 current_deadline = _deadline.get
 
 
+def _narrow(at: float) -> Token[float | None]:
+    """Set the deadline to `at` unless an enclosing one is earlier: nesting keeps the earliest."""
+    outer = _deadline.get()
+    return _deadline.set(at if outer is None or at < outer else outer)
+
+
 class deadline:
     """Bound everything inside the block by `seconds`, in sync and async code.
 
@@ -59,9 +65,7 @@ class deadline:
         self._token: Token[float | None] | None = None
 
     def __enter__(self) -> deadline:
-        at = runtime.clock.now() + self._seconds
-        outer = _deadline.get()
-        self._token = _deadline.set(at if outer is None or at < outer else outer)
+        self._token = _narrow(runtime.clock.now() + self._seconds)
         return self
 
     def __exit__(
@@ -86,8 +90,7 @@ def remaining() -> float | None:
 @contextmanager
 def deadline_until(at: float) -> Iterator[None]:
     """Bound the block by the absolute clock reading `at` (keeping an earlier one)."""
-    outer = _deadline.get()
-    token = _deadline.set(at if outer is None or at < outer else outer)
+    token = _narrow(at)
     try:
         yield
     finally:

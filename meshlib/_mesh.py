@@ -13,7 +13,7 @@ import httpx
 from ._breaker import BreakerSnapshot, CircuitBreaker, TransitionHook
 from ._budget import RetryBudget
 from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
-from ._config import normalise_pattern
+from ._config import ENV_VAR, normalise_pattern
 from ._deadline import DEFAULT_HEADER
 from ._errors import ConfigError
 from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Policy
@@ -297,7 +297,7 @@ class Mesh:
         return mesh
 
     @classmethod
-    def from_env(cls, variable: str = "MESHLIB_CONFIG", **kwargs: Any) -> Mesh | None:
+    def from_env(cls, variable: str = ENV_VAR, **kwargs: Any) -> Mesh | None:
         """Build a Mesh from the file the environment variable names, or None when unset."""
         path = os.environ.get(variable, "").strip()
         return cls.from_file(path, **kwargs) if path else None

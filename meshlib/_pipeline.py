@@ -36,7 +36,7 @@ from ._deadline import DEADLINE_SLACK, GRPC_HEADER, current_deadline
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._headers import set_header
 from ._mesh import Mesh, Plan, default_mesh, refuse_destination_layers
-from ._policy import IDEMPOTENT_METHODS, STANDARD, Policy
+from ._policy import STANDARD, Policy, Retry
 from ._retry import (
     RetryState,
     body_is_replayable,
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncTransport", "Transport"]
 
 POLICY_EXTENSION = "meshlib.policy"
+_DEFAULT_RETRY = Retry()
 _PHASES = ("connect", "read", "write", "pool")
 
 
@@ -411,7 +412,7 @@ class Attempt:
         if failed is False and self.plan.latencies is not None:
             self.plan.latencies.add(latency)
         if self.span is not None:
-            end_attempt(self.span, outcome)
+            end_attempt(self.span, outcome, latency)
 
 
 def hedge_for(plan: Plan, request: httpx.Request) -> float | None:
@@ -422,9 +423,8 @@ def hedge_for(plan: Plan, request: httpx.Request) -> float | None:
     hedge = plan.policy.hedge
     if hedge is None:
         return None
-    retry = plan.policy.retry
-    methods = retry.methods if retry is not None else IDEMPOTENT_METHODS
-    if request.method not in methods and "idempotency-key" not in request.headers:
+    # With retries off, the default Retry's methods say what is idempotent.
+    if not request_is_idempotent(request, plan.policy.retry or _DEFAULT_RETRY):
         return None
     if not body_is_replayable(request.stream):
         return None
@@ -796,8 +796,8 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         errors: list[Exception] = []
         launched = 0
 
-        async def send(copy: httpx.Request, avoid: Endpoint | None) -> None:
-            attempt = Attempt(plan, copy, state, observed, tracer, avoid, runtime.clock.now())
+        async def send(attempt: Attempt) -> None:
+            copy = attempt.request
             try:
                 response = await self.inner.handle_async_request(copy)
             except Exception as exc:
@@ -816,8 +816,15 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 winner.append(response)
                 answered.set()
 
+        def aim(avoid: Endpoint | None) -> Attempt:
+            # Chosen here, not in the task, so each copy can avoid the last one's endpoint.
+            return Attempt(
+                plan, copy_request(request), state, observed, tracer, avoid, runtime.clock.now()
+            )
+
         async with anyio.create_task_group() as group:
-            group.start_soon(send, copy_request(request), avoid)
+            attempt = aim(avoid)
+            group.start_soon(send, attempt)
             launched = 1
             while launched <= hedge.max_extra:
                 with anyio.move_on_after(delay):
@@ -825,7 +832,8 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 if answered.is_set() or not spend_on_hedge(plan):
                     break
                 launched += 1
-                group.start_soon(send, copy_request(request), None)
+                attempt = aim(attempt.endpoint)
+                group.start_soon(send, attempt)
             await answered.wait()
             group.cancel_scope.cancel()
         if winner:

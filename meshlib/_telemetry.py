@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Iterable, Mapping
 from contextvars import Token
@@ -284,7 +283,7 @@ def _inject(headers: httpx.Headers, span: trace.Span, ctx: Context) -> None:
 class AttemptSpan:
     """The CLIENT span of one attempt, with what ending it needs."""
 
-    __slots__ = ("attributes", "instruments", "span", "started", "telemetry", "token")
+    __slots__ = ("attributes", "instruments", "span", "telemetry", "token")
 
     def __init__(
         self,
@@ -299,7 +298,6 @@ class AttemptSpan:
         self.token = token
         self.attributes = attributes
         self.instruments = instruments
-        self.started = time.perf_counter()
 
 
 def start_attempt(
@@ -354,7 +352,9 @@ def start_attempt(
     return AttemptSpan(telemetry, span, token, metric_attributes, telemetry.instruments())
 
 
-def end_attempt(attempt: AttemptSpan, outcome: httpx.Response | BaseException) -> None:
+def end_attempt(
+    attempt: AttemptSpan, outcome: httpx.Response | BaseException, elapsed: float
+) -> None:
     """End an attempt's span (on every path, cancellation included) and record its duration."""
     if attempt.token is not None:
         otel_context.detach(attempt.token)
@@ -380,7 +380,7 @@ def end_attempt(attempt: AttemptSpan, outcome: httpx.Response | BaseException) -
         span.set_status(Status(StatusCode.ERROR, type(outcome).__name__))
     span.end()
     if attempt.instruments is not None:
-        attempt.instruments.duration.record(time.perf_counter() - attempt.started, attributes)
+        attempt.instruments.duration.record(elapsed, attributes)
 
 
 _STOP_REASONS = {

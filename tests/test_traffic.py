@@ -440,3 +440,47 @@ def test_hedge_p95_waits_for_enough_measurements() -> None:
     for _ in range(500):
         window.add(rng.random())
     assert 0.85 < (window.p95() or 0) <= 1.0  # only the last 200 count
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_hedged_copy_goes_to_another_endpoint(mode: str) -> None:
+    # p2c over two unmeasured endpoints: without avoiding the first attempt's
+    # endpoint, a copy would land on the slow one about half the time.
+    calls: list[list[str]] = []
+    policy = _hedged_policy(0.02).replace(
+        endpoints=meshlib.Endpoints(["a:80", "b:80"], ejection=None)
+    )
+
+    def sync_handler(request: httpx.Request) -> httpx.Response:
+        calls[-1].append(request.url.host)
+        if request.url.host == "a":
+            time.sleep(0.1)
+        return httpx.Response(200, text=request.url.host)
+
+    async def async_handler(request: httpx.Request) -> httpx.Response:
+        calls[-1].append(request.url.host)
+        if request.url.host == "a":
+            await asyncio.sleep(0.1)
+        return httpx.Response(200, text=request.url.host)
+
+    for _ in range(12):
+        calls.append([])
+        # A fresh Mesh each call: both endpoints unmeasured, the first pick a coin toss.
+        mesh = meshlib.Mesh(destinations={"search.internal": policy})
+        if mode == "sync":
+            transport = httpx.MockTransport(sync_handler)
+            with meshlib.wrap(httpx.Client(transport=transport), mesh) as client:
+                response = client.get("http://search.internal/q")
+        else:
+
+            async def go(mesh: meshlib.Mesh = mesh) -> httpx.Response:
+                transport = httpx.MockTransport(async_handler)
+                async with meshlib.wrap(httpx.AsyncClient(transport=transport), mesh) as c:
+                    return await c.get("http://search.internal/q")
+
+            response = asyncio.run(go())
+        assert response.text == "b"
+        assert str(response.url) == "http://search.internal/q"
+    hedged = [hosts for hosts in calls if hosts[0] == "a"]
+    assert hedged  # the seeded draws put the first attempt on the slow endpoint sometimes
+    assert all(hosts[:2] == ["a", "b"] for hosts in hedged)
