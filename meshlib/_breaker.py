@@ -121,10 +121,14 @@ class CircuitBreaker:
         """Record the outcome of a call admitted with `ticket` (`now`: when it started or ended)."""
         if ticket == 0 and not failed:  # the common case: a success while closed
             counts = self._counts
-            with self._lock:
+            lock = self._lock
+            lock.acquire()  # rather than `with`: half the cost, on every request
+            try:
                 if self.state is CLOSED:
-                    counts.first[counts.slot(now)] += 1
+                    counts.first[counts.newest if now < counts.ends else counts.slot(now)] += 1
                     self._in_a_row = 0
+            finally:
+                lock.release()
             return
         transition = None
         with self._lock:

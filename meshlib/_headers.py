@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 import httpx
 
-__all__ = ["set_header"]
+__all__ = ["put_header", "set_header"]
+
+# httpx < 0.29 keeps a Headers' items as a list of (raw name, lowercase name,
+# value) bytes; editing it directly skips __setitem__'s re-encoding and rescan.
+_EDITABLE = isinstance(getattr(httpx.Headers(), "_list", None), list)
+_LOWERCASE_NAME = itemgetter(1)
+
+
+def put_header(headers: httpx.Headers, key: bytes, value: bytes) -> None:
+    """Set the header named `key` (lowercase ASCII) to `value`, replacing any copy.
+
+    The result is what ``headers[name] = value`` gives, at a fraction of its
+    cost: the scan for an existing copy runs in C.
+    """
+    if not _EDITABLE:  # pragma: no cover - a future httpx: the public way
+        headers[key.decode("ascii")] = value.decode("latin-1")
+        return
+    items = headers._list
+    entry = (key, key, value)
+    if key not in map(_LOWERCASE_NAME, items):  # the common case: a first attempt
+        items.append(entry)
+        return
+    index = list(map(_LOWERCASE_NAME, items)).index(key)
+    # Replace the first copy in place and drop later ones, as __setitem__ does.
+    items[index:] = [entry, *(later for later in items[index + 1 :] if later[1] != key)]
 
 
 def set_header(headers: httpx.Headers, name: str, value: str) -> None:
-    """Set a header whose lowercase name and value are ASCII, replacing any copy.
-
-    ``Headers.__setitem__`` re-encodes and rescans on every call; on the
-    success path the same result is had by editing httpx's item list, whose
-    entries are (raw name, lowercase name, value) bytes (httpx < 0.29).
-    """
-    items = getattr(headers, "_list", None)
-    if not isinstance(items, list):  # pragma: no cover - a future httpx: the public way
-        headers[name] = value
-        return
+    """Set a header, taking `put_header`'s fast path when its name and value are ASCII."""
     try:
         key = name.lower().encode("ascii")
-        entry = (key, key, value.encode("ascii"))
+        encoded = value.encode("ascii")
     except UnicodeEncodeError:  # not ours to shortcut: let httpx pick the encoding
         headers[name] = value
         return
-    for index, item in enumerate(items):
-        if item[1] == key:
-            items[index] = entry
-            # Drop later duplicates, as __setitem__ does.
-            items[index + 1 :] = [later for later in items[index + 1 :] if later[1] != key]
-            return
-    items.append(entry)
+    put_header(headers, key, encoded)

@@ -14,7 +14,7 @@ from ._breaker import BreakerSnapshot, CircuitBreaker, TransitionHook
 from ._budget import RetryBudget
 from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
 from ._config import ENV_VAR, normalise_pattern
-from ._deadline import DEFAULT_HEADER
+from ._deadline import DEFAULT_HEADER, GRPC_HEADER
 from ._errors import ConfigError
 from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Policy
 from ._propagation import inside_mesh, propagates
@@ -38,7 +38,8 @@ class Plan:
         "breaker",
         "budget",
         "bulkhead",
-        "deadline_header",
+        "deadline_key",
+        "deadline_unit",
         "destination",
         "endpoints",
         "faults",
@@ -107,9 +108,11 @@ class Plan:
             if destination.scheme == "function"
             else {"server.address": destination.host, "server.port": destination.port},
         )
-        timeout = policy.timeout
         header = DEFAULT_HEADER if timeout is None else timeout.header
-        self.deadline_header = header if self.propagate else None
+        # The header as httpx stores it (its names are lowercase ASCII tokens);
+        # gRPC's needs its unit, every other name carries bare milliseconds.
+        self.deadline_key = header.encode("ascii") if header and self.propagate else None
+        self.deadline_unit = b"m" if header == GRPC_HEADER else b""
 
 
 def refuse_destination_layers(policy: Policy, where: str) -> None:

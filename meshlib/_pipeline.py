@@ -32,9 +32,9 @@ import anyio
 import httpx
 
 from ._breaker import CLOSED
-from ._deadline import DEADLINE_SLACK, GRPC_HEADER, current_deadline
+from ._deadline import DEADLINE_SLACK, current_deadline
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
-from ._headers import set_header
+from ._headers import put_header
 from ._mesh import Mesh, Plan, default_mesh, refuse_destination_layers
 from ._policy import STANDARD, Policy, Retry
 from ._retry import (
@@ -224,14 +224,9 @@ def _prepare_attempt(
         left = deadline_at - now
         if left <= 0:
             raise deadline_exceeded(plan, request, "before sending")
-        if plan.deadline_header is not None:
-            millis = str(int(left * 1000))
-            # gRPC's header needs its unit; every other name carries bare milliseconds.
-            set_header(
-                request.headers,
-                plan.deadline_header,
-                millis + "m" if plan.deadline_header == GRPC_HEADER else millis,
-            )
+        key = plan.deadline_key
+        if key is not None:
+            put_header(request.headers, key, b"%d%s" % (left * 1000, plan.deadline_unit))
         if bound is None or left < bound:
             bound = left
     if bound is None:
@@ -257,11 +252,10 @@ def _prepare_attempt(
         ):
             return  # every phase is already within the bound: the common case
         extensions["meshlib.timeout"] = base
-    phases = {}
-    for phase in _PHASES:
-        value = base.get(phase)
-        phases[phase] = bound if value is None or value > bound else value
-    extensions["timeout"] = phases
+    extensions["timeout"] = {
+        phase: bound if (value := base.get(phase)) is None or value > bound else value
+        for phase in _PHASES
+    }
 
 
 def _after_error(
@@ -316,11 +310,11 @@ def _after_response(
     return state, wait
 
 
-def observe(plan: Plan) -> tuple[Telemetry | None, Tracer | None]:
-    """Return (telemetry, tracer) for a call, telemetry None when nothing would record."""
-    telemetry = plan.telemetry
-    if telemetry is None or not telemetry.active():
-        return None, None
+def observe(telemetry: Telemetry) -> tuple[Telemetry | None, Tracer | None]:
+    """Return (telemetry, tracer) for a call, telemetry None when nothing would record.
+
+    Called only when ``telemetry.active()``.
+    """
     tracer = telemetry.tracer()
     if tracer is None and telemetry.instruments() is None:
         return None, None
@@ -507,88 +501,88 @@ class Transport(_Pipeline, httpx.BaseTransport):
                 raise queued_too_long(plan, request, deadline_at)
             now = clock.now()
         try:
-            return self._send(request, plan, deadline_at, now)
+            if plan.budget is not None:
+                plan.budget.deposit(now)
+            retry = plan.policy.retry
+            breaker = plan.breaker
+            state: RetryState | None = None
+            # Telemetry decided once per call: with no SDK, no span work at all.
+            observed = tracer = None
+            if plan.telemetry is not None and plan.telemetry.active():
+                observed, tracer = observe(plan.telemetry)
+            avoid: Endpoint | None = None  # a retry prefers another endpoint
+            last: httpx.Response | Exception | None = None
+            hedge = hedge_for(plan, request) if plan.hedge is not None else None
+            body = request.stream  # as it was before sending: reading may replace it
+            while True:
+                _prepare_attempt(request, plan, deadline_at, now)
+                ticket = 0  # closed, the common case: decided without the breaker's lock
+                if breaker is not None and breaker.state is not CLOSED:
+                    admitted = admit(plan, request, now, last)
+                    if admitted is None:
+                        return give_back(last)
+                    ticket = admitted
+                attempt = None  # an attempt's extras: its span and endpoint, when there are any
+                if hedge is None and (observed is not None or plan.endpoints is not None):
+                    attempt = Attempt(plan, request, state, observed, tracer, avoid, now)
+                    avoid = attempt.endpoint
+                try:
+                    if hedge is None:
+                        response = self.inner.handle_request(request)
+                    else:
+                        response = self._hedged(
+                            request, plan, state, observed, tracer, avoid, hedge
+                        )
+                except Exception as exc:  # cancellation and Ctrl-C are handled below
+                    if attempt is not None:
+                        attempt.end(exc, _error_is_failure(exc))
+                    if breaker is not None:
+                        breaker.record(ticket, _error_is_failure(exc), clock.now())
+                    state, wait = _after_error(exc, request, body, plan, state, deadline_at)
+                    if wait is None:
+                        raise
+                    last = exc
+                except BaseException as exc:  # clean up, then re-raise: cancellation propagates
+                    if attempt is not None:
+                        attempt.end(exc, None)
+                    if breaker is not None:
+                        breaker.release(ticket)
+                    raise
+                else:
+                    if attempt is not None:
+                        attempt.end(response, response.status_code >= 500)
+                    if breaker is not None:
+                        breaker.record(ticket, response.status_code in breaker.on_status, now)
+                    if deadline_at is not None and not isinstance(
+                        response.stream, httpx.ByteStream
+                    ):
+                        response.stream = SyncDeadlineStream(
+                            cast(httpx.SyncByteStream, response.stream),
+                            request,
+                            response,
+                            deadline_at,
+                            plan.label,
+                        )
+                    if retry is None or response.status_code not in retry.on_status:
+                        return response
+                    state, wait = _after_response(response, request, body, plan, state, deadline_at)
+                    if wait is None:
+                        return response
+                    # Read and close so the connection goes back to the pool; the
+                    # content stays readable should this response be handed back.
+                    try:
+                        response.read()
+                    except httpx.TransportError:
+                        pass
+                    finally:
+                        response.close()
+                    last = response
+                if wait > 0 and not runtime.skip_waits:
+                    clock.sleep(wait)
+                now = clock.now()
         finally:
             if bulkhead is not None:
                 bulkhead.release()
-
-    def _send(
-        self, request: httpx.Request, plan: Plan, deadline_at: float | None, now: float
-    ) -> httpx.Response:
-        if plan.budget is not None:
-            plan.budget.deposit(now)
-        retry = plan.policy.retry
-        breaker = plan.breaker
-        clock = runtime.clock
-        state: RetryState | None = None
-        # Telemetry decided once per call: with no SDK, no span work at all.
-        observed, tracer = observe(plan)
-        avoid: Endpoint | None = None  # a retry prefers another endpoint
-        last: httpx.Response | Exception | None = None
-        hedge = hedge_for(plan, request) if plan.hedge is not None else None
-        body = request.stream  # as it was before sending: reading may replace it
-        while True:
-            _prepare_attempt(request, plan, deadline_at, now)
-            ticket = 0  # closed, the common case: decided without the breaker's lock
-            if breaker is not None and breaker.state is not CLOSED:
-                admitted = admit(plan, request, now, last)
-                if admitted is None:
-                    return give_back(last)
-                ticket = admitted
-            attempt = None  # an attempt's extras: its span and endpoint, when there are any
-            if hedge is None and (observed is not None or plan.endpoints is not None):
-                attempt = Attempt(plan, request, state, observed, tracer, avoid, now)
-                avoid = attempt.endpoint
-            try:
-                if hedge is None:
-                    response = self.inner.handle_request(request)
-                else:
-                    response = self._hedged(request, plan, state, observed, tracer, avoid, hedge)
-            except Exception as exc:  # cancellation and Ctrl-C are handled below
-                if attempt is not None:
-                    attempt.end(exc, _error_is_failure(exc))
-                if breaker is not None:
-                    breaker.record(ticket, _error_is_failure(exc), clock.now())
-                state, wait = _after_error(exc, request, body, plan, state, deadline_at)
-                if wait is None:
-                    raise
-                last = exc
-            except BaseException as exc:  # clean up, then re-raise: cancellation propagates
-                if attempt is not None:
-                    attempt.end(exc, None)
-                if breaker is not None:
-                    breaker.release(ticket)
-                raise
-            else:
-                if attempt is not None:
-                    attempt.end(response, response.status_code >= 500)
-                if breaker is not None:
-                    breaker.record(ticket, response.status_code in breaker.on_status, now)
-                if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
-                    response.stream = SyncDeadlineStream(
-                        cast(httpx.SyncByteStream, response.stream),
-                        request,
-                        response,
-                        deadline_at,
-                        plan.label,
-                    )
-                if retry is None or response.status_code not in retry.on_status:
-                    return response
-                state, wait = _after_response(response, request, body, plan, state, deadline_at)
-                if wait is None:
-                    return response
-                # Read and close so the connection goes back to the pool; the
-                # content stays readable should this response be handed back.
-                try:
-                    response.read()
-                except httpx.TransportError:
-                    pass
-                finally:
-                    response.close()
-                last = response
-            if wait > 0 and not runtime.skip_waits:
-                clock.sleep(wait)
-            now = clock.now()
 
     def _hedged(
         self,
@@ -689,90 +683,88 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 raise queued_too_long(plan, request, deadline_at)
             now = clock.now()
         try:
-            return await self._send(request, plan, deadline_at, now)
+            if plan.budget is not None:
+                plan.budget.deposit(now)
+            retry = plan.policy.retry
+            breaker = plan.breaker
+            state: RetryState | None = None
+            # Telemetry decided once per call: with no SDK, no span work at all.
+            observed = tracer = None
+            if plan.telemetry is not None and plan.telemetry.active():
+                observed, tracer = observe(plan.telemetry)
+            avoid: Endpoint | None = None  # a retry prefers another endpoint
+            last: httpx.Response | Exception | None = None
+            hedge = hedge_for(plan, request) if plan.hedge is not None else None
+            body = request.stream  # as it was before sending: reading may replace it
+            while True:
+                _prepare_attempt(request, plan, deadline_at, now)
+                ticket = 0  # closed, the common case: decided without the breaker's lock
+                if breaker is not None and breaker.state is not CLOSED:
+                    admitted = admit(plan, request, now, last)
+                    if admitted is None:
+                        return give_back(last)
+                    ticket = admitted
+                attempt = None  # an attempt's extras: its span and endpoint, when there are any
+                if hedge is None and (observed is not None or plan.endpoints is not None):
+                    attempt = Attempt(plan, request, state, observed, tracer, avoid, now)
+                    avoid = attempt.endpoint
+                try:
+                    if hedge is None:
+                        response = await self.inner.handle_async_request(request)
+                    else:
+                        response = await self._hedged(
+                            request, plan, state, observed, tracer, avoid, hedge
+                        )
+                except Exception as exc:  # cancellation and Ctrl-C are handled below
+                    if attempt is not None:
+                        attempt.end(exc, _error_is_failure(exc))
+                    if breaker is not None:
+                        breaker.record(ticket, _error_is_failure(exc), clock.now())
+                    state, wait = _after_error(exc, request, body, plan, state, deadline_at)
+                    if wait is None:
+                        raise
+                    last = exc
+                except BaseException as exc:  # clean up, then re-raise: cancellation propagates
+                    if attempt is not None:
+                        attempt.end(exc, None)
+                    if breaker is not None:
+                        breaker.release(ticket)
+                    raise
+                else:
+                    if attempt is not None:
+                        attempt.end(response, response.status_code >= 500)
+                    if breaker is not None:
+                        breaker.record(ticket, response.status_code in breaker.on_status, now)
+                    if deadline_at is not None and not isinstance(
+                        response.stream, httpx.ByteStream
+                    ):
+                        response.stream = AsyncDeadlineStream(
+                            cast(httpx.AsyncByteStream, response.stream),
+                            request,
+                            response,
+                            deadline_at,
+                            plan.label,
+                        )
+                    if retry is None or response.status_code not in retry.on_status:
+                        return response
+                    state, wait = _after_response(response, request, body, plan, state, deadline_at)
+                    if wait is None:
+                        return response
+                    # Read and close so the connection goes back to the pool; the
+                    # content stays readable should this response be handed back.
+                    try:
+                        await response.aread()
+                    except httpx.TransportError:
+                        pass
+                    finally:
+                        await response.aclose()
+                    last = response
+                if wait > 0 and not runtime.skip_waits:
+                    await clock.asleep(wait)
+                now = clock.now()
         finally:
             if bulkhead is not None:
                 bulkhead.release()
-
-    async def _send(
-        self, request: httpx.Request, plan: Plan, deadline_at: float | None, now: float
-    ) -> httpx.Response:
-        if plan.budget is not None:
-            plan.budget.deposit(now)
-        retry = plan.policy.retry
-        breaker = plan.breaker
-        clock = runtime.clock
-        state: RetryState | None = None
-        # Telemetry decided once per call: with no SDK, no span work at all.
-        observed, tracer = observe(plan)
-        avoid: Endpoint | None = None  # a retry prefers another endpoint
-        last: httpx.Response | Exception | None = None
-        hedge = hedge_for(plan, request) if plan.hedge is not None else None
-        body = request.stream  # as it was before sending: reading may replace it
-        while True:
-            _prepare_attempt(request, plan, deadline_at, now)
-            ticket = 0  # closed, the common case: decided without the breaker's lock
-            if breaker is not None and breaker.state is not CLOSED:
-                admitted = admit(plan, request, now, last)
-                if admitted is None:
-                    return give_back(last)
-                ticket = admitted
-            attempt = None  # an attempt's extras: its span and endpoint, when there are any
-            if hedge is None and (observed is not None or plan.endpoints is not None):
-                attempt = Attempt(plan, request, state, observed, tracer, avoid, now)
-                avoid = attempt.endpoint
-            try:
-                if hedge is None:
-                    response = await self.inner.handle_async_request(request)
-                else:
-                    response = await self._hedged(
-                        request, plan, state, observed, tracer, avoid, hedge
-                    )
-            except Exception as exc:  # cancellation and Ctrl-C are handled below
-                if attempt is not None:
-                    attempt.end(exc, _error_is_failure(exc))
-                if breaker is not None:
-                    breaker.record(ticket, _error_is_failure(exc), clock.now())
-                state, wait = _after_error(exc, request, body, plan, state, deadline_at)
-                if wait is None:
-                    raise
-                last = exc
-            except BaseException as exc:  # clean up, then re-raise: cancellation propagates
-                if attempt is not None:
-                    attempt.end(exc, None)
-                if breaker is not None:
-                    breaker.release(ticket)
-                raise
-            else:
-                if attempt is not None:
-                    attempt.end(response, response.status_code >= 500)
-                if breaker is not None:
-                    breaker.record(ticket, response.status_code in breaker.on_status, now)
-                if deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
-                    response.stream = AsyncDeadlineStream(
-                        cast(httpx.AsyncByteStream, response.stream),
-                        request,
-                        response,
-                        deadline_at,
-                        plan.label,
-                    )
-                if retry is None or response.status_code not in retry.on_status:
-                    return response
-                state, wait = _after_response(response, request, body, plan, state, deadline_at)
-                if wait is None:
-                    return response
-                # Read and close so the connection goes back to the pool; the
-                # content stays readable should this response be handed back.
-                try:
-                    await response.aread()
-                except httpx.TransportError:
-                    pass
-                finally:
-                    await response.aclose()
-                last = response
-            if wait > 0 and not runtime.skip_waits:
-                await clock.asleep(wait)
-            now = clock.now()
 
     async def _hedged(
         self,

@@ -155,6 +155,7 @@ class Telemetry:
     """Spans and metrics for one `Tracing` value; shared by every route that uses it."""
 
     __slots__ = (
+        "_explicit",
         "_instruments",
         "_meter_provider",
         "_tracer",
@@ -164,6 +165,7 @@ class Telemetry:
 
     def __init__(self, tracing: Tracing) -> None:
         self.tracing = tracing
+        self._explicit = tracing.tracer_provider is not None or tracing.meter_provider is not None
         self._tracer_provider: Any = _MISSING
         self._tracer: trace.Tracer | None = None
         self._meter_provider: Any = _MISSING
@@ -174,8 +176,7 @@ class Telemetry:
 
     def active(self) -> bool:
         """Return whether a call would record anything: the one check per call without an SDK."""
-        tracing = self.tracing
-        if tracing.tracer_provider is not None or tracing.meter_provider is not None:
+        if self._explicit:
             return True
         if _GLOBALS_READABLE:
             return (

@@ -12,32 +12,41 @@ SLOTS = 10  # a tenth of the window is resolution enough
 
 
 class WindowCounts:
-    """Counts of two kinds of event (`first`, `second`) over the last `window` seconds."""
+    """Counts of two kinds of event (`first`, `second`) over the last `window` seconds.
 
-    __slots__ = ("_epoch", "_width", "first", "second")
+    Hot callers may skip `slot` while ``now < ends``: the newest bucket,
+    `newest`, is still the one to count in.
+    """
+
+    __slots__ = ("_epoch", "_width", "ends", "first", "newest", "second")
 
     def __init__(self, window: float) -> None:
         self._width = window / SLOTS
         self.first = [0] * SLOTS
         self.second = [0] * SLOTS
         self._epoch = -1  # the newest bucket, in bucket widths since the clock's zero
+        self.newest = 0  # its index in `first` and `second`
+        self.ends = float("-inf")  # when it stops being the newest
 
     def slot(self, now: float) -> int:
         """Return the bucket for `now`, emptying the buckets that left the window."""
+        if now < self.ends:  # the common case: still in the newest bucket
+            return self.newest
         epoch = int(now // self._width)
-        if epoch == self._epoch:  # the common case: still in the newest bucket
-            return epoch % SLOTS
         # Threads read the clock before taking their lock, so a slightly older
         # reading may arrive late: count it in the newest bucket, never rewind.
-        if epoch < self._epoch:
-            return self._epoch % SLOTS
+        # (`ends` is a float product, so a reading just under it may land here too.)
+        if epoch <= self._epoch:
+            return self.newest
         stale = min(epoch - self._epoch, SLOTS) if self._epoch >= 0 else SLOTS
         for offset in range(stale):
             index = (epoch - offset) % SLOTS
             self.first[index] = 0
             self.second[index] = 0
         self._epoch = epoch
-        return epoch % SLOTS
+        self.newest = epoch % SLOTS
+        self.ends = (epoch + 1) * self._width
+        return self.newest
 
     def totals(self, now: float) -> tuple[int, int]:
         """Return the two counts over the window ending at `now`."""
@@ -49,3 +58,4 @@ class WindowCounts:
         self.first = [0] * SLOTS
         self.second = [0] * SLOTS
         self._epoch = -1
+        self.ends = float("-inf")

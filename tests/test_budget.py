@@ -177,3 +177,24 @@ def test_concurrent_withdrawals_never_exceed_the_budget() -> None:
         thread.join()
     assert sum(granted) == 500
     assert budget.snapshot(1.0) == (0, 500)
+
+
+def test_a_call_at_a_bucket_edge_counts_in_the_new_bucket() -> None:
+    # ttl 10: buckets one second wide. A call at exactly t=1 starts bucket [1, 2),
+    # so it is still counted at t=10.5 while the call at t=0.99 has left.
+    budget = RetryBudget(Budget(ratio=1.0, min_per_second=0.0, ttl=10.0))
+    budget.deposit(0.99)
+    budget.deposit(1.0)
+    assert budget.snapshot(1.5) == (2, 0)
+    assert budget.snapshot(10.5) == (1, 0)
+
+
+def test_a_late_older_reading_counts_in_the_newest_bucket() -> None:
+    # Threads read the clock before taking the lock: a reading from the previous
+    # bucket that arrives late is counted, never lost and never rewinds the window.
+    budget = RetryBudget(Budget(ratio=1.0, min_per_second=0.0, ttl=10.0))
+    budget.deposit(5.5)
+    budget.deposit(4.9)
+    assert budget.snapshot(5.5) == (2, 0)
+    assert budget.snapshot(14.9) == (2, 0)  # both in the bucket [5, 6)
+    assert budget.snapshot(15.0) == (0, 0)

@@ -226,6 +226,28 @@ def test_the_deadline_header_phases_are_bounded(mode: str, clock: FakeClock) -> 
     assert seen[1] == {"connect": 0.5, "read": 0.5, "write": 0.5, "pool": 0.5}
 
 
+def test_each_attempt_carries_one_deadline_header_with_what_is_left(
+    mode: str, clock: FakeClock
+) -> None:
+    seen: list[list[str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get_list("x-envoy-expected-rq-timeout-ms"))
+        clock.advance(0.25)
+        return httpx.Response(503 if len(seen) < 3 else 200)
+
+    policy = meshlib.Policy(
+        retry=meshlib.Retry(backoff=meshlib.Backoff(base=0, cap=0, jitter="none"), budget=None),
+        timeout=meshlib.Timeout(total=2.0),
+    )
+    # A copy the caller set (in any case) is replaced, not sent beside meshlib's.
+    headers = {"X-Envoy-Expected-Rq-Timeout-Ms": "99999", "x-other": "kept"}
+    response = send(mode, handler, policy, headers=headers)
+    assert response.status_code == 200
+    assert seen == [["2000"], ["1750"], ["1500"]]
+    assert response.request.headers["x-other"] == "kept"
+
+
 def test_nothing_is_sent_when_no_time_is_left(mode: str, clock: FakeClock) -> None:
     script = Script()
     with meshlib.deadline(1.0):
