@@ -46,7 +46,7 @@ from ._retry import (
 )
 from ._runtime import runtime
 from ._streams import AsyncDeadlineStream, SyncDeadlineStream
-from ._telemetry import end_attempt, logger, start_attempt
+from ._telemetry import AttemptSpan, logger
 from ._traffic import Endpoint, choose_route, route_target
 from ._traffic import draw_fault as _draw
 
@@ -376,7 +376,7 @@ class Attempt:
         if observed is not None:
             destination = plan.destination
             resend = 0 if state is None else state.attempt_number - 1
-            self.span = start_attempt(
+            self.span = AttemptSpan(
                 observed,
                 tracer,
                 request,
@@ -406,7 +406,7 @@ class Attempt:
         if failed is False and self.plan.latencies is not None:
             self.plan.latencies.add(latency)
         if self.span is not None:
-            end_attempt(self.span, outcome, latency)
+            self.span.end(outcome, latency)
 
 
 def hedge_for(plan: Plan, request: httpx.Request) -> float | None:

@@ -108,11 +108,11 @@ def _expected_length(response_headers: httpx.Headers) -> int | None:
 
 def _bound_body_read(request: httpx.Request, left: float) -> None:
     # httpcore reads the read timeout when the body starts: make it what is left.
-    timeouts = dict(request.extensions.get("timeout") or {})
+    timeouts = request.extensions.get("timeout") or {}
     read = timeouts.get("read")
     if read is None or read > left:
-        timeouts["read"] = left
-        request.extensions["timeout"] = timeouts
+        # A new dict: the caller's own may be shared with other requests.
+        request.extensions["timeout"] = {**timeouts, "read": left}
 
 
 class SyncDeadlineStream(httpx.SyncByteStream):

@@ -35,10 +35,11 @@ from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ._headers import set_header
+from ._headers import put_header, set_header
 from ._policy import Tracing
 
 __all__ = [
+    "AttemptSpan",
     "Telemetry",
     "Reporter",
     "function_span",
@@ -270,118 +271,117 @@ def _inject(headers: httpx.Headers, span: trace.Span, ctx: Context) -> None:
         return
     context = span.get_span_context()
     if context.is_valid:
-        set_header(
+        put_header(
             headers,
-            "traceparent",
-            f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}",
+            b"traceparent",
+            b"00-%032x-%016x-%02x" % (context.trace_id, context.span_id, context.trace_flags),
         )
         if context.trace_state:
             set_header(headers, "tracestate", context.trace_state.to_header())
-    if baggage.get_all(ctx):
+    if _has_baggage(ctx):
         W3CBaggagePropagator().inject(headers, context=ctx, setter=_SETTER)
 
 
+_BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
+
+
+def _has_baggage(ctx: Context) -> bool:
+    # baggage.get_all copies the entries into a new mapping: a lookup will do.
+    if _BAGGAGE_KEY is not None:
+        return bool(ctx.get(_BAGGAGE_KEY))
+    return bool(baggage.get_all(ctx))  # pragma: no cover - a future API without the key
+
+
 class AttemptSpan:
-    """The CLIENT span of one attempt, with what ending it needs."""
+    """One attempt's CLIENT span and duration, started on construction; `end` ends both.
+
+    Starting makes the span the parent of the trace context injected into the
+    request (when `propagate_context`) and suppresses
+    opentelemetry-instrumentation-httpx inside, so nothing is traced twice.
+    """
 
     __slots__ = ("attributes", "instruments", "span", "telemetry", "token")
 
     def __init__(
         self,
         telemetry: Telemetry,
-        span: trace.Span,
-        token: Token[Context] | None,
-        attributes: dict[str, Any],
-        instruments: _Instruments | None,
+        tracer: trace.Tracer | None,
+        request: httpx.Request,
+        destination_host: str,
+        destination_port: int,
+        resend_count: int,
+        propagate_context: bool,
     ) -> None:
         self.telemetry = telemetry
-        self.span = span
-        self.token = token
-        self.attributes = attributes
-        self.instruments = instruments
+        self.instruments = telemetry.instruments()
+        method = request.method
+        known = method if method in _KNOWN_METHODS else "_OTHER"
+        # The duration's attributes; the span's add to a copy.
+        self.attributes: dict[str, Any] = {
+            "http.request.method": known,
+            "server.address": destination_host,
+            "server.port": destination_port,
+        }
+        ctx = otel_context.get_current()
+        self.span: trace.Span = trace.INVALID_SPAN
+        if tracer is not None:
+            attributes = {
+                **self.attributes,
+                "url.full": redact_url(request.url, telemetry.tracing.redact_query),
+            }
+            if known == "_OTHER":
+                attributes["http.request.method_original"] = method
+            if resend_count:
+                attributes["http.request.resend_count"] = resend_count
+            for name in telemetry.tracing.capture_headers:
+                values = request.headers.get_list(name)
+                if values:
+                    attributes[f"http.request.header.{name}"] = values
+            span = self.span = tracer.start_span(
+                "HTTP" if known == "_OTHER" else known,
+                context=ctx,
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+            )
+            ctx = trace.set_span_in_context(span, ctx)
+            if propagate_context:
+                _inject(request.headers, span, ctx)
+        self.token: Token[Context] | None = None
+        if _SUPPRESS_HTTP is not None and _HTTPX_INSTRUMENTATION in sys.modules:
+            # Only an instrumented inner transport reads the context during the call:
+            # without one loaded, attaching it would be work for nobody.
+            self.token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP, True, ctx))
 
-
-def start_attempt(
-    telemetry: Telemetry,
-    tracer: trace.Tracer | None,
-    request: httpx.Request,
-    destination_host: str,
-    destination_port: int,
-    resend_count: int,
-    propagate_context: bool,
-) -> AttemptSpan:
-    """Start one attempt's CLIENT span and make it current for the inner transport.
-
-    Injects trace context into the request when `propagate_context`, and
-    suppresses opentelemetry-instrumentation-httpx inside, so nothing is
-    traced twice.
-    """
-    method = request.method
-    known = method if method in _KNOWN_METHODS else "_OTHER"
-    attributes: dict[str, Any] = {
-        "http.request.method": known,
-        "server.address": destination_host,
-        "server.port": destination_port,
-    }
-    metric_attributes = dict(attributes)
-    if known == "_OTHER":
-        attributes["http.request.method_original"] = method
-    if resend_count:
-        attributes["http.request.resend_count"] = resend_count
-    span: trace.Span = trace.INVALID_SPAN
-    ctx = otel_context.get_current()
-    if tracer is not None:
-        attributes["url.full"] = redact_url(request.url, telemetry.tracing.redact_query)
-        for name in telemetry.tracing.capture_headers:
-            values = request.headers.get_list(name)
-            if values:
-                attributes[f"http.request.header.{name}"] = values
-        span = tracer.start_span(
-            "HTTP" if known == "_OTHER" else known,
-            context=ctx,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-        )
-        ctx = trace.set_span_in_context(span, ctx)
-        if propagate_context:
-            _inject(request.headers, span, ctx)
-    token = None
-    if _SUPPRESS_HTTP is not None and _HTTPX_INSTRUMENTATION in sys.modules:
-        # Only an instrumented inner transport reads the context during the call:
-        # without one loaded, attaching it would be work for nobody.
-        token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP, True, ctx))
-    return AttemptSpan(telemetry, span, token, metric_attributes, telemetry.instruments())
-
-
-def end_attempt(
-    attempt: AttemptSpan, outcome: httpx.Response | BaseException, elapsed: float
-) -> None:
-    """End an attempt's span (on every path, cancellation included) and record its duration."""
-    if attempt.token is not None:
-        otel_context.detach(attempt.token)
-    span = attempt.span
-    attributes = attempt.attributes
-    if isinstance(outcome, httpx.Response):
-        status = outcome.status_code
-        attributes["http.response.status_code"] = status
-        span.set_attribute("http.response.status_code", status)
-        if status >= 400:
-            attributes["error.type"] = str(status)
-            span.set_attribute("error.type", str(status))
-            span.set_status(Status(StatusCode.ERROR))
-        for name in attempt.telemetry.tracing.capture_headers:
-            values = outcome.headers.get_list(name)
-            if values:
-                span.set_attribute(f"http.response.header.{name}", values)
-    else:
-        kind = type(outcome)
-        error_type = f"{kind.__module__}.{kind.__qualname__}"
-        attributes["error.type"] = error_type
-        span.set_attribute("error.type", error_type)
-        span.set_status(Status(StatusCode.ERROR, type(outcome).__name__))
-    span.end()
-    if attempt.instruments is not None:
-        attempt.instruments.duration.record(elapsed, attributes)
+    def end(self, outcome: httpx.Response | BaseException, elapsed: float) -> None:
+        """End the span (on every path, cancellation included) and record the duration."""
+        if self.token is not None:
+            otel_context.detach(self.token)
+        span = self.span
+        attributes = self.attributes
+        if isinstance(outcome, httpx.Response):
+            status = outcome.status_code
+            attributes["http.response.status_code"] = status
+            if status < 400:
+                span.set_attributes({"http.response.status_code": status})
+            else:
+                attributes["error.type"] = str(status)
+                span.set_attributes(
+                    {"http.response.status_code": status, "error.type": str(status)}
+                )
+                span.set_status(Status(StatusCode.ERROR))
+            for name in self.telemetry.tracing.capture_headers:
+                values = outcome.headers.get_list(name)
+                if values:
+                    span.set_attribute(f"http.response.header.{name}", values)
+        else:
+            kind = type(outcome)
+            error_type = f"{kind.__module__}.{kind.__qualname__}"
+            attributes["error.type"] = error_type
+            span.set_attribute("error.type", error_type)
+            span.set_status(Status(StatusCode.ERROR, kind.__name__))
+        span.end()
+        if self.instruments is not None:
+            self.instruments.duration.record(elapsed, attributes)
 
 
 _STOP_REASONS = {
