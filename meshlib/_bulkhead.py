@@ -1,16 +1,20 @@
 """The bulkhead of one destination: at most N calls in flight, a bounded queue.
 
 Sync and async callers of the same destination share one limit, so a
-waiter is woken the way it waits: a threading.Event for a thread, an anyio
-Event (set on its own event loop) for a task. A freed slot is handed to the
-first waiter directly, so a newcomer cannot overtake the queue.
+waiter is woken the way it waits: a threading.Event for a thread, a future
+on its own event loop for an asyncio task (the lightest thing to wait on:
+thousands may queue), an anyio Event for a task on another backend. A freed
+slot is handed to the first waiter directly, so a newcomer cannot overtake
+the queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 import anyio
 import anyio.from_thread
@@ -32,21 +36,37 @@ class BulkheadSnapshot:
     max_queued: int
 
 
+_Signal = threading.Event | anyio.Event | asyncio.Future[bool]
+
+
+def _grant(future: asyncio.Future[bool], granted: bool = True) -> None:
+    # On the waiter's loop; the future is done already if its task was cancelled.
+    if not future.done():
+        future.set_result(granted)
+
+
 class _Waiter:
     __slots__ = ("event", "granted", "thread", "token")
 
-    def __init__(self, event: threading.Event | anyio.Event, token: object = None) -> None:
+    def __init__(self, event: _Signal, token: object = None) -> None:
         self.event = event
-        self.token = token
+        self.token = token  # the waiter's event loop (asyncio) or anyio token
         self.thread = threading.get_ident()
         self.granted = False
 
     def wake(self) -> None:
         event = self.event
-        if isinstance(event, threading.Event) or self.thread == threading.get_ident():
+        here = self.thread == threading.get_ident()
+        if isinstance(event, threading.Event):
+            event.set()
+        elif isinstance(event, asyncio.Future):
+            if here:
+                _grant(event)
+            else:  # another thread frees the slot of a task: resolve it on its loop
+                cast(asyncio.AbstractEventLoop, self.token).call_soon_threadsafe(_grant, event)
+        elif here:
             event.set()
         else:
-            # Another thread frees the slot of a task: set its Event on its own loop.
             anyio.from_thread.run_sync(event.set, token=self.token)  # type: ignore[arg-type]
 
 
@@ -90,13 +110,32 @@ class ConcurrencyLimit:
             event.wait(within)
             waited = True
         finally:
-            taken = self._leave(waiter)
-            if taken and not waited:  # interrupted after the slot was granted: pass it on
-                self.release()
+            taken = self._leave(waiter, waited)
         return taken
 
     async def acquire_async(self, within: float | None) -> bool:
         """Wait up to `within` seconds for a slot without blocking the event loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # another backend (trio): anyio's primitives
+            return await self._acquire_anyio(within)
+        waiter = self._enqueue(loop.create_future(), loop)
+        if isinstance(waiter, bool):
+            return waiter
+        future = cast("asyncio.Future[bool]", waiter.event)
+        # Running out of time resolves the future too; `_leave` says what came first.
+        timer = None if within is None else loop.call_later(within, _grant, future, False)
+        waited = False
+        try:
+            await future
+            waited = True
+        finally:
+            if timer is not None:
+                timer.cancel()
+            taken = self._leave(waiter, waited)
+        return taken
+
+    async def _acquire_anyio(self, within: float | None) -> bool:
         waiter = self._enqueue(anyio.Event(), anyio.lowlevel.current_token())
         if isinstance(waiter, bool):
             return waiter
@@ -108,9 +147,7 @@ class ConcurrencyLimit:
                 await event.wait()
             waited = True
         finally:
-            taken = self._leave(waiter)
-            if taken and not waited:  # cancelled after the slot was granted: pass it on
-                self.release()
+            taken = self._leave(waiter, waited)
         return taken
 
     def release(self) -> None:
@@ -138,9 +175,7 @@ class ConcurrencyLimit:
                 self.settings.max_queued,
             )
 
-    def _enqueue(
-        self, event: threading.Event | anyio.Event, token: object = None
-    ) -> _Waiter | bool:
+    def _enqueue(self, event: _Signal, token: object = None) -> _Waiter | bool:
         """Take a free slot (True), refuse when the queue is full (False), or queue a waiter."""
         with self._lock:
             if self.in_flight < self._limit and not self._waiters:
@@ -152,9 +187,17 @@ class ConcurrencyLimit:
             self._waiters.append(waiter)
             return waiter
 
-    def _leave(self, waiter: _Waiter) -> bool:
+    def _leave(self, waiter: _Waiter, waited: bool) -> bool:
+        """End a wait: True if the slot is the caller's.
+
+        A waiter interrupted (cancelled, Ctrl-C) after its slot was granted
+        passes the slot on rather than leaking it.
+        """
         with self._lock:
-            if waiter.granted:
-                return True
-            self._waiters.remove(waiter)
+            if not waiter.granted:
+                self._waiters.remove(waiter)
+                return False
+        if not waited:
+            self.release()
             return False
+        return True

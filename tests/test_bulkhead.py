@@ -233,6 +233,7 @@ def test_the_queue_never_holds_more_than_max_queued() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_tasks_queue_in_fifo_order() -> None:
     lim = limit(1, max_queued=4)
     assert lim.try_acquire() is True
@@ -261,6 +262,7 @@ async def test_tasks_queue_in_fifo_order() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_a_task_whose_wait_runs_out_leaves_the_queue() -> None:
     lim = limit(1, max_queued=1)
     assert lim.try_acquire() is True
@@ -318,6 +320,40 @@ async def test_a_task_cancelled_after_being_granted_frees_the_slot_when_nobody_w
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert lim.snapshot() == BulkheadSnapshot(LABEL, 0, 0, 1, 1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_cancelled_waiting_task_gives_its_place_up_on_any_backend() -> None:
+    # asyncio tasks wait on a future, other backends on anyio's Event: same contract.
+    lim = limit(1, max_queued=2)
+    assert lim.try_acquire() is True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lim.acquire_async, PATIENCE)
+        await await_until(lambda: lim.snapshot().queued == 1)
+        tg.cancel_scope.cancel()
+    assert lim.snapshot() == BulkheadSnapshot(LABEL, 1, 0, 1, 2)
+    lim.release()
+    assert lim.snapshot().in_flight == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_worker_thread_releasing_wakes_a_task_on_any_backend() -> None:
+    lim = limit(1, max_queued=1)
+    assert lim.try_acquire() is True
+    got: list[bool] = []
+
+    async def wait() -> None:
+        got.append(await lim.acquire_async(PATIENCE))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        await await_until(lambda: lim.snapshot().queued == 1)
+        with anyio.fail_after(1.0):
+            await anyio.to_thread.run_sync(lim.release)
+    assert got == [True]
+    assert lim.snapshot() == BulkheadSnapshot(LABEL, 1, 0, 1, 1)
 
 
 # --- threads and tasks together ---------------------------------------------------------------
