@@ -735,9 +735,8 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                         attempt.end(response, response.status_code >= 500)
                     if breaker is not None:
                         breaker.record(ticket, response.status_code in breaker.on_status, now)
-                    if deadline_at is not None and not isinstance(
-                        response.stream, httpx.ByteStream
-                    ):
+                    # Wrapped with or without a deadline: its close must not be cut halfway.
+                    if not isinstance(response.stream, httpx.ByteStream):
                         response.stream = AsyncDeadlineStream(
                             cast(httpx.AsyncByteStream, response.stream),
                             request,

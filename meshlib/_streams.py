@@ -14,10 +14,14 @@ never trips it. The transport therefore hands back a stream that:
 
 Either way the reader gets `DeadlineExceeded`, and the connection is closed
 rather than returned to the pool half-read.
+
+Async bodies are closed where no cancellation can interrupt the close
+halfway, with or without a deadline (see `close_shielded`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import itertools
@@ -34,7 +38,7 @@ from ._deadline import DEADLINE_SLACK
 from ._errors import DeadlineExceeded
 from ._runtime import runtime
 
-__all__ = ["AsyncDeadlineStream", "SyncDeadlineStream", "watchdog"]
+__all__ = ["AsyncDeadlineStream", "SyncDeadlineStream", "close_shielded", "watchdog"]
 
 
 class _Watch:
@@ -182,15 +186,55 @@ class SyncDeadlineStream(httpx.SyncByteStream):
         self._inner.close()
 
 
+# Closes still running after their caller was cancelled: asyncio keeps only weak
+# references to tasks, and a close must not be collected halfway.
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _finished(task: asyncio.Task[None]) -> None:
+    _closing.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: nobody is left to be told, and asyncio would warn
+
+
+async def close_shielded(stream: httpx.AsyncByteStream) -> None:
+    """Close `stream` so that a cancellation cannot stop the close halfway.
+
+    A close interrupted inside httpcore leaves its pooled connection marked in
+    use for good (the encode/httpcore#1093 family). anyio's shield holds off
+    anyio's own cancellations but not asyncio's ``task.cancel()`` (which
+    ``asyncio.timeout``, ``TaskGroup`` and servers dropping a request use), so
+    on asyncio the close runs in a task of its own under ``asyncio.shield``:
+    the caller's cancellation still arrives at once, and the close finishes.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # another backend (trio): its cancellation honours the shield
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+        return
+    closing = loop.create_task(stream.aclose())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        _closing.add(closing)
+        closing.add_done_callback(_finished)
+        raise
+
+
 class AsyncDeadlineStream(httpx.AsyncByteStream):
-    """An async response body that ends in `DeadlineExceeded` when the deadline passes."""
+    """An async response body that ends in `DeadlineExceeded` when the deadline passes.
+
+    With `deadline_at` None, the body is passed through as it is, and only its
+    close is made safe from cancellation.
+    """
 
     def __init__(
         self,
         inner: httpx.AsyncByteStream,
         request: httpx.Request,
         response: httpx.Response,
-        deadline_at: float,
+        deadline_at: float | None,
         label: str,
     ) -> None:
         self._inner = inner
@@ -204,9 +248,14 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
             f"deadline exceeded reading the body from {self._label}", request=self._request
         )
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._deadline_at is None:
+            return self._inner.__aiter__()
+        return self._bounded(self._deadline_at)
+
+    async def _bounded(self, deadline_at: float) -> AsyncIterator[bytes]:
         clock = runtime.clock
-        left = self._deadline_at - clock.now()
+        left = deadline_at - clock.now()
         if left <= 0:
             await self.aclose()
             raise self._expired()
@@ -215,7 +264,7 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
         chunks = self._inner.__aiter__()
         received = 0
         while True:
-            left = self._deadline_at - clock.now()
+            left = deadline_at - clock.now()
             if left <= 0:
                 await self.aclose()
                 raise self._expired()
@@ -236,15 +285,11 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
             except TimeoutError as exc:  # only fail_after(left) raises this: time is up
                 raise self._expired() from exc
             except httpx.TimeoutException as exc:
-                if self._deadline_at - clock.now() <= DEADLINE_SLACK:
+                if deadline_at - clock.now() <= DEADLINE_SLACK:
                     raise self._expired() from exc
                 raise
             received += len(chunk)
             yield chunk
 
     async def aclose(self) -> None:
-        # Shielded: a cancellation landing while httpcore closes the response can
-        # otherwise leave its pooled connection marked in use for good
-        # (encode/httpcore#1093); the caller's cancellation still arrives after.
-        with anyio.CancelScope(shield=True):
-            await self._inner.aclose()
+        await close_shielded(self._inner)

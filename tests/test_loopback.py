@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import cast
 
+import anyio
 import httpx
 import pytest
 
@@ -168,3 +171,91 @@ async def test_cancelling_a_call_to_a_hung_server_propagates(server: FaultServer
         with pytest.raises(asyncio.CancelledError):
             await task
     assert server.request_count == 1
+
+
+class _CancelCallerOnClose(httpx.AsyncByteStream):
+    """A body whose close cancels the calling task as it begins, so that the
+    cancellation lands inside httpcore's close (the encode/httpcore#1093 family)."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, caller: asyncio.Task[object]) -> None:
+        self.inner = inner
+        self.caller = caller
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        self.caller.cancel()
+        await self.inner.aclose()
+
+
+class _CancellingTransport(httpx.AsyncBaseTransport):
+    """A one-connection transport whose first response cancels its caller while closing."""
+
+    def __init__(self) -> None:
+        self.http = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1))
+        self.cancel_on_close = True
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.http.handle_async_request(request)
+        caller = asyncio.current_task()
+        if self.cancel_on_close and caller is not None:
+            self.cancel_on_close = False
+            stream = cast(httpx.AsyncByteStream, response.stream)
+            response.stream = _CancelCallerOnClose(stream, caller)
+        return response
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_cancellation_during_the_close_does_not_strand_the_connection(
+    server: FaultServer,
+) -> None:
+    # One connection: were the cancelled call's close stopped halfway, the pool would
+    # keep the connection marked in use and the next call would wait for a PoolTimeout.
+    transport = _CancellingTransport()
+    timeout = httpx.Timeout(5.0, pool=0.5)
+    async with meshlib.wrap(
+        httpx.AsyncClient(transport=transport, timeout=timeout), FAST
+    ) as client:
+        with pytest.raises(asyncio.CancelledError):
+            await client.get(server.url + "/orders")  # the cancellation arrives at once
+        response = await client.get(server.url + "/orders")
+        assert response.status_code == 200
+        assert all(connection.is_idle() for connection in transport.http._pool.connections)
+
+
+@pytest.mark.anyio
+async def test_bare_httpx_strands_the_connection_the_same_way(server: FaultServer) -> None:
+    # The control: without meshlib the same cancellation leaves the connection in use,
+    # so the test above reproduces the race it guards against.
+    transport = _CancellingTransport()
+    timeout = httpx.Timeout(5.0, pool=0.5)
+    async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
+        with pytest.raises(asyncio.CancelledError):
+            await client.get(server.url + "/orders")
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get(server.url + "/orders")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_async_calls_work_under_trio(server: FaultServer) -> None:
+    # Other anyio backends than asyncio take meshlib's anyio paths (bulkhead queue,
+    # shielded close): a retried 503, then a body read and closed, on a one-slot queue.
+    server.enqueue(Respond(503))
+    policy = FAST.replace(bulkhead=meshlib.Bulkhead(max_concurrent=1, max_queued=4))
+    limits = httpx.Limits(max_connections=1)
+    async with meshlib.wrap(
+        httpx.AsyncClient(base_url=server.url, limits=limits), policy
+    ) as client:
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(client.get, "/orders")
+        response = await client.get("/orders")
+        assert response.status_code == 200
+        assert response.text == "ok"
+    assert server.request_count == 5

@@ -1,6 +1,7 @@
 """Load under faults: thousands of requests through one meshlib-wrapped client.
 
 Run: python tests/benchmarks/load.py [--requests N] [--threads T] [--seed S] [--bare]
+     [--bare-ungated]
 
 The upstream is meshlib's FaultServer in a child process (so its threads
 never hold this process's GIL or event loop), whose default behaviour is
@@ -32,7 +33,9 @@ pending requests, pauses the loop for longer than that on its own: the gate
 excludes the collector's pauses (timed with gc.callbacks) and the output
 shows the worst lag with and without them; --strict-lag gates on the raw one.
 --bare repeats the async phase on bare httpx gated by an asyncio.Semaphore,
-for comparison (its checks are shown, not gated on).
+and --bare-ungated on bare httpx with every task in httpcore's pool, for
+comparison (their checks are shown, not gated on; the ungated run takes
+minutes).
 """
 
 from __future__ import annotations
@@ -178,10 +181,14 @@ class LagMeter:
 
 
 async def run_async(
-    server: _common.ServerProcess, args: argparse.Namespace, *, bare: bool = False
+    server: _common.ServerProcess, args: argparse.Namespace, *, bare: str | None = None
 ) -> Phase:
-    """Run three bursts: warm-up, memory (both under tracemalloc), then lag and outcomes."""
-    who = "bare httpx, for comparison" if bare else "meshlib"
+    """Run three bursts: warm-up, memory (both under tracemalloc), then lag and outcomes.
+
+    `bare`: None for meshlib; "gated" or "ungated" for bare httpx with or
+    without a semaphore in front of the client.
+    """
+    who = f"bare httpx, {bare}, for comparison" if bare else "meshlib"
     phase = Phase(f"async, {who}: {args.requests} concurrent tasks, one AsyncClient")
     rng = random.Random(args.seed)
     loop = asyncio.get_running_loop()
@@ -194,11 +201,12 @@ async def run_async(
     )
     # Calls beyond `concurrency` wait outside httpcore's pool, whose bookkeeping is
     # quadratic in the number of requests queued in it (encode/httpcore#1035): in
-    # meshlib's bulkhead (a deque), or for bare httpx in an asyncio.Semaphore.
+    # meshlib's bulkhead (a deque), or for bare httpx in an asyncio.Semaphore;
+    # ungated, bare httpx shows what that pool does with all of them.
     gate: asyncio.Semaphore | None = None
-    if bare:
+    if bare == "gated":
         gate = asyncio.Semaphore(args.concurrency)
-    else:
+    elif bare is None:
         bulkhead = meshlib.Bulkhead(max_concurrent=args.concurrency, max_queued=args.requests)
         # STANDARD with that bulkhead; a Mesh of this phase only.
         meshlib.wrap(client, meshlib.Mesh(default=meshlib.STANDARD.replace(bulkhead=bulkhead)))
@@ -391,14 +399,20 @@ def main() -> None:
         action="store_true",
         help="also run the async phase on bare httpx, gated by a semaphore (info only)",
     )
+    parser.add_argument(
+        "--bare-ungated",
+        action="store_true",
+        help="also run it on bare httpx with no gate: 5000 tasks in httpcore's pool (info only)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     with _common.ServerProcess(f"chaos:{args.seed}", lifetime=300.0) as server:
         phases = [asyncio.run(run_async(server, args))]
         phases.append(run_threads(server, args.requests, args.threads, args.seed))
         stats = server.command("stats")
-        if args.bare:
-            phases.append(asyncio.run(run_async(server, args, bare=True)))
+        for bare, asked in (("gated", args.bare), ("ungated", args.bare_ungated)):
+            if asked:
+                phases.append(asyncio.run(run_async(server, args, bare=bare)))
     for phase in phases:
         report(phase)
     draws = stats["draws"]
