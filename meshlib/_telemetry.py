@@ -259,7 +259,7 @@ def _is_default_textmap(textmap: Any) -> bool:
 
 
 def _inject(headers: httpx.Headers, span: trace.Span, ctx: Context) -> None:
-    """Write the attempt's trace context into its headers, as the global propagator would.
+    """Write the attempt's trace context (`span` under `ctx`) into its headers.
 
     With the API's default propagator, traceparent is formatted here (the
     generic path costs several microseconds per attempt); any other
@@ -267,7 +267,7 @@ def _inject(headers: httpx.Headers, span: trace.Span, ctx: Context) -> None:
     """
     textmap = propagate.get_global_textmap()
     if not _is_default_textmap(textmap):
-        propagate.inject(headers, context=ctx, setter=_SETTER)
+        propagate.inject(headers, context=trace.set_span_in_context(span, ctx), setter=_SETTER)
         return
     context = span.get_span_context()
     if context.is_valid:
@@ -292,12 +292,30 @@ def _has_baggage(ctx: Context) -> bool:
     return bool(baggage.get_all(ctx))  # pragma: no cover - a future API without the key
 
 
+# The caller's context last seen, and the same with instrumentation suppressed:
+# calls made under one context (the common case) share one suppressed copy.
+_suppression: list[tuple[Context, Context]] = []
+
+
+def _suppressed(ctx: Context) -> Context:
+    """Return `ctx` with HTTP instrumentation suppressed."""
+    last = _suppression[0] if _suppression else None
+    if last is not None and last[0] is ctx:
+        return last[1]
+    assert _SUPPRESS_HTTP is not None  # callers check
+    made = otel_context.set_value(_SUPPRESS_HTTP, True, ctx)
+    _suppression[:] = [(ctx, made)]
+    return made
+
+
 class AttemptSpan:
     """One attempt's CLIENT span and duration, started on construction; `end` ends both.
 
     Starting makes the span the parent of the trace context injected into the
-    request (when `propagate_context`) and suppresses
-    opentelemetry-instrumentation-httpx inside, so nothing is traced twice.
+    request (when `propagate_context`) and, when
+    opentelemetry-instrumentation-httpx is loaded, suppresses it for the
+    inner transport's work, so nothing is traced twice. The span is not made
+    the current one: inside the inner transport the caller's span stays current.
     """
 
     __slots__ = ("attributes", "instruments", "span", "telemetry", "token")
@@ -343,14 +361,13 @@ class AttemptSpan:
                 kind=SpanKind.CLIENT,
                 attributes=attributes,
             )
-            ctx = trace.set_span_in_context(span, ctx)
             if propagate_context:
                 _inject(request.headers, span, ctx)
         self.token: Token[Context] | None = None
         if _SUPPRESS_HTTP is not None and _HTTPX_INSTRUMENTATION in sys.modules:
             # Only an instrumented inner transport reads the context during the call:
             # without one loaded, attaching it would be work for nobody.
-            self.token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP, True, ctx))
+            self.token = otel_context.attach(_suppressed(ctx))
 
     def end(self, outcome: httpx.Response | BaseException, elapsed: float) -> None:
         """End the span (on every path, cancellation included) and record the duration."""

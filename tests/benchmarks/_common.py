@@ -10,6 +10,7 @@ measured client for the GIL.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -86,17 +87,23 @@ def interleaved(
 ) -> tuple[dict[str, float], int]:
     """Time every variant once per round, in turn; return (median µs per call, rounds run).
 
-    Stops early (after at least three rounds) when `max_seconds` have passed,
-    so a slow machine shortens the run instead of stretching it.
+    The order rotates from round to round, so no variant always follows the
+    same one (whose leftovers, garbage included, it would otherwise inherit);
+    the collector runs before each variant's turn, so each pays for its own
+    garbage. Stops early (after at least three rounds) when `max_seconds`
+    have passed, so a slow machine shortens the run instead of stretching it.
     """
     for call in variants.values():
         time_calls(call, warmup)
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    samples: dict[str, list[float]] = {name: [] for name in names}
     stop_at = time.monotonic() + max_seconds
     done = 0
     for done in range(1, rounds + 1):
-        for name, call in variants.items():
-            samples[name].append(time_calls(call, requests))
+        shift = done % len(names)
+        for name in names[shift:] + names[:shift]:
+            gc.collect()
+            samples[name].append(time_calls(variants[name], requests))
         if done >= 3 and time.monotonic() > stop_at:
             break
     return {name: statistics.median(values) for name, values in samples.items()}, done

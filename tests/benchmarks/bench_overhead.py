@@ -2,7 +2,8 @@
 
 Run: python tests/benchmarks/bench_overhead.py [--requests N] [--rounds R]
 
-Each round times every variant once, in turn, so drift on a shared, noisy
+Each round times every variant once, in turn (the order rotating from round
+to round, the collector run before each turn), so drift on a shared, noisy
 machine hits all of them alike; the tables show each variant's median over
 the rounds and its ratio to bare httpx measured in the same run. A layer's
 own cost is STANDARD's time minus STANDARD's time with that layer off, both
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -118,8 +120,14 @@ def main() -> None:
     for client, url in variants.values():  # warm up caches, routes and the import machinery
         _time(lambda c=client, u=url: c.get(u), 200)
     leaked = 0
-    for _ in range(args.rounds):
-        for name, (client, url) in variants.items():
+    names = list(variants)
+    for round_number in range(args.rounds):
+        # As in _common.interleaved: the order rotates, and each variant's garbage
+        # is collected before the next one's turn, so none pays for another's.
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            client, url = variants[name]
+            gc.collect()
             samples[name].append(_time(lambda c=client, u=url: c.get(u), args.requests))
         through_client, at_transport, sent = _rejected_call_cost(args.requests)
         rejected.append(through_client)
