@@ -345,3 +345,26 @@ def test_an_installed_propagator_is_used_as_it_is(otel: Telemetry) -> None:
     (span,) = otel.spans()
     assert headers["x-vendor-trace"] == format(span.context.span_id, "016x")
     assert "traceparent" not in headers
+
+
+def test_the_inner_transport_runs_under_the_callers_span_with_instrumentation_suppressed(
+    mode: str, otel: Telemetry
+) -> None:
+    import opentelemetry.instrumentation.httpx  # noqa: F401 - what makes meshlib suppress it
+    from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY, get_value
+
+    seen: list[tuple[trace.Span, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((trace.get_current_span(), get_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY)))
+        return httpx.Response(503 if len(seen) == 1 else 200)
+
+    tracer = otel.tracer_provider.get_tracer("app")
+    for caller_name in ("first", "second"):  # a new caller context each time
+        with tracer.start_as_current_span(caller_name) as caller:
+            send(mode, handler, otel.policy)
+        assert [span for span, _ in seen] == [caller, caller]
+        assert [suppressed for _, suppressed in seen] == [True, True]
+        seen.clear()
+    # Outside the call, nothing is left suppressed.
+    assert get_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY) is None

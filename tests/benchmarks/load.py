@@ -114,8 +114,9 @@ def check_pool(phase: Phase, client: httpx.Client | httpx.AsyncClient) -> None:
             "busy connections left behind: "
             + "; ".join(busy)
             + ". With h11 DONE/DONE the response was read in full and its close never "
-            "finished: an asyncio task.cancel() landing inside httpcore's response close, "
-            "which anyio's shield does not stop (bare httpx does the same: --bare)."
+            "finished: an asyncio task.cancel() landed inside httpcore's response close, "
+            "which anyio's shield does not stop (meshlib closes async bodies in a shielded "
+            "task of their own; bare httpx strands them: --bare-ungated)."
         )
 
 
