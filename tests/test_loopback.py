@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -259,3 +260,44 @@ async def test_async_calls_work_under_trio(server: FaultServer) -> None:
         assert response.status_code == 200
         assert response.text == "ok"
     assert server.request_count == 5
+
+
+class _FailingClose(httpx.AsyncByteStream):
+    """A body whose close fails after yielding once, optionally cancelling its caller first."""
+
+    def __init__(self, caller: asyncio.Task[object] | None) -> None:
+        self.caller = caller
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"ok"
+
+    async def aclose(self) -> None:
+        if self.caller is not None:
+            self.caller.cancel()
+        await asyncio.sleep(0)
+        raise httpx.ReadError("the connection broke while closing")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cancelled", [False, True])
+async def test_a_close_that_fails_is_reported_once(cancelled: bool) -> None:
+    # Not cancelled: the caller gets the close's error. Cancelled: the caller gets the
+    # cancellation, and the close's error is retrieved rather than logged by asyncio
+    # as "Task exception was never retrieved".
+    unretrieved: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        caller = asyncio.current_task() if cancelled else None
+        return httpx.Response(200, stream=_FailingClose(caller))
+
+    transport = httpx.MockTransport(handler)
+    async with meshlib.wrap(httpx.AsyncClient(transport=transport), FAST) as client:
+        expected = asyncio.CancelledError if cancelled else httpx.ReadError
+        with pytest.raises(expected):
+            await client.get("http://orders.internal/items")
+    for _ in range(5):  # let the close's own task finish and be collected
+        await asyncio.sleep(0)
+    gc.collect()
+    assert unretrieved == []
