@@ -13,7 +13,7 @@ __all__ = ["RetryBudget"]
 class RetryBudget:
     """Count calls and retries over a sliding window and ration retries.
 
-    A retry is allowed while ``retries < ratio * calls + min_per_second * ttl``
+    A retry is allowed while ``retries + 1 <= ratio * calls + min_per_second * ttl``
     over the last `ttl` seconds. Thread-safe; the lock is held for a few
     arithmetic operations, never across I/O.
     """

@@ -153,16 +153,23 @@ class ConcurrencyLimit:
     def release(self) -> None:
         """Free a slot, handing it to the first waiter if any."""
         lock = self._lock
-        lock.acquire()  # rather than `with`: half the cost, on every request
-        try:
-            if not self._waiters:
-                self.in_flight -= 1
+        while True:
+            lock.acquire()  # rather than `with`: half the cost, on every request
+            try:
+                if not self._waiters:
+                    self.in_flight -= 1
+                    return
+                waiter = self._waiters.popleft()
+                waiter.granted = True
+            finally:
+                lock.release()
+            try:
+                waiter.wake()
                 return
-            waiter = self._waiters.popleft()
-            waiter.granted = True
-        finally:
-            lock.release()
-        waiter.wake()
+            except RuntimeError:
+                # The waiter's event loop is closed: nobody is left to take the slot,
+                # so it goes to the next in line rather than being lost.
+                continue
 
     def snapshot(self) -> BulkheadSnapshot:
         """Return the calls in flight and waiting."""

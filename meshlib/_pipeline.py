@@ -45,7 +45,7 @@ from ._retry import (
     request_is_idempotent,
 )
 from ._runtime import runtime
-from ._streams import AsyncDeadlineStream, SyncDeadlineStream
+from ._streams import AsyncDeadlineStream, SyncDeadlineStream, close_shielded
 from ._telemetry import AttemptSpan, logger
 from ._traffic import Endpoint, choose_route, route_target
 from ._traffic import draw_fault as _draw
@@ -436,13 +436,13 @@ def spend_on_hedge(plan: Plan) -> bool:
 
 def copy_request(request: httpx.Request) -> httpx.Request:
     """Return a copy of a replayable request for a hedged attempt."""
-    return httpx.Request(
-        request.method,
-        request.url,
-        headers=request.headers.copy(),
-        content=request.read(),
-        extensions=dict(request.extensions),
+    copy = httpx.Request(
+        request.method, request.url, headers=request.headers.copy(), content=request.read()
     )
+    # One extensions dict for all copies: the timeouts httpcore reads from it are the
+    # call's, and the bound the winner's body stream sets must reach the copy that won.
+    copy.extensions = request.extensions
+    return copy
 
 
 def _close_the_rest(answers: queue.SimpleQueue[httpx.Response | Exception], pending: int) -> None:
@@ -534,10 +534,11 @@ class Transport(_Pipeline, httpx.BaseTransport):
                             request, plan, state, observed, tracer, avoid, hedge
                         )
                 except Exception as exc:  # cancellation and Ctrl-C are handled below
+                    failed = _error_is_failure(exc)
                     if attempt is not None:
-                        attempt.end(exc, _error_is_failure(exc))
+                        attempt.end(exc, failed)
                     if breaker is not None:
-                        breaker.record(ticket, _error_is_failure(exc), clock.now())
+                        breaker.record(ticket, failed, clock.now())
                     state, wait = _after_error(exc, request, body, plan, state, deadline_at)
                     if wait is None:
                         raise
@@ -624,24 +625,30 @@ class Transport(_Pipeline, httpx.BaseTransport):
         # of the request the caller gets back.
         used = send(copy_request(request), avoid)
         launched, failures, copies_allowed = 1, 0, True
-        while True:
-            may_copy = copies_allowed and launched <= hedge.max_extra
-            try:
-                answer = answers.get(timeout=delay if may_copy else None)
-            except queue.Empty:
-                if spend_on_hedge(plan):
-                    used = send(copy_request(request), used)
-                    launched += 1
-                else:
-                    copies_allowed = False
-                continue
-            if isinstance(answer, httpx.Response):
-                _close_the_rest(answers, launched - failures - 1)
-                answer.request = request
-                return answer
-            failures += 1
-            if failures == launched:
-                raise answer  # every copy failed: the retry layer decides what follows
+        try:
+            while True:
+                may_copy = copies_allowed and launched <= hedge.max_extra
+                try:
+                    answer = answers.get(timeout=delay if may_copy else None)
+                except queue.Empty:
+                    if spend_on_hedge(plan):
+                        used = send(copy_request(request), used)
+                        launched += 1
+                    else:
+                        copies_allowed = False
+                    continue
+                if isinstance(answer, httpx.Response):
+                    _close_the_rest(answers, launched - failures - 1)
+                    answer.request = request
+                    return answer
+                failures += 1
+                if failures == launched:
+                    raise answer  # every copy failed: the retry layer decides what follows
+        except BaseException:
+            # Interrupted while waiting (Ctrl-C): the copies still running are closed
+            # as they answer; then the interruption goes on.
+            _close_the_rest(answers, launched - failures)
+            raise
 
     def close(self) -> None:
         self.inner.close()
@@ -716,10 +723,11 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                             request, plan, state, observed, tracer, avoid, hedge
                         )
                 except Exception as exc:  # cancellation and Ctrl-C are handled below
+                    failed = _error_is_failure(exc)
                     if attempt is not None:
-                        attempt.end(exc, _error_is_failure(exc))
+                        attempt.end(exc, failed)
                     if breaker is not None:
-                        breaker.record(ticket, _error_is_failure(exc), clock.now())
+                        breaker.record(ticket, failed, clock.now())
                     state, wait = _after_error(exc, request, body, plan, state, deadline_at)
                     if wait is None:
                         raise
@@ -802,7 +810,8 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 raise
             attempt.end(response, response.status_code >= 500)
             if winner:
-                await response.aclose()
+                # Its task group is being cancelled: the close must not stop halfway.
+                await close_shielded(cast(httpx.AsyncByteStream, response.stream))
             else:
                 winner.append(response)
                 answered.set()

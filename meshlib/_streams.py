@@ -264,10 +264,6 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
         chunks = self._inner.__aiter__()
         received = 0
         while True:
-            left = deadline_at - clock.now()
-            if left <= 0:
-                await self.aclose()
-                raise self._expired()
             try:
                 if expected is not None and received >= expected:
                     # The whole body is in: what remains is h11 seeing its end,
@@ -290,6 +286,10 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
                 raise
             received += len(chunk)
             yield chunk
+            left = deadline_at - clock.now()
+            if left <= 0:
+                await self.aclose()
+                raise self._expired()
 
     async def aclose(self) -> None:
         await close_shielded(self._inner)

@@ -47,6 +47,7 @@ __all__ = [
     "logger",
     "redact_url",
     "telemetry_for",
+    "watch_breakers",
 ]
 
 logger = logging.getLogger("meshlib")
@@ -158,19 +159,17 @@ class Telemetry:
     __slots__ = (
         "_explicit",
         "_instruments",
-        "_meter_provider",
         "_tracer",
-        "_tracer_provider",
         "tracing",
     )
 
     def __init__(self, tracing: Tracing) -> None:
         self.tracing = tracing
         self._explicit = tracing.tracer_provider is not None or tracing.meter_provider is not None
-        self._tracer_provider: Any = _MISSING
-        self._tracer: trace.Tracer | None = None
-        self._meter_provider: Any = _MISSING
-        self._instruments: _Instruments | None = None
+        # (provider seen last, what it gave), swapped whole so that a thread never
+        # pairs one provider with another's tracer or instruments.
+        self._tracer: tuple[Any, trace.Tracer | None] = (_MISSING, None)
+        self._instruments: tuple[Any, _Instruments | None] = (_MISSING, None)
         # The public getters set up a provider named by OTEL_PYTHON_* variables.
         trace.get_tracer_provider()
         metrics.get_meter_provider()
@@ -192,28 +191,30 @@ class Telemetry:
         provider = self.tracing.tracer_provider
         if provider is None:
             provider = _global_tracer_provider()
-        if provider is not self._tracer_provider:
-            self._tracer_provider = provider
-            self._tracer = (
+        cached = self._tracer
+        if provider is not cached[0]:
+            cached = self._tracer = (
+                provider,
                 None
                 if _is_noop(provider)
-                else provider.get_tracer("meshlib", _VERSION, schema_url=_SCHEMA)
+                else provider.get_tracer("meshlib", _VERSION, schema_url=_SCHEMA),
             )
-        return self._tracer
+        return cached[1]
 
     def instruments(self) -> _Instruments | None:
         """Return the metric instruments to use now, or None when no SDK is configured."""
         provider = self.tracing.meter_provider
         if provider is None:
             provider = _global_meter_provider()
-        if provider is not self._meter_provider:
-            self._meter_provider = provider
-            self._instruments = (
+        cached = self._instruments
+        if provider is not cached[0]:
+            cached = self._instruments = (
+                provider,
                 None
                 if _is_noop(provider)
-                else _Instruments(provider.get_meter("meshlib", _VERSION, schema_url=_SCHEMA))
+                else _Instruments(provider.get_meter("meshlib", _VERSION, schema_url=_SCHEMA)),
             )
-        return self._instruments
+        return cached[1]
 
 
 _telemetries: dict[Tracing, Telemetry] = {}
@@ -241,20 +242,22 @@ class _HeadersSetter(Setter[httpx.Headers]):
 _SETTER = _HeadersSetter()
 
 
-_default_textmap: list[Any] = [None, False]  # (the global TextMapPropagator seen last, is default)
+# [(the global TextMapPropagator seen last, whether it is the default)], swapped whole.
+_default_textmap: list[tuple[Any, bool]] = [(None, False)]
 
 
 def _is_default_textmap(textmap: Any) -> bool:
     """Return whether `textmap` is the API's default: W3C trace context, then baggage."""
-    if textmap is _default_textmap[0]:
-        return bool(_default_textmap[1])
+    seen, default = _default_textmap[0]
+    if textmap is seen:
+        return default
     inner = getattr(textmap, "_propagators", None)
     default = (
         isinstance(textmap, CompositePropagator)
         and isinstance(inner, list | tuple)
         and [type(p) for p in inner] == [TraceContextTextMapPropagator, W3CBaggagePropagator]
     )
-    _default_textmap[:] = [textmap, default]
+    _default_textmap[0] = (textmap, default)
     return default
 
 

@@ -436,3 +436,23 @@ def test_bad_bulkhead_settings_name_the_field_and_value(field: str, value: objec
 def test_a_bulkhead_accepts_one_slot_and_no_queue() -> None:
     assert Bulkhead(max_concurrent=1, max_queued=0) == Bulkhead(1, 0)
     assert Bulkhead() == Bulkhead(max_concurrent=1000, max_queued=0)
+
+
+def test_a_slot_meant_for_a_task_whose_loop_is_gone_goes_to_the_next_waiter() -> None:
+    lim = limit(1, max_queued=2)
+    assert lim.try_acquire() is True
+
+    # A task queued on a loop that was then closed under it (its thread is gone).
+    loop = asyncio.new_event_loop()
+    lim._enqueue(loop.create_future(), loop)
+    loop.close()
+    got: list[bool] = []
+    worker = threading.Thread(target=lambda: got.append(lim.acquire(PATIENCE)), daemon=True)
+    worker.start()
+    wait_until(lambda: lim.snapshot().queued == 2)
+    released = threading.Thread(target=lim.release)  # another thread: wakes via the dead loop
+    released.start()
+    released.join(PATIENCE)
+    worker.join(PATIENCE)
+    assert got == [True]
+    assert lim.snapshot() == BulkheadSnapshot(LABEL, 1, 0, 1, 2)

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
-import statistics
-import time
 from collections.abc import Callable
 
+import _common
 import httpx
 
 import meshlib
@@ -28,84 +26,64 @@ import meshlib
 INSIDE = "http://orders.internal/items"  # inside the mesh: the deadline header is sent
 OUTSIDE = "http://api.example.com/items"  # outside: no header
 
-
-def _ok(request: httpx.Request) -> httpx.Response:
-    return httpx.Response(200, content=b"ok")
-
-
-class _HeaderOnly(httpx.BaseTransport):
-    """Bare httpx plus the one thing meshlib adds inside httpx: the deadline header."""
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner = inner
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        request.headers["x-envoy-expected-rq-timeout-ms"] = "30000"
-        return self.inner.handle_request(request)
-
-
 _STANDARD = meshlib.STANDARD
 _OFF = meshlib.Policy(retry=None, timeout=None, breaker=None, bulkhead=None, tracing=None)
+REJECTED = "a call rejected by an open breaker"
+REJECTED_AT_TRANSPORT = "  the same, at meshlib's transport"
 
 
-def _variants() -> dict[str, tuple[httpx.Client, str]]:
-    mock = httpx.MockTransport(_ok)
+def _variants() -> dict[str, Callable[[], object]]:
+    mock = httpx.MockTransport(_common.ok)
 
-    def wrapped(policy: meshlib.Policy) -> httpx.Client:
-        return meshlib.wrap(httpx.Client(transport=mock), policy)
+    def get(policy: meshlib.Policy | None, url: str) -> Callable[[], object]:
+        client = httpx.Client(transport=mock)
+        if policy is not None:
+            meshlib.wrap(client, policy)
+        return lambda: client.get(url)
 
+    header = httpx.Client(transport=_common.HeaderOnly(mock))
     return {
-        "bare httpx": (httpx.Client(transport=mock), INSIDE),
-        "bare httpx + deadline header": (httpx.Client(transport=_HeaderOnly(mock)), INSIDE),
-        "meshlib STANDARD": (wrapped(_STANDARD), INSIDE),
-        "meshlib STANDARD, outside the mesh": (wrapped(_STANDARD), OUTSIDE),
-        "  without retry (and budget)": (wrapped(_STANDARD.replace(retry=None)), OUTSIDE),
-        "  without timeout (deadline)": (wrapped(_STANDARD.replace(timeout=None)), OUTSIDE),
-        "  without breaker": (wrapped(_STANDARD.replace(breaker=None)), OUTSIDE),
-        "  without bulkhead": (wrapped(_STANDARD.replace(bulkhead=None)), OUTSIDE),
-        "  without tracing (no SDK)": (wrapped(_STANDARD.replace(tracing=None)), OUTSIDE),
-        "meshlib, every layer off": (wrapped(_OFF), OUTSIDE),
+        "bare httpx": get(None, INSIDE),
+        "bare httpx + deadline header": lambda: header.get(INSIDE),
+        "meshlib STANDARD": get(_STANDARD, INSIDE),
+        "meshlib STANDARD, outside the mesh": get(_STANDARD, OUTSIDE),
+        "  without retry (and budget)": get(_STANDARD.replace(retry=None), OUTSIDE),
+        "  without timeout (deadline)": get(_STANDARD.replace(timeout=None), OUTSIDE),
+        "  without breaker": get(_STANDARD.replace(breaker=None), OUTSIDE),
+        "  without bulkhead": get(_STANDARD.replace(bulkhead=None), OUTSIDE),
+        "  without tracing (no SDK)": get(_STANDARD.replace(tracing=None), OUTSIDE),
+        "meshlib, every layer off": get(_OFF, OUTSIDE),
     }
 
 
-def _time(call: Callable[[], object], requests: int) -> float:
-    start = time.perf_counter()
-    for _ in range(requests):
-        call()
-    return (time.perf_counter() - start) / requests * 1e6
+def _rejected_calls() -> tuple[Callable[[], object], Callable[[], object], list[int]]:
+    """Return calls an open breaker rejects, through the client and at meshlib's transport.
 
-
-def _rejected_call_cost(requests: int) -> tuple[float, float, int]:
-    """Time calls an open breaker rejects, through the client and at meshlib's transport.
-
-    Returns (µs per call through httpx.Client, µs per call at the transport,
-    requests that reached the inner transport).
+    The third item counts the requests that reached the inner transport after the trip.
     """
-    sent = 0
+    sent = [0]
 
     def fail(request: httpx.Request) -> httpx.Response:
-        nonlocal sent
-        sent += 1
+        sent[0] += 1
         return httpx.Response(503)
 
     policy = _STANDARD.replace(retry=None, breaker=meshlib.Breaker(consecutive=1, open_for=3600))
-    mesh = meshlib.Mesh(default=policy)  # a fresh breaker each round
+    mesh = meshlib.Mesh(default=policy)
     client = meshlib.wrap(httpx.Client(transport=httpx.MockTransport(fail)), mesh)
-    client.get(INSIDE)  # trips the breaker
-    sent = 0
+    client.get(INSIDE)  # trips the breaker, open for the rest of the run
+    sent[0] = 0
+    transport = meshlib.Transport(httpx.MockTransport(fail), mesh)
+    request = client.build_request("GET", INSIDE)
 
     def rejected() -> None:
         with contextlib.suppress(meshlib.CircuitOpen):
             client.get(INSIDE)
 
-    transport = meshlib.Transport(httpx.MockTransport(fail), mesh)
-    request = client.build_request("GET", INSIDE)
-
     def rejected_at_transport() -> None:
         with contextlib.suppress(meshlib.CircuitOpen):
             transport.handle_request(request)
 
-    return _time(rejected, requests), _time(rejected_at_transport, requests), sent
+    return rejected, rejected_at_transport, sent
 
 
 def main() -> None:
@@ -114,34 +92,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     variants = _variants()
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    rejected: list[float] = []
-    rejected_at_transport: list[float] = []
-    for client, url in variants.values():  # warm up caches, routes and the import machinery
-        _time(lambda c=client, u=url: c.get(u), 200)
-    leaked = 0
-    names = list(variants)
-    for round_number in range(args.rounds):
-        # As in _common.interleaved: the order rotates, and each variant's garbage
-        # is collected before the next one's turn, so none pays for another's.
-        shift = round_number % len(names)
-        for name in names[shift:] + names[:shift]:
-            client, url = variants[name]
-            gc.collect()
-            samples[name].append(_time(lambda c=client, u=url: c.get(u), args.requests))
-        through_client, at_transport, sent = _rejected_call_cost(args.requests)
-        rejected.append(through_client)
-        rejected_at_transport.append(at_transport)
-        leaked += sent
-    medians = {name: statistics.median(values) for name, values in samples.items()}
+    rejected, rejected_at_transport, sent = _rejected_calls()
+    medians, rounds = _common.interleaved(
+        {**variants, REJECTED: rejected, REJECTED_AT_TRANSPORT: rejected_at_transport},
+        args.requests,
+        args.rounds,
+    )
     bare = medians["bare httpx"]
     print(f"{'variant':<38} {'µs/request':>11} {'vs bare':>9} {'added µs':>9}")
-    for name, median in medians.items():
+    for name in variants:
+        median = medians[name]
         print(f"{name:<38} {median:>11.2f} {median / bare:>8.3f}x {median - bare:>9.2f}")
 
     outside = medians["meshlib STANDARD, outside the mesh"]
     print("\nown cost of each layer (STANDARD outside the mesh minus STANDARD without it):")
-    for name in (n for n in medians if n.startswith("  without ")):
+    for name in (n for n in variants if n.startswith("  without ")):
         layer = name.removeprefix("  without ")
         print(f"  {layer:<36} {outside - medians[name]:>6.2f} µs")
     with_header = medians["bare httpx + deadline header"]
@@ -153,11 +118,11 @@ def main() -> None:
     )
     print(f"total, deadline header included (STANDARD against bare): {total / bare:.1%}")
     print(
-        f"a call rejected by an open breaker: {statistics.median(rejected_at_transport):.2f} µs"
-        f" in meshlib's transport, {statistics.median(rejected):.2f} µs through httpx.Client"
-        f" (request building included); requests sent by rejected calls: {leaked}"
+        f"{REJECTED}: {medians[REJECTED_AT_TRANSPORT]:.2f} µs"
+        f" in meshlib's transport, {medians[REJECTED]:.2f} µs through httpx.Client"
+        f" (request building included); requests sent by rejected calls: {sent[0]}"
     )
-    print(f"{args.rounds} rounds x {args.requests} requests each, median per variant")
+    print(f"{rounds} rounds x {args.requests} requests each, median per variant")
 
 
 if __name__ == "__main__":
