@@ -563,6 +563,13 @@ def parse_config(
                 f"{_suggest(key, list(_TOP_LEVEL))}",
             )
     layers, named_default = reader.layers(document.get("default", {}), "default")
+    for layer in ("endpoints", "routes"):
+        if layer in layers:
+            raise reader.error(
+                f"default.{layer}",
+                f'{layer} belong to a destination ([destinations."HOST"]), not to '
+                "[default], which applies to every host",
+            )
     default = reader.policy(None, layers, "default")
     table = document.get("destinations", {})
     if not isinstance(table, dict):

@@ -143,7 +143,13 @@ class PolicyTable:
         if not isinstance(default, Policy):
             raise ConfigError(f"Mesh.default: expected a meshlib.Policy, got {default!r}")
         refuse_destination_layers(default, "Mesh.default")
+        if destinations is not None and not isinstance(destinations, Mapping):
+            raise ConfigError(
+                "Mesh.destinations: expected a mapping of host pattern to meshlib.Policy, "
+                f"got {type(destinations).__name__}"
+            )
         table: dict[str, Policy] = {}
+        given: dict[str, str] = {}
         for pattern, policy in (destinations or {}).items():
             if not isinstance(pattern, str) or not pattern.strip():
                 raise ConfigError(f"Mesh.destinations: expected a host pattern, got {pattern!r}")
@@ -151,7 +157,14 @@ class PolicyTable:
                 raise ConfigError(
                     f"Mesh.destinations[{pattern!r}]: expected a meshlib.Policy, got {policy!r}"
                 )
-            table[normalise_pattern(pattern)] = policy
+            normal = normalise_pattern(pattern)
+            same = given.setdefault(normal, pattern)
+            if same != pattern:
+                raise ConfigError(
+                    f"Mesh.destinations[{pattern!r}]: the same pattern as {same!r} (patterns "
+                    "ignore case, surrounding spaces and a trailing dot); one would be lost"
+                )
+            table[normal] = policy
         self.default = default
         self.destinations: Mapping[str, Policy] = types.MappingProxyType(table)
         # Longest first; sorted() is stable, so equal lengths keep the file's order.

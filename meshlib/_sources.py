@@ -30,10 +30,13 @@ __all__ = ["FileSource", "UrlSource"]
 class _Poller:
     """A daemon thread calling `poll` every `interval` seconds until closed."""
 
-    def __init__(self, name: str, interval: float) -> None:
+    def __init__(self, where: str, interval: float) -> None:
+        name = f"meshlib-config {where}"
         if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
             raise ConfigError(f"{name}: interval: expected seconds > 0, got {interval!r}")
+        self.where = where
         self.interval = float(interval)
+        self._failing: str | None = None  # the refusal logged last, until a good update
         self._stop = threading.Event()
         self._mesh: weakref.ref[Mesh] | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -55,6 +58,16 @@ class _Poller:
 
     def poll(self, mesh: Mesh) -> None:
         raise NotImplementedError
+
+    def _fail(self, error: ConfigError, state: str | None = None) -> None:
+        """Log a refusal once per change of `state` (by default, the message itself).
+
+        A dead config server for an hour is one line, not 720.
+        """
+        state = str(error) if state is None else state
+        if state != self._failing:
+            self._failing = state
+            _refuse(self.where, error)
 
     def close(self) -> None:
         self._stop.set()
@@ -84,11 +97,12 @@ class FileSource(_Poller):
     def __init__(
         self, mesh: Mesh, path: str | os.PathLike[str], digest: str, interval: float
     ) -> None:
-        super().__init__(f"meshlib-config {os.fspath(path)}", interval)
+        super().__init__(os.fspath(path), interval)
         self.path = os.fspath(path)
         self._digest = digest
-        self._stat = self._signature()
-        self._failing: str | None = None
+        # Unknown rather than read now: the file may have changed since `digest` was
+        # taken, and the first poll's hash comparison costs one read.
+        self._stat: tuple[int, int] | None = None
         self.start(mesh)
 
     def _signature(self) -> tuple[int, int] | None:
@@ -112,20 +126,18 @@ class FileSource(_Poller):
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:
             return  # touched, not changed
+        self._digest = digest  # the same bad content is refused once, not every poll
+        if not data.strip():
+            # Most likely caught between an editor's truncate and its write.
+            self._fail(ConfigError(f"{self.path}: the file is empty"))
+            return
         try:
             config = parse_config(data, self.path)
         except ConfigError as exc:
-            self._digest = digest  # the same bad content is refused once, not every poll
             self._fail(exc)
             return
-        self._digest = digest
         self._failing = None
         _apply(mesh, config)
-
-    def _fail(self, error: ConfigError) -> None:
-        if str(error) != self._failing:
-            self._failing = str(error)
-            _refuse(self.path, error)
 
 
 class UrlSource(_Poller):
@@ -139,13 +151,12 @@ class UrlSource(_Poller):
         headers: Mapping[str, str],
         verify: Any,
     ) -> None:
-        super().__init__(f"meshlib-config {url}", interval)
+        super().__init__(url, interval)
         self.url = url
         # A plain client: the head office must stay reachable whatever the policies say.
         self._client = httpx.Client(timeout=timeout, headers=dict(headers), verify=verify)
         self._etag: str | None = None
         self._digest: str | None = None
-        self._failing: str | None = None
 
     def _get(self) -> httpx.Response:
         headers = {"If-None-Match": self._etag} if self._etag else {}
@@ -191,7 +202,9 @@ class UrlSource(_Poller):
         try:
             config = self._parse(self._get())
         except httpx.HTTPError as exc:
-            self._fail(ConfigError(f"{self.url}: cannot fetch: {type(exc).__name__}: {exc}"))
+            # Resets and refusals alike: one state, "cannot fetch", until it answers.
+            error = ConfigError(f"{self.url}: cannot fetch: {type(exc).__name__}: {exc}")
+            self._fail(error, "cannot fetch")
             return
         except ConfigError as exc:
             self._fail(exc)
@@ -205,14 +218,6 @@ class UrlSource(_Poller):
             self._failing = None
         if config is not None:
             _apply(mesh, config)
-
-    def _fail(self, error: ConfigError) -> None:
-        # Once per change of state, not once per poll: a dead config server for an
-        # hour is one line, not 720.
-        kind = str(error).split(":", 2)[1] if ":" in str(error) else str(error)
-        if kind != self._failing:
-            self._failing = kind
-            _refuse(self.url, error)
 
     def close(self) -> None:
         super().close()

@@ -941,3 +941,15 @@ def test_describe_renders_layers_it_does_not_know_by_their_fields() -> None:
     hedge = _Hedge(delay=0.02, legs=(_Leg("a", 0.5),))
     assert _generic(hedge) == "delay 20ms, max_extra 1, legs [(to a, weight 0.5, headers off)]"
     assert _generic(_Leg("b", headers={"x": "1"})) == "to b, weight off, headers x=1"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['[default.endpoints]\naddresses = ["10.0.0.1:80"]\n', "[default]\nroutes = []\n"],
+)
+def test_endpoints_and_routes_under_default_name_the_file_and_field(text: str) -> None:
+    layer = "endpoints" if "endpoints" in text else "routes"
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    assert str(caught.value).startswith(f"mesh.toml: default.{layer}: ")
+    assert "destination" in str(caught.value)

@@ -268,3 +268,14 @@ def test_a_hundred_thousand_hosts_keep_memory_bounded() -> None:
     assert len(mesh._bulkheads) <= 1_000
     # 95 000 more hosts than the map holds left no trace: under one block per host.
     assert grown < 10_000
+
+
+def test_destinations_that_are_not_a_mapping_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"Mesh\.destinations: expected a mapping.*got list"):
+        Mesh(destinations=[("a.internal", STANDARD)])  # type: ignore[arg-type]
+
+
+def test_two_patterns_that_mean_the_same_host_are_refused() -> None:
+    # Kept both, one would silently win; a file refuses the same (test_config).
+    with pytest.raises(ConfigError, match=r"'a\.internal\.'.*the same pattern as 'A\.internal'"):
+        Mesh(destinations={"A.internal": STANDARD, "a.internal.": STANDARD.replace(retry=None)})

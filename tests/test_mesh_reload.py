@@ -278,3 +278,27 @@ def test_a_remote_document_that_is_bad_at_first_is_an_error() -> None:
         office.stop()
     with pytest.raises(meshlib.ConfigError, match="cannot fetch"):
         meshlib.Mesh.from_url(office.url, timeout=0.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("", "the file is empty"),  # an editor caught between its truncate and its write
+        ("\n  \n", "the file is empty"),
+        ('[default.endpoints]\naddresses = ["10.0.0.1:80"]\n', "default.endpoints"),
+    ],
+)
+def test_an_empty_file_or_default_endpoints_are_refused_on_reload(
+    mesh: meshlib.Mesh,
+    policy_file: Path,
+    caplog: pytest.LogCaptureFixture,
+    text: str,
+    named: str,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="meshlib"):
+        _write(policy_file, text)
+        _until(lambda: any(r.meshlib_event == "config_rejected" for r in caplog.records))  # type: ignore[attr-defined]
+    (record,) = [r for r in caplog.records if getattr(r, "meshlib_event", "") == "config_rejected"]
+    assert named in record.getMessage()
+    assert not [r for r in caplog.records if r.exc_info]  # one line, not a traceback
+    assert _attempts(mesh) == 2  # the last good policy stays
