@@ -96,7 +96,7 @@ def run_demo(out: Callable[[str], object] = print) -> int:
     logger.addHandler(collector)
     previous_level = logger.level
     logger.setLevel(logging.INFO)
-    results: list[tuple[str, int, float]] = []
+    results: list[tuple[str, int]] = []
     unexpected = 0
     started = time.monotonic()
     try:
@@ -118,7 +118,7 @@ def run_demo(out: Callable[[str], object] = print) -> int:
                     outcome = type(exc).__name__
                 elapsed = time.monotonic() - call_started
                 sent = server.request_count - sent_before
-                results.append((outcome, sent, elapsed))
+                results.append((outcome, sent))
                 unexpected += outcome != scenario.expect
                 mark = (
                     "" if outcome == scenario.expect else f"  UNEXPECTED: wanted {scenario.expect}"
@@ -131,8 +131,8 @@ def run_demo(out: Callable[[str], object] = print) -> int:
         logger.removeHandler(collector)
         logger.setLevel(previous_level)
     total = time.monotonic() - started
-    ok = sum(1 for outcome, _, _ in results if outcome == "200")
-    sent = sum(s for _, s, _ in results)
+    ok = sum(1 for outcome, _ in results if outcome == "200")
+    sent = sum(s for _, s in results)
     out(
         f"\nsummary: {len(results)} calls, {ok} answered 200, {sent} requests sent, "
         f"{sent - len(results)} retries, {total:.1f} s"

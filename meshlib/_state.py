@@ -1,7 +1,7 @@
 """Per-destination state in bounded maps.
 
-State (budgets now; breakers and bulkheads later) is keyed by the normalised
-destination and the layer's own settings, so clients that share a `Mesh`
+State (budgets, breakers, bulkheads, endpoint pools, latency windows) is keyed
+by the normalised destination and the layer's own settings, so clients that share a `Mesh`
 share it, and a change of settings starts fresh state.
 """
 
@@ -70,15 +70,6 @@ class BoundedMap(Generic[K, V]):
                 pass
         return value
 
-    def get_or_create(self, key: K, create: Callable[[], V]) -> V:
-        """Return the value for `key`, calling `create` under the map's lock if absent."""
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-                return value
-            return self._insert(key, create())
-
     def replace(self, key: K, value: V) -> V:
         """Store `value` under `key` as the most recently used entry and return it."""
         with self._lock:
@@ -101,12 +92,12 @@ class BoundedMap(Generic[K, V]):
 
 
 class SharedState(Generic[K, V]):
-    """Per-destination state (budgets, breakers, bulkheads), shared by every route using it.
+    """Per-destination state (budgets, breakers, ...), shared by every plan using it.
 
-    Held weakly: a state lives exactly as long as some cached route uses it,
-    so it is bounded by the route map and is never split in two while in use
+    Held weakly: a state lives exactly as long as some cached plan uses it,
+    so it is bounded by the plan map and is never split in two while in use
     (a strong map of its own could evict a busy destination's state while
-    a route still holds it, and the next route would get a fresh copy).
+    a plan still holds it, and the next plan would get a fresh copy).
     """
 
     __slots__ = ("_data", "_lock")
@@ -116,7 +107,7 @@ class SharedState(Generic[K, V]):
         self._lock = threading.Lock()
 
     def get_or_create(self, key: K, create: Callable[[], V]) -> V:
-        """Return the live state for `key`, creating it if no route holds one."""
+        """Return the live state for `key`, creating it if no plan holds one."""
         with self._lock:
             value = self._data.get(key)
             if value is None:
@@ -125,7 +116,7 @@ class SharedState(Generic[K, V]):
             return value
 
     def clear(self) -> None:
-        """Forget every entry (routes that hold one keep using it)."""
+        """Forget every entry (plans that hold one keep using it)."""
         with self._lock:
             self._data.clear()
 

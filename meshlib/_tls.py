@@ -103,7 +103,10 @@ def _read(name: str, path: str) -> bytes:
         if info.st_size > _MAX_FILE_BYTES:
             raise _Bad(name, path, f"'{path}' is too large for a PEM file ({info.st_size} bytes)")
         with open(path, "rb") as file:
-            return file.read(_MAX_FILE_BYTES + 1)
+            data = file.read(_MAX_FILE_BYTES + 1)
+        if len(data) > _MAX_FILE_BYTES:  # grew after the stat above
+            raise _Bad(name, path, f"'{path}' is too large for a PEM file")
+        return data
     except FileNotFoundError:
         raise _Bad(name, path, f"file not found: '{path}'") from None
     except PermissionError:

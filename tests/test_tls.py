@@ -870,3 +870,22 @@ def test_tls_does_not_mix_with_httpx_tls_settings(
 def test_tls_must_be_a_tls_value(factory: Any) -> None:
     with pytest.raises(meshlib.ConfigError, match=r"\.tls: expected a meshlib\.TLS or None"):
         factory(meshlib.STANDARD, tls=ssl.create_default_context())
+
+
+def test_a_file_that_grows_after_its_size_was_checked_is_still_too_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    huge = _sparse(tmp_path / "growing.crt", 17 * 1024 * 1024)
+    real_stat = os.stat
+
+    def small_at_stat_time(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        info = real_stat(path, *args, **kwargs)
+        if os.fspath(path) != str(huge):
+            return info
+        fields = list(info)
+        fields[6] = 100  # st_size: small when checked, 17 MiB when read
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(meshlib._tls.os, "stat", small_at_stat_time)
+    with pytest.raises(meshlib.ConfigError, match=r"^TLS\.cert: '.*growing\.crt' is too large"):
+        meshlib.TLS(cert=huge, key=huge)

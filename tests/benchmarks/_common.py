@@ -27,10 +27,12 @@ from typing import Any
 
 import httpx
 
+from meshlib._deadline import DEFAULT_HEADER
+
 #: What `pip install` brings every peer the scripts compare meshlib with.
 BENCH_INSTALL = "pip install -e '.[bench]'"
 #: The header meshlib sends to destinations inside the mesh; the baseline sends it too.
-DEADLINE_HEADER = "x-envoy-expected-rq-timeout-ms"
+DEADLINE_HEADER = DEFAULT_HEADER
 
 
 def require(*modules: str) -> None:

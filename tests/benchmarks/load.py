@@ -78,12 +78,6 @@ class Phase:
         self.checks.append((what, value, passed))
 
 
-def classify(exc: BaseException) -> str:
-    if isinstance(exc, httpx.PoolTimeout):
-        return "PoolTimeout"
-    return type(exc).__name__
-
-
 def pool_state(client: httpx.Client | httpx.AsyncClient) -> tuple[Counter[str], int, list[str]]:
     """Return httpcore's pool: connections by state, requests it holds, the busy ones shown."""
     transport: Any = client._transport
@@ -227,7 +221,7 @@ async def run_async(
             response = await get(index)
             return str(response.status_code)
         except (httpx.HTTPError, meshlib.MeshError) as exc:
-            return classify(exc)
+            return type(exc).__name__
         except Exception as exc:  # anything else is a finding, not a crash
             return f"unexpected {type(exc).__name__}"
         finally:
@@ -252,7 +246,6 @@ async def run_async(
         return tasks, cancels
 
     meter = LagMeter()
-    pool_timeouts = 0
 
     def tally(tasks: list[asyncio.Task[str]], into: Counter[str]) -> None:
         for task in tasks:
@@ -347,7 +340,7 @@ def run_threads(server: _common.ServerProcess, requests: int, threads: int, seed
                 else:
                     seen[str(client.get(f"/items/{number}/{index}").status_code)] += 1
             except (httpx.HTTPError, meshlib.MeshError) as exc:
-                seen[classify(exc)] += 1
+                seen[type(exc).__name__] += 1
             except Exception as exc:  # anything else is a finding, not a crash
                 seen[f"unexpected {type(exc).__name__}"] += 1
         with lock:
