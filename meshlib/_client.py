@@ -37,28 +37,22 @@ def wrap(client: C, policy_or_mesh: Policy | Mesh = STANDARD) -> C:
             load), or the arguments have the wrong type.
     """
     _resolve(policy_or_mesh)  # validate before touching the client
+    wrapper: Any  # Transport or AsyncTransport: the same steps for either kind of client
     if isinstance(client, httpx.Client):
-        sync_transports = [client._transport, *client._mounts.values()]
-        if any(isinstance(t, Transport) for t in sync_transports):
-            raise ConfigError("wrap: this client is already wrapped by meshlib")
-        client._transport = Transport(client._transport, policy_or_mesh)
-        client._mounts = {
-            pattern: None if t is None else Transport(t, policy_or_mesh)
-            for pattern, t in client._mounts.items()
-        }
+        wrapper = Transport
     elif isinstance(client, httpx.AsyncClient):
-        async_transports = [client._transport, *client._mounts.values()]
-        if any(isinstance(t, AsyncTransport) for t in async_transports):
-            raise ConfigError("wrap: this client is already wrapped by meshlib")
-        client._transport = AsyncTransport(client._transport, policy_or_mesh)
-        client._mounts = {
-            pattern: None if t is None else AsyncTransport(t, policy_or_mesh)
-            for pattern, t in client._mounts.items()
-        }
+        wrapper = AsyncTransport
     else:
         raise ConfigError(
             f"wrap: expected an httpx.Client or httpx.AsyncClient, got {type(client).__name__}"
         )
+    if any(isinstance(t, wrapper) for t in [client._transport, *client._mounts.values()]):
+        raise ConfigError("wrap: this client is already wrapped by meshlib")
+    client._transport = wrapper(client._transport, policy_or_mesh)
+    client._mounts = {
+        pattern: None if t is None else wrapper(t, policy_or_mesh)
+        for pattern, t in client._mounts.items()
+    }
     return client
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from ._deadline import DEFAULT_HEADER, GRPC_HEADER, parse_budget_header
 from ._errors import ConfigError
@@ -21,7 +22,7 @@ class BudgetReader:
         margin: seconds kept back for the answer's trip home.
     """
 
-    __slots__ = ("headers", "margin")
+    __slots__ = ("_asgi_names", "_environ_keys", "headers", "margin")
 
     def __init__(
         self, headers: Sequence[str] = (DEFAULT_HEADER, GRPC_HEADER), margin: float = 0.01
@@ -32,11 +33,34 @@ class BudgetReader:
                 raise ConfigError(f"MeshMiddleware.headers: expected header names, got {headers!r}")
         self.headers = tuple(name.lower() for name in names)
         self.margin: float = duration("MeshMiddleware", "margin", margin)  # type: ignore[assignment]
+        # Each name as ASGI servers and WSGI environs spell it, worked out once.
+        self._asgi_names = frozenset(name.encode("latin-1") for name in self.headers)
+        self._environ_keys = tuple(
+            (name, "HTTP_" + name.upper().replace("-", "_")) for name in self.headers
+        )
 
-    def deadline_at(self, lookup: Callable[[str], str | None]) -> float | None:
-        """Return the absolute deadline the request's headers grant, or None."""
+    def from_asgi(self, raw: Iterable[tuple[bytes, bytes]]) -> float | None:
+        """Return the deadline an ASGI scope's headers grant, or None."""
+        found: dict[str, str] = {}
+        for key, value in raw:
+            key = key.lower()  # lowercase by the spec; some servers still differ
+            if key in self._asgi_names:
+                found.setdefault(key.decode("latin-1"), value.decode("latin-1"))
+        return self._deadline_at(found) if found else None
+
+    def from_environ(self, environ: Mapping[str, Any]) -> float | None:
+        """Return the deadline a WSGI environ's headers grant, or None."""
+        found = {}
+        for name, key in self._environ_keys:
+            value = environ.get(key)
+            if isinstance(value, str):
+                found[name] = value
+        return self._deadline_at(found) if found else None
+
+    def _deadline_at(self, found: Mapping[str, str]) -> float | None:
+        # The first name, in the configured order, present and well-formed.
         for name in self.headers:
-            value = lookup(name)
+            value = found.get(name)
             if value is None:
                 continue
             seconds = parse_budget_header(name, value)

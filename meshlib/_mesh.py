@@ -343,8 +343,12 @@ class Mesh:
         from ._sources import UrlSource
 
         source = UrlSource(url, interval, timeout, headers or {}, verify)
-        config = source.fetch_first()
-        mesh = cls(config.default, config.destinations, max_destinations=max_destinations)
+        config = source.fetch_first()  # closes the source itself when it fails
+        try:
+            mesh = cls(config.default, config.destinations, max_destinations=max_destinations)
+        except BaseException:  # e.g. a bad max_destinations: no client left open; re-raised
+            source.close()
+            raise
         if reload:
             source.follow(mesh)
             mesh._source = source

@@ -232,8 +232,8 @@ def _prepare_attempt(
     if bound is None:
         return
     extensions = request.extensions
-    # Bounds come from the caller's own timeouts, kept aside on the first
-    # attempt, so a request sent again later does not inherit shrunken ones.
+    # Bounds come from the caller's own timeouts, kept aside the first time they
+    # are lowered, so a request sent again later does not inherit shrunken ones.
     base = extensions.get("meshlib.timeout")
     if base is None:
         base = extensions.get("timeout") or {}

@@ -115,8 +115,14 @@ def _bound_body_read(request: httpx.Request, left: float) -> None:
     timeouts = request.extensions.get("timeout") or {}
     read = timeouts.get("read")
     if read is None or read > left:
-        # A new dict: the caller's own may be shared with other requests.
+        # Kept aside as _prepare_attempt does, and a new dict: the caller's own may be
+        # shared with other requests.
+        request.extensions.setdefault("meshlib.timeout", timeouts)
         request.extensions["timeout"] = {**timeouts, "read": left}
+
+
+def _expired(label: str, request: httpx.Request) -> DeadlineExceeded:
+    return DeadlineExceeded(f"deadline exceeded reading the body from {label}", request=request)
 
 
 class SyncDeadlineStream(httpx.SyncByteStream):
@@ -137,17 +143,12 @@ class SyncDeadlineStream(httpx.SyncByteStream):
         self._label = label
         self._watch: _Watch | None = None
 
-    def _expired(self) -> DeadlineExceeded:
-        return DeadlineExceeded(
-            f"deadline exceeded reading the body from {self._label}", request=self._request
-        )
-
     def __iter__(self) -> Iterator[bytes]:
         clock = runtime.clock
         left = self._deadline_at - clock.now()
         if left <= 0:
             self.close()
-            raise self._expired()
+            raise _expired(self._label, self._request)
         _bound_body_read(self._request, left)
         expected = _expected_length(self._response.headers)
         received = 0
@@ -157,7 +158,7 @@ class SyncDeadlineStream(httpx.SyncByteStream):
                 yield chunk
                 left = self._deadline_at - clock.now()
                 if left <= 0:
-                    raise self._expired()
+                    raise _expired(self._label, self._request)
                 if self._watch is None and (expected is None or received < expected):
                     self._start_watch(left)
         except DeadlineExceeded:
@@ -166,7 +167,7 @@ class SyncDeadlineStream(httpx.SyncByteStream):
             if (self._watch is not None and self._watch.fired) or (
                 self._deadline_at - clock.now() <= DEADLINE_SLACK
             ):
-                raise self._expired() from exc
+                raise _expired(self._label, self._request) from exc
             raise
         finally:
             if self._watch is not None:
@@ -243,11 +244,6 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
         self._deadline_at = deadline_at
         self._label = label
 
-    def _expired(self) -> DeadlineExceeded:
-        return DeadlineExceeded(
-            f"deadline exceeded reading the body from {self._label}", request=self._request
-        )
-
     def __aiter__(self) -> AsyncIterator[bytes]:
         if self._deadline_at is None:
             return self._inner.__aiter__()
@@ -258,7 +254,7 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
         left = deadline_at - clock.now()
         if left <= 0:
             await self.aclose()
-            raise self._expired()
+            raise _expired(self._label, self._request)
         _bound_body_read(self._request, left)
         expected = _expected_length(self._response.headers)
         chunks = self._inner.__aiter__()
@@ -279,17 +275,17 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
             except StopAsyncIteration:
                 return
             except TimeoutError as exc:  # only fail_after(left) raises this: time is up
-                raise self._expired() from exc
+                raise _expired(self._label, self._request) from exc
             except httpx.TimeoutException as exc:
                 if deadline_at - clock.now() <= DEADLINE_SLACK:
-                    raise self._expired() from exc
+                    raise _expired(self._label, self._request) from exc
                 raise
             received += len(chunk)
             yield chunk
             left = deadline_at - clock.now()
             if left <= 0:
                 await self.aclose()
-                raise self._expired()
+                raise _expired(self._label, self._request)
 
     async def aclose(self) -> None:
         await close_shielded(self._inner)

@@ -51,16 +51,7 @@ class MeshMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        raw: list[tuple[bytes, bytes]] = scope.get("headers") or []
-
-        def lookup(name: str) -> str | None:
-            wanted = name.encode("latin-1")
-            for key, value in raw:
-                if key.lower() == wanted:
-                    return value.decode("latin-1")
-            return None
-
-        at = self._reader.deadline_at(lookup)
+        at = self._reader.from_asgi(scope.get("headers") or ())
         if at is None:
             await self.app(scope, receive, send)
             return

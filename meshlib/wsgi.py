@@ -48,11 +48,7 @@ class MeshMiddleware:
         self._reader = BudgetReader(headers, margin)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        def lookup(name: str) -> str | None:
-            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
-            return value if isinstance(value, str) else None
-
-        at = self._reader.deadline_at(lookup)
+        at = self._reader.from_environ(environ)
         if at is None:
             return self.app(environ, start_response)
         with deadline_until(at):
