@@ -536,6 +536,7 @@ def log_breaker(destination: str, old: str, new: str) -> None:
 _BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 _breaker_sources: weakref.WeakSet[Any] = weakref.WeakSet()
 _breaker_meter_state: dict[str, Any] = {}
+_breaker_meter_lock = threading.Lock()
 
 
 def watch_breakers(source: Any) -> None:
@@ -547,20 +548,24 @@ def watch_breakers(source: Any) -> None:
 def _breaker_transitions() -> Any:
     # The API's global meter delegates to whichever SDK is installed, now or later.
     counter = _breaker_meter_state.get("transitions")
-    if counter is None:
-        meter = metrics.get_meter("meshlib", _VERSION, schema_url=_SCHEMA)
-        counter = _breaker_meter_state["transitions"] = meter.create_counter(
-            "meshlib.breaker.transitions",
-            unit="{transition}",
-            description="Circuit breaker state changes.",
-        )
-        meter.create_observable_gauge(
-            "meshlib.breaker.state",
-            callbacks=[_observe_breakers],
-            unit="{state}",
-            description="Each breaker's state: 0 closed, 1 half-open, 2 open.",
-        )
-    return counter
+    if counter is not None:
+        return counter
+    with _breaker_meter_lock:  # two Meshes built at once must not register the gauge twice
+        counter = _breaker_meter_state.get("transitions")
+        if counter is None:
+            meter = metrics.get_meter("meshlib", _VERSION, schema_url=_SCHEMA)
+            counter = _breaker_meter_state["transitions"] = meter.create_counter(
+                "meshlib.breaker.transitions",
+                unit="{transition}",
+                description="Circuit breaker state changes.",
+            )
+            meter.create_observable_gauge(
+                "meshlib.breaker.state",
+                callbacks=[_observe_breakers],
+                unit="{state}",
+                description="Each breaker's state: 0 closed, 1 half-open, 2 open.",
+            )
+        return counter
 
 
 def _observe_breakers(options: Any) -> Iterable[metrics.Observation]:
