@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
-import ipaddress
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
-from ._policy import Policy, did_you_mean
+from ._policy import Policy, did_you_mean, is_host
 
 if TYPE_CHECKING:
     from ._mesh import Mesh
@@ -416,19 +415,13 @@ def _pattern_problem(text: str) -> str | None:
     port: str | None
     if text.startswith("[") and ":" in text.partition("]")[0]:
         literal, bracket, rest = text[1:].partition("]")
-        try:
-            if not bracket:
-                raise ValueError(literal)
-            ipaddress.IPv6Address(literal)
-        except ValueError:
+        if not (bracket and is_host(literal)):  # with a ":", is_host wants an IPv6 address
             return "an IPv6 address in brackets, such as '[::1]' or '[::1]:8080'"
         if rest and not rest.startswith(":"):
             return "'[IPv6]' or '[IPv6]:port'"
         host, port = literal, rest[1:] if rest else None
     elif text.count(":") > 1:
-        try:
-            ipaddress.IPv6Address(text)  # an IPv6 host without its brackets still matches
-        except ValueError:
+        if not is_host(text):  # an IPv6 address without its brackets still matches
             return "one ':' before the port (IPv6 addresses in brackets: '[::1]:8080')"
         host, port = text, None
     else:

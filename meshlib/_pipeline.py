@@ -75,6 +75,21 @@ def _resolve(policy_or_mesh: Policy | Mesh) -> tuple[Mesh, Policy | None]:
     raise ConfigError(f"policy: expected a meshlib.Policy or meshlib.Mesh, got {policy_or_mesh!r}")
 
 
+# Per kind of driver (async or not): the method httpx calls, what to give, the other driver.
+_KINDS = {
+    False: (
+        "handle_request",
+        "an httpx.BaseTransport such as httpx.HTTPTransport()",
+        "meshlib.AsyncTransport",
+    ),
+    True: (
+        "handle_async_request",
+        "an httpx.AsyncBaseTransport such as httpx.AsyncHTTPTransport()",
+        "meshlib.Transport",
+    ),
+}
+
+
 def _refuse_inner(owner: str, transport: object, asynchronous: bool) -> None:
     """Raise ConfigError unless `transport` can be the inner transport of `owner`.
 
@@ -86,21 +101,9 @@ def _refuse_inner(owner: str, transport: object, asynchronous: bool) -> None:
             f"{owner}.transport: expected the transport that does the I/O, got "
             f"{transport!r} (a meshlib transport inside another multiplies retries)"
         )
-    method, kind, other = (
-        (
-            "handle_async_request",
-            "an httpx.AsyncBaseTransport such as httpx.AsyncHTTPTransport()",
-            "meshlib.Transport",
-        )
-        if asynchronous
-        else (
-            "handle_request",
-            "an httpx.BaseTransport such as httpx.HTTPTransport()",
-            "meshlib.AsyncTransport",
-        )
-    )
+    method, kind, other = _KINDS[asynchronous]
     if not callable(getattr(transport, method, None)):
-        opposite = "handle_request" if asynchronous else "handle_async_request"
+        opposite = _KINDS[not asynchronous][0]
         hint = f"; for it, use {other}" if callable(getattr(transport, opposite, None)) else ""
         raise ConfigError(f"{owner}.transport: expected {kind}, got {transport!r}{hint}")
 
