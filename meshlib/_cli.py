@@ -73,8 +73,15 @@ def _check(files: Sequence[str]) -> int:
 
 
 def _destination(text: str) -> tuple[str, int | None]:
-    """Split ``host``, ``host:port``, ``[v6]:port`` or a URL into the host and the port."""
+    """Split ``host``, ``host:port``, ``[v6]:port`` or a URL into the host and the port.
+
+    Raises:
+        ValueError: `text` is none of those, or names a host no request can have.
+    """
+    from ._policy import is_host
+
     text = text.strip()
+    port: int | None
     if "://" in text:
         from ._state import Destination
 
@@ -82,22 +89,32 @@ def _destination(text: str) -> tuple[str, int | None]:
             destination = Destination.of(httpx.URL(text))
         except httpx.InvalidURL as exc:
             raise ValueError(f"not a URL: {text!r} ({exc})") from exc
+        if destination.scheme not in ("http", "https"):
+            raise ValueError(f"not an http or https URL: {text!r}")
         if not destination.host:
             raise ValueError(f"not a URL with a host: {text!r}")
-        return destination.host, destination.port
-    host, port = text, ""
-    if text.startswith("["):  # an IPv6 literal: [::1] or [::1]:8080
-        host, _, rest = text[1:].partition("]")
-        if rest and not rest.startswith(":"):
+        host, port = destination.host, destination.port
+    else:
+        host, port_text = text, ""
+        if text.startswith("["):  # an IPv6 literal: [::1] or [::1]:8080
+            host, bracket, rest = text[1:].partition("]")
+            if not bracket or ":" not in host or (rest and not rest.startswith(":")):
+                raise ValueError(f"not a host[:port]: {text!r}")
+            port_text = rest[1:]
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        if not host:
             raise ValueError(f"not a host[:port]: {text!r}")
-        port = rest[1:]
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    if not host:
-        raise ValueError(f"not a host[:port]: {text!r}")
-    if text.endswith(":") or (port and not (port.isdigit() and int(port) <= 65535)):
-        raise ValueError(f"not a port: {port!r} in {text!r}")
-    return host, int(port) if port else None
+        if text.endswith(":") or (
+            port_text
+            and not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536)
+        ):
+            raise ValueError(f"not a port: {port_text!r} in {text!r}")
+        port = int(port_text) if port_text else None
+    if not is_host(host):
+        where = "" if host == text else f" in {text!r}"
+        raise ValueError(f"not a host name or IP address: {host!r}{where}")
+    return host, port
 
 
 def _explain(file: str, host: str, port: int | None) -> int:

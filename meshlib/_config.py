@@ -16,7 +16,6 @@ the path of the field in the file and the value.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import inspect
 import json
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
-from ._policy import Policy
+from ._policy import Policy, did_you_mean, is_host
 
 if TYPE_CHECKING:
     from ._mesh import Mesh
@@ -250,11 +249,6 @@ def _show(value: object) -> str:
     return repr(value)
 
 
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 class _Reader:
     """Turn the parsed document into Policies, naming `source` and the path in errors."""
 
@@ -278,7 +272,7 @@ class _Reader:
                 raise self.error(
                     _join(path, name),
                     f"unknown setting {name!r} of {cls.__name__}; "
-                    f"allowed: {', '.join(names)}{_suggest(name, names)}",
+                    f"allowed: {', '.join(names)}{did_you_mean(name, names)}",
                 )
             if not setting.in_file:
                 raise self.error(
@@ -383,7 +377,8 @@ class _Reader:
                 names = list(settings)
                 raise self.error(
                     _join(path, name),
-                    f"unknown layer {name!r}; layers: {', '.join(names)}{_suggest(name, names)}",
+                    f"unknown layer {name!r}; layers: {', '.join(names)}"
+                    f"{did_you_mean(name, names)}",
                 )
             built[name] = self.value(setting, value, _join(path, name), {})
         return built, frozenset(built)
@@ -400,17 +395,70 @@ class _Reader:
 # -- patterns --------------------------------------------------------------------------
 
 
-def normalise_pattern(pattern: str) -> str:
+# What a glob may hold besides a host name's characters; a [...] class may hold anything.
+_GLOB_HOST = re.compile(r"[a-z0-9_.*?-]+")
+_GLOB_CLASS = re.compile(r"\[[^\]]*\]")
+_GLOB_PORT = re.compile(r"[0-9*?]+")
+
+
+def _pattern_problem(text: str) -> str | None:
+    """Return why the stripped, lowercased pattern `text` can never match, or None."""
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        return f"a host, not a URL (write {rest.partition('/')[0]!r}, without {scheme + '://'!r})"
+    if "/" in text:
+        return f"a host, not a path (write {text.partition('/')[0]!r})"
+    if any(c.isspace() for c in text):
+        return "a host without spaces"
+    if not text.isascii():
+        return "an ASCII host (write an internationalised name in its IDNA form, 'xn--...')"
+    port: str | None
+    if text.startswith("[") and ":" in text.partition("]")[0]:
+        literal, bracket, rest = text[1:].partition("]")
+        if not (bracket and is_host(literal)):  # with a ":", is_host wants an IPv6 address
+            return "an IPv6 address in brackets, such as '[::1]' or '[::1]:8080'"
+        if rest and not rest.startswith(":"):
+            return "'[IPv6]' or '[IPv6]:port'"
+        host, port = literal, rest[1:] if rest else None
+    elif text.count(":") > 1:
+        if not is_host(text):  # an IPv6 address without its brackets still matches
+            return "one ':' before the port (IPv6 addresses in brackets: '[::1]:8080')"
+        host, port = text, None
+    else:
+        host, colon, port_text = text.partition(":")
+        port = port_text if colon else None
+        if not host:
+            return "a host before the port"
+        if not _GLOB_HOST.fullmatch(_GLOB_CLASS.sub("a", host)):
+            return "a host name: letters, digits, '-', '_' and dots, or a glob ('*', '?', '[...]')"
+    if port is not None:
+        if not _GLOB_PORT.fullmatch(port):
+            return "a port between 1 and 65535 after ':'"
+        if port.isdigit() and not 0 < int(port) < 65536:
+            return "a port between 1 and 65535"
+    return None
+
+
+def normalise_pattern(pattern: str, where: str = "pattern") -> str:
     """Return `pattern` as a Mesh compares it: lower case, no trailing dot before ``:port``.
 
     Two patterns of one file that normalise alike are refused: the Mesh would keep one.
+    The same rules apply to patterns in code and in files.
+
+    Raises:
+        ConfigError: the pattern can never match a request's destination (a URL, a
+            path, spaces, a port that is not one); the message starts with `where`.
     """
-    host, colon, port = pattern.strip().lower().rpartition(":")
+    text = pattern.strip().lower()
+    problem = _pattern_problem(text)
+    if problem is not None:
+        raise ConfigError(f"{where}: expected {problem}, got {pattern!r}")
+    host, colon, port = text.rpartition(":")
     if colon and port.isdigit() and not host.endswith("]") and ":" not in host:
         return f"{host.rstrip('.')}:{port}"
     if colon and port.isdigit() and host.endswith("]"):
         return f"{host}:{port}"  # an IPv6 literal with a port: [::1]:8080
-    return pattern.strip().lower().rstrip(".")
+    return text.rstrip(".")
 
 
 # -- the document ----------------------------------------------------------------------
@@ -560,7 +608,7 @@ def parse_config(
             raise reader.error(
                 _key(key),
                 f"unknown top-level key {key!r}; allowed: {', '.join(_TOP_LEVEL)}"
-                f"{_suggest(key, list(_TOP_LEVEL))}",
+                f"{did_you_mean(key, list(_TOP_LEVEL))}",
             )
     layers, named_default = reader.layers(document.get("default", {}), "default")
     for layer in ("endpoints", "routes"):
@@ -581,7 +629,8 @@ def parse_config(
         path = _pattern_path(pattern)
         if not pattern.strip():
             raise reader.error(path, "expected a host pattern, got an empty one")
-        same = seen.setdefault(normalise_pattern(pattern), pattern)
+        normal = normalise_pattern(pattern, f"{reader.source}: {path}")
+        same = seen.setdefault(normal, pattern)
         if same != pattern:
             raise reader.error(
                 path,

@@ -33,6 +33,10 @@ __all__ = ["resilient"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# functools.wraps leaves the defaults behind; code that reads them (tenacity keeps them
+# too, under a regression test) must see the wrapped function's.
+_WRAPPER_ASSIGNMENTS = (*functools.WRAPPER_ASSIGNMENTS, "__defaults__", "__kwdefaults__")
+
 ExceptionFilter = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
 
 
@@ -97,7 +101,7 @@ def resilient(
         if inspect.iscoroutinefunction(fn):
             async_fn = cast(Callable[..., Awaitable[Any]], fn)
 
-            @functools.wraps(fn)
+            @functools.wraps(fn, _WRAPPER_ASSIGNMENTS)
             async def call_async(*args: P.args, **kwargs: P.kwargs) -> Any:
                 plan = mesh.function_plan(fixed_policy, name)
                 now = runtime.clock.now()
@@ -124,7 +128,7 @@ def resilient(
 
             return cast(Callable[P, R], call_async)
 
-        @functools.wraps(fn)
+        @functools.wraps(fn, _WRAPPER_ASSIGNMENTS)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
             plan = mesh.function_plan(fixed_policy, name)
             now = runtime.clock.now()

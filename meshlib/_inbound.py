@@ -7,10 +7,18 @@ from typing import Any
 
 from ._deadline import DEFAULT_HEADER, GRPC_HEADER, parse_budget_header
 from ._errors import ConfigError
-from ._policy import duration
+from ._policy import duration, is_token
 from ._runtime import runtime
 
-__all__ = ["BudgetReader"]
+__all__ = ["BudgetReader", "refuse_app"]
+
+
+def refuse_app(app: object, kind: str) -> None:
+    """Raise ConfigError unless `app` can be called as a `kind` ("WSGI", "ASGI") application."""
+    if not callable(app):
+        raise ConfigError(
+            f"MeshMiddleware.app: expected a callable {kind} application, got {app!r}"
+        )
 
 
 class BudgetReader:
@@ -27,10 +35,21 @@ class BudgetReader:
     def __init__(
         self, headers: Sequence[str] = (DEFAULT_HEADER, GRPC_HEADER), margin: float = 0.01
     ) -> None:
+        if isinstance(headers, bytes) or not isinstance(headers, str | Iterable):
+            raise ConfigError(
+                f"MeshMiddleware.headers: expected a header name or a list of them, got {headers!r}"
+            )
         names = (headers,) if isinstance(headers, str) else tuple(headers)
+        if not names:
+            # Reading no header would make the middleware a silent no-op.
+            raise ConfigError(
+                f"MeshMiddleware.headers: expected at least one header name, got {headers!r}"
+            )
         for name in names:
-            if not isinstance(name, str) or not name:
-                raise ConfigError(f"MeshMiddleware.headers: expected header names, got {headers!r}")
+            if not is_token(name):
+                raise ConfigError(
+                    f"MeshMiddleware.headers: expected HTTP header names, got {name!r}"
+                )
         self.headers = tuple(name.lower() for name in names)
         self.margin: float = duration("MeshMiddleware", "margin", margin)  # type: ignore[assignment]
         # Each name as ASGI servers and WSGI environs spell it, worked out once.

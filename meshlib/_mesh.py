@@ -25,6 +25,8 @@ from ._traffic import EndpointPool, EndpointSnapshot, LatencyWindow
 
 __all__ = ["Mesh", "Plan", "default_mesh"]
 
+_REPR_PATTERNS = 5  # a repr names this many patterns, then counts the rest
+
 
 class Plan:
     """Where one request goes and with what: a policy and the destination's state.
@@ -157,7 +159,7 @@ class PolicyTable:
                 raise ConfigError(
                     f"Mesh.destinations[{pattern!r}]: expected a meshlib.Policy, got {policy!r}"
                 )
-            normal = normalise_pattern(pattern)
+            normal = normalise_pattern(pattern, f"Mesh.destinations[{pattern!r}]")
             same = given.setdefault(normal, pattern)
             if same != pattern:
                 raise ConfigError(
@@ -250,7 +252,19 @@ class Mesh:
         # Bumped whenever cached plans stop being valid: reset() and update().
         self.generation = 0
         self._source: Any = None  # a file or URL watcher, kept alive with the Mesh
+        self._origin = "code"  # where the policies came from, for repr: "code", a path or URL
         watch_breakers(self)
+
+    def __repr__(self) -> str:
+        patterns = list(self._table.destinations)
+        count = f"{len(patterns)} destination{'' if len(patterns) == 1 else 's'}"
+        if patterns:
+            shown = patterns[:_REPR_PATTERNS]
+            more = ", ..." if len(patterns) > len(shown) else ""
+            count += f" ({', '.join(shown)}{more})"
+        which = " (the process-wide default)" if self is _default else ""
+        followed = ", followed" if self._source is not None else ""
+        return f"<meshlib.Mesh{which} from {self._origin}{followed}: {count}>"
 
     @property
     def default(self) -> Policy:
@@ -308,6 +322,7 @@ class Mesh:
 
         config = load_config(path)
         mesh = cls(config.default, config.destinations, max_destinations=max_destinations)
+        mesh._origin = config.source
         if reload:
             mesh._source = FileSource(mesh, path, config.digest, interval)
         return mesh
@@ -349,6 +364,7 @@ class Mesh:
         except BaseException:  # e.g. a bad max_destinations: no client left open; re-raised
             source.close()
             raise
+        mesh._origin = config.source
         if reload:
             source.follow(mesh)
             mesh._source = source

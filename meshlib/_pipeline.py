@@ -23,6 +23,7 @@ Keep them side by side and in step.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -60,6 +61,8 @@ __all__ = ["AsyncTransport", "Transport"]
 POLICY_EXTENSION = "meshlib.policy"
 _DEFAULT_RETRY = Retry()
 _PHASES = ("connect", "read", "write", "pool")
+_REPLAYABLE = httpx.ByteStream(b"")  # stands for any body that can be sent again
+_LAYER_NAMES = [f.name for f in dataclasses.fields(Policy) if f.init]
 
 
 def _resolve(policy_or_mesh: Policy | Mesh) -> tuple[Mesh, Policy | None]:
@@ -72,12 +75,64 @@ def _resolve(policy_or_mesh: Policy | Mesh) -> tuple[Mesh, Policy | None]:
     raise ConfigError(f"policy: expected a meshlib.Policy or meshlib.Mesh, got {policy_or_mesh!r}")
 
 
+# Per kind of driver (async or not): the method httpx calls, what to give, the other driver.
+_KINDS = {
+    False: (
+        "handle_request",
+        "an httpx.BaseTransport such as httpx.HTTPTransport()",
+        "meshlib.AsyncTransport",
+    ),
+    True: (
+        "handle_async_request",
+        "an httpx.AsyncBaseTransport such as httpx.AsyncHTTPTransport()",
+        "meshlib.Transport",
+    ),
+}
+
+
+def _refuse_inner(owner: str, transport: object, asynchronous: bool) -> None:
+    """Raise ConfigError unless `transport` can be the inner transport of `owner`.
+
+    Checked by the method httpx calls, as httpx itself duck-types transports; a
+    meshlib transport inside another would multiply retries, as wrapping twice does.
+    """
+    if isinstance(transport, _Pipeline):
+        raise ConfigError(
+            f"{owner}.transport: expected the transport that does the I/O, got "
+            f"{transport!r} (a meshlib transport inside another multiplies retries)"
+        )
+    method, kind, other = _KINDS[asynchronous]
+    if not callable(getattr(transport, method, None)):
+        opposite = _KINDS[not asynchronous][0]
+        hint = f"; for it, use {other}" if callable(getattr(transport, opposite, None)) else ""
+        raise ConfigError(f"{owner}.transport: expected {kind}, got {transport!r}{hint}")
+
+
+def _layers_on(policy: Policy) -> str:
+    on = [name for name in _LAYER_NAMES if getattr(policy, name) is not None]
+    return f"with {', '.join(on)}" if on else "with every layer off"
+
+
+def _inner_name(transport: object) -> str:
+    kind = type(transport)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 class _Pipeline:
     """What both drivers share: the inner transport and where policies come from."""
 
     def __init__(self, policy_or_mesh: Policy | Mesh = STANDARD) -> None:
         self.mesh, self.policy = _resolve(policy_or_mesh)
         self._last: Plan | None = None
+
+    def __repr__(self) -> str:
+        inner = _inner_name(getattr(self, "inner", None))
+        if self.policy is None:
+            return f"<meshlib.{type(self).__name__} over {inner}, {self.mesh!r}>"
+        policy = "STANDARD" if self.policy == STANDARD else _layers_on(self.policy)
+        return (
+            f"<meshlib.{type(self).__name__} over {inner}, policy {policy}, state in {self.mesh!r}>"
+        )
 
     def _plan(self, request: httpx.Request) -> Plan:
         policy = request.extensions.get(POLICY_EXTENSION)
@@ -279,7 +334,17 @@ def _after_error(
     ):
         raise deadline_exceeded(plan, request, "waiting for the answer") from exc
     retry = plan.policy.retry
-    if retry is None or not exception_is_retryable(exc, request, body, retry):
+    if retry is None:
+        return state, None
+    if not exception_is_retryable(exc, request, body, retry):
+        # Said only when the body is all that stood in the way: the same error with a
+        # replayable body would have been retried.
+        if (
+            retry.attempts > 1
+            and not body_is_replayable(body)
+            and exception_is_retryable(exc, request, _REPLAYABLE, retry)
+        ):
+            plan.report.not_replayable(type(exc).__name__)
         return state, None
     if state is None:
         state = RetryState(retry, plan.budget, deadline_at)
@@ -299,7 +364,11 @@ def _after_response(
     """Decide what follows a response with a retryable status: (state, wait or None)."""
     retry = plan.policy.retry
     assert retry is not None  # the drivers call this only for statuses in retry.on_status
-    if not (request_is_idempotent(request, retry) and body_is_replayable(body)):
+    if not request_is_idempotent(request, retry):
+        return state, None
+    if not body_is_replayable(body):
+        if retry.attempts > 1:
+            plan.report.not_replayable(str(response.status_code))
         return state, None
     if state is None:
         state = RetryState(retry, plan.budget, deadline_at)
@@ -475,10 +544,12 @@ class Transport(_Pipeline, httpx.BaseTransport):
         policy: a `Policy` (state kept in the process-wide default Mesh) or a `Mesh`.
 
     Raises:
-        ConfigError: `policy` is neither a Policy nor a Mesh.
+        ConfigError: `transport` is not a sync transport (None, an async one) or
+            is already a meshlib transport, or `policy` is neither a Policy nor a Mesh.
     """
 
     def __init__(self, transport: httpx.BaseTransport, policy: Policy | Mesh = STANDARD) -> None:
+        _refuse_inner("Transport", transport, asynchronous=False)
         super().__init__(policy)
         self.inner = transport
 
@@ -662,12 +733,14 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         policy: a `Policy` (state kept in the process-wide default Mesh) or a `Mesh`.
 
     Raises:
-        ConfigError: `policy` is neither a Policy nor a Mesh.
+        ConfigError: `transport` is not an async transport (None, a sync one) or
+            is already a meshlib transport, or `policy` is neither a Policy nor a Mesh.
     """
 
     def __init__(
         self, transport: httpx.AsyncBaseTransport, policy: Policy | Mesh = STANDARD
     ) -> None:
+        _refuse_inner("AsyncTransport", transport, asynchronous=True)
         super().__init__(policy)
         self.inner = transport
 

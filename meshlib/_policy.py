@@ -7,12 +7,15 @@ field of every layer has a default, and ``Policy()`` equals `STANDARD`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import ipaddress
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, cast, get_args
 
 from ._errors import ConfigError
 
@@ -42,7 +45,71 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 429, 502, 503, 504})
 
 
+#: RFC 9110's token: what a method or a header name may be made of.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A host name as httpx sends it: ASCII labels (IDNA already applied), dots between.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+
+T = TypeVar("T")
+
+
+def is_token(value: object) -> bool:
+    """Return whether `value` is an RFC 9110 token (a method or a header name)."""
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
+
+
+def is_host(host: str) -> bool:
+    """Return whether `host` can be a request's host: a DNS name or an IP address.
+
+    IPv6 addresses are given without their brackets.
+    """
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return _HOST_NAME.fullmatch(host) is not None
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """Return `` (did you mean 'x'?)`` for the choice closest to `name`, or ``""``."""
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_name(owner: str, kind: str, name: str, choices: list[str]) -> ConfigError:
+    """Return the error for a keyword `owner` does not take, naming the closest choice."""
+    listed = "layers" if kind == "layer" else "allowed"
+    return ConfigError(
+        f"{owner}: unknown {kind} {name!r}; {listed}: {', '.join(choices)}"
+        f"{did_you_mean(name, choices)}"
+    )
+
+
+def _known_keywords(kind: str) -> Callable[[type[T]], type[T]]:
+    """Make an unknown keyword argument to a policy class a ConfigError with a did-you-mean.
+
+    The dataclass's own ``__init__`` would raise a bare TypeError that names
+    nothing close; this says which names exist, as `Policy.replace` does.
+    """
+
+    def decorate(cls: type[T]) -> type[T]:
+        init = cls.__init__
+        names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+        known = frozenset(names)
+
+        @functools.wraps(init)  # the signature shown stays the dataclass's
+        def __init__(self: T, *args: Any, **kwargs: Any) -> None:
+            if not known.issuperset(kwargs):
+                name = next(k for k in kwargs if k not in known)
+                raise _unknown_name(cls.__name__, kind, name, names)
+            init(self, *args, **kwargs)
+
+        type.__setattr__(cls, "__init__", __init__)
+        return cls
+
+    return decorate
 
 
 def _fail(owner: str, name: str, value: object, expected: str) -> ConfigError:
@@ -88,6 +155,7 @@ def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Exponential backoff between attempts: ``min(cap, base * 2**(n-1))``, then jitter.
@@ -115,6 +183,7 @@ class Backoff:
             raise _fail("Backoff", "jitter", self.jitter, f"one of {sorted(JITTERS)}")
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Budget:
     """A retry budget per destination (Finagle's and Linkerd's).
@@ -138,6 +207,7 @@ class Budget:
         _set(self, "ttl", duration("Budget", "ttl", self.ttl, positive=True))
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Retry:
     """When and how often to try a call again.
@@ -146,8 +216,10 @@ class Retry:
         attempts: the most attempts of one call, the first included (>= 1).
         backoff: the waits between attempts.
         on_status: response statuses that are retried (idempotent requests only).
-        methods: methods considered idempotent; other requests are retried only
-            on connection failures or when they carry an ``Idempotency-Key`` header.
+        methods: methods considered idempotent, each an RFC 9110 token (letters,
+            digits and ``!#$%&'*+-.^_`|~``), stored upper-cased; other requests are
+            retried only on connection failures or when they carry an
+            ``Idempotency-Key`` header.
         retry_after_cap: the longest ``Retry-After`` honoured, in seconds.
         budget: the retry budget per destination, or None for no budget.
     """
@@ -207,12 +279,16 @@ def _methods(value: object) -> frozenset[str]:
         raise _fail("Retry", "methods", value, "a collection of HTTP method names")
     methods = set()
     for method in value:
-        if not isinstance(method, str) or not _TOKEN.fullmatch(method):
-            raise _fail("Retry", "methods", method, "HTTP method names such as 'GET'")
+        if not is_token(method):
+            raise _fail(
+                "Retry", "methods", method, "HTTP method names (RFC 9110 tokens such as 'GET')"
+            )
+        # httpx upper-cases every request's method: a name kept in lower case would never match.
         methods.add(method.upper())
     return frozenset(methods)
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Timeout:
     """Time bounds for a call.
@@ -258,6 +334,7 @@ def _count(owner: str, name: str, value: object, *, minimum: int = 1) -> int:
     return value
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Breaker:
     """A circuit breaker per destination: stop calling a line that is down.
@@ -313,6 +390,7 @@ class Breaker:
         _set(self, "on_status", _statuses(self.on_status, "Breaker"))
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Bulkhead:
     """A limit on calls in flight per destination, so one slow upstream cannot take every worker.
@@ -359,6 +437,7 @@ SENSITIVE_QUERY: frozenset[str] = frozenset(
 NEVER_RECORDED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Tracing:
     """Telemetry for each call: OpenTelemetry spans and metrics, and context propagation.
@@ -369,8 +448,10 @@ class Tracing:
             (``*.partner.example``), IP networks (``10.0.0.0/8``) or ``"mesh"``,
             the built-in rule (loopback, private addresses, single-label hosts,
             ``*.internal``, ``*.local``, ``*.svc.cluster.local``). ``()``: none.
-        tracer_provider: an OpenTelemetry TracerProvider; None uses the global one.
-        meter_provider: an OpenTelemetry MeterProvider; None uses the global one.
+        tracer_provider: an OpenTelemetry TracerProvider (anything with
+            ``get_tracer()``); None uses the global one.
+        meter_provider: an OpenTelemetry MeterProvider (anything with
+            ``get_meter()``); None uses the global one.
         redact_query: query parameter names (any case) whose values are
             replaced by ``REDACTED`` in ``url.full`` and logs.
         capture_headers: request and response headers recorded on spans as
@@ -392,6 +473,16 @@ class Tracing:
             if not isinstance(pattern, str) or not pattern.strip():
                 raise _fail("Tracing", "propagate_to", pattern, "host patterns (strings)")
         _set(self, "propagate_to", tuple(p.strip().lower() for p in patterns))
+        # Duck-typed, as OpenTelemetry's own API is: anything that hands out tracers or meters.
+        for name, kind, method in (
+            ("tracer_provider", "TracerProvider", "get_tracer"),
+            ("meter_provider", "MeterProvider", "get_meter"),
+        ):
+            provider = getattr(self, name)
+            if provider is not None and not callable(getattr(provider, method, None)):
+                raise _fail(
+                    "Tracing", name, provider, f"an OpenTelemetry {kind} (with {method}()) or None"
+                )
         names = self.redact_query
         if isinstance(names, str) or not isinstance(names, Iterable):
             raise _fail("Tracing", "redact_query", names, "a collection of query names")
@@ -409,16 +500,20 @@ class Tracing:
         )
 
 
-def _address(owner: str, value: object, name: str = "addresses") -> tuple[str, int | None]:
-    """Split ``host:port`` (``[v6]:port``; the port may be left out) or raise ConfigError."""
+def _address(
+    owner: str, value: object, name: str = "addresses", *, port_required: bool = False
+) -> tuple[str, int | None]:
+    """Split ``host:port`` (``[v6]:port``) or raise ConfigError; the port may be left out
+    unless `port_required`."""
+    expected = "'host:port' strings" if port_required else "'host' or 'host:port' strings"
     if not isinstance(value, str) or not value.strip():
-        raise _fail(owner, name, value, "'host:port' strings")
+        raise _fail(owner, name, value, expected)
     text = value.strip()
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else None
-        if rest and port_text is None:
-            raise _fail(owner, name, value, "'[IPv6]:port'")
+        if (rest and port_text is None) or ":" not in host:
+            raise _fail(owner, name, value, "an IPv6 address in brackets: '[::1]:8080'")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
     elif ":" in text:
@@ -427,14 +522,21 @@ def _address(owner: str, value: object, name: str = "addresses") -> tuple[str, i
         host, port_text = text, None
     if not host:
         raise _fail(owner, name, value, "'host:port' with a host")
+    if not is_host(host):
+        raise _fail(
+            owner, name, value, "a host name (letters, digits, '-', '_', dots) or an IP address"
+        )
+    if port_text is None and port_required:
+        raise _fail(owner, name, value, "'host:port' with a port (an endpoint is an address)")
     port = None
     if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise _fail(owner, name, value, "a port between 1 and 65535")
         port = int(port_text)
     return host.lower(), port
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Ejection:
     """Leave out an endpoint that keeps failing (outlier ejection, Envoy's and Linkerd's).
@@ -468,6 +570,7 @@ class Ejection:
 BALANCERS = ("p2c", "round_robin")
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Endpoints:
     """The addresses a destination's requests go to, and how to choose among them.
@@ -476,8 +579,8 @@ class Endpoints:
     stay the destination's. A retry prefers another endpoint.
 
     Args:
-        addresses: ``host:port`` strings (IPv6 as ``[::1]:8080``; without a
-            port, the destination's port); no duplicates, at least one.
+        addresses: ``host:port`` strings (IPv6 as ``[::1]:8080``), each with
+            its port; no duplicates, at least one.
         balance: ``"p2c"`` (two distinct healthy endpoints at random, the less
             loaded wins: requests in flight weighted by peak-EWMA latency) or
             ``"round_robin"``.
@@ -492,7 +595,7 @@ class Endpoints:
         addresses = self.addresses
         if isinstance(addresses, str) or not isinstance(addresses, Iterable):
             raise _fail("Endpoints", "addresses", addresses, "a list of 'host:port' strings")
-        parsed = [_address("Endpoints", a) for a in addresses]
+        parsed = [_address("Endpoints", a, port_required=True) for a in addresses]
         if not parsed:
             raise _fail("Endpoints", "addresses", list(addresses), "at least one address")
         seen: set[tuple[str, int | None]] = set()
@@ -506,11 +609,15 @@ class Endpoints:
         if self.ejection is not None and not isinstance(self.ejection, Ejection):
             raise _fail("Endpoints", "ejection", self.ejection, "a meshlib.Ejection or None")
 
-    def parsed(self) -> tuple[tuple[str, int | None], ...]:
-        """Return each address as (host, port or None)."""
-        return tuple(_address("Endpoints", a) for a in self.addresses)
+    def parsed(self) -> tuple[tuple[str, int], ...]:
+        """Return each address as (host, port)."""
+        return tuple(
+            cast(tuple[str, int], _address("Endpoints", a, port_required=True))
+            for a in self.addresses
+        )
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Route:
     """Send some of a destination's requests to another destination (canary, A/B).
@@ -564,6 +671,7 @@ class Route:
             _set(self, "sticky", self.sticky.lower())
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Faults:
     """Inject failures into a destination's calls, to test what the mesh does about them.
@@ -600,6 +708,7 @@ class Faults:
         _set(self, "delay", duration("Faults", "delay", self.delay))
 
 
+@_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Hedge:
     """Send a copy of a slow idempotent request, and take the first answer.
@@ -639,6 +748,7 @@ _LAYERS: dict[str, type] = {
 }
 
 
+@_known_keywords("layer")
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The layers applied to a call; ``None`` switches a layer off.
@@ -692,9 +802,7 @@ class Policy:
         """
         unknown = sorted(set(changes) - set(_LAYERS))
         if unknown:
-            raise ConfigError(
-                f"Policy.replace: unknown layer {unknown[0]!r}; layers: {list(_LAYERS)}"
-            )
+            raise _unknown_name("Policy.replace", "layer", unknown[0], list(_LAYERS))
         return dataclasses.replace(self, **changes)
 
 

@@ -474,6 +474,20 @@ class Reporter:
             self._count(f"retry_{reason}")
             self._caller_event("meshlib.retry_stopped", reason)
 
+    def not_replayable(self, cause: str) -> None:
+        """Report that a retryable failure was not retried: the body cannot be sent again."""
+        logger.debug(
+            "not retrying %s after %s: the request body cannot be sent again "
+            "(a generator or stream, already consumed); send bytes to make it retryable",
+            self.label,
+            cause,
+            extra={
+                "meshlib_event": "not_replayable",
+                "meshlib_destination": self.label,
+                "meshlib_cause": cause,
+            },
+        )
+
     def rejected(self, reason: str) -> None:
         """Report a call ended without sending: circuit_open, bulkhead_full or deadline."""
         logger.info(

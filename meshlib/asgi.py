@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from ._deadline import DEFAULT_HEADER, GRPC_HEADER, deadline_until
-from ._inbound import BudgetReader
+from ._inbound import BudgetReader, refuse_app
 
 __all__ = ["MeshMiddleware"]
 
@@ -33,8 +33,12 @@ class MeshMiddleware:
 
     Args:
         app: the ASGI application.
-        headers: header names to read, first match wins.
+        headers: header names to read (at least one), first match wins.
         margin: seconds kept back for the answer's trip home (default 10 ms).
+
+    Raises:
+        ConfigError: `app` is not callable, `headers` names no header or
+            something that is not a header name, or `margin` is not a duration.
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class MeshMiddleware:
         headers: Sequence[str] = (DEFAULT_HEADER, GRPC_HEADER),
         margin: float = 0.01,
     ) -> None:
+        refuse_app(app, "ASGI")
         self.app = app
         self._reader = BudgetReader(headers, margin)
 

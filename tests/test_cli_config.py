@@ -170,7 +170,20 @@ def test_explain_a_bad_file_exits_1_with_the_reason(
 
 
 @pytest.mark.parametrize(
-    "destination", ["orders.internal:http", "orders.internal:99999", ":80", "a:"]
+    "destination",
+    [
+        "orders.internal:http",
+        "orders.internal:99999",
+        "orders.internal:0",
+        ":80",
+        "a:",
+        "bad host!",
+        "[::1",
+        "[::1]8080",
+        "[nope]:80",
+        "ftp://x.internal/",
+        "http://bad host/",
+    ],
 )
 def test_explain_refuses_a_destination_that_is_not_one(
     fleet: Path, destination: str, capsys: pytest.CaptureFixture[str]
@@ -179,6 +192,52 @@ def test_explain_refuses_a_destination_that_is_not_one(
         main(["explain", str(fleet), destination])
     assert exited.value.code == 2
     assert "not a" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("destination", "reason"),
+    [
+        ("bad host!", "not a host name or IP address: 'bad host!'"),
+        ("[::1", "not a host[:port]: '[::1'"),
+        ("ftp://x.internal/", "not an http or https URL: 'ftp://x.internal/'"),
+    ],
+)
+def test_explain_says_why_a_destination_is_not_one_without_a_traceback(
+    fleet: Path, destination: str, reason: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meshlib", "explain", str(fleet), destination],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines()[-1] == f"meshlib: error: {reason}"
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("http://a.internal", "a host, not a URL (write 'a.internal', without 'http://')"),
+        ("a.internal/x", "a host, not a path (write 'a.internal')"),
+        ("a internal", "a host without spaces"),
+        ("a.internal:99999", "a port between 1 and 65535"),
+        ("a.internal:abc", "a port between 1 and 65535 after ':'"),
+    ],
+)
+def test_check_reports_a_pattern_that_can_never_match(
+    tmp_path: Path, pattern: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mesh.toml"
+    path.write_text(f'[destinations."{pattern}"]\nretry = false\n')
+    assert main(["check", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f'{path}: destinations."{pattern}": expected {problem}, got {pattern!r}\n'
+    )
 
 
 def test_check_from_the_installed_command(fleet: Path) -> None:

@@ -446,7 +446,8 @@ ERRORS: list[tuple[str, str]] = [
     ),
     (
         D + "retry = { methods = ['GET', 'NOT A METHOD'] }",
-        f"{P}.retry.methods: expected HTTP method names such as 'GET', got 'NOT A METHOD'",
+        f"{P}.retry.methods: expected HTTP method names (RFC 9110 tokens such as 'GET'),"
+        " got 'NOT A METHOD'",
     ),
     (
         D + "retry = { budget = { ratio = -1 } }",
@@ -567,8 +568,8 @@ JSON_ERRORS: list[tuple[str, str]] = [
         "mesh.json: default.timeout.total: expected a duration",
     ),
     (
-        '{"destinations": {"a b": {"retry": {"on status": [500]}}}}',
-        'mesh.json: destinations."a b".retry."on status": unknown setting',
+        '{"destinations": {"a.b": {"retry": {"on status": [500]}}}}',
+        'mesh.json: destinations."a.b".retry."on status": unknown setting',
     ),
     ('{"default": {"retry": {"attempts": NaN}}}', "mesh.json: default.retry.attempts: expected"),
 ]
@@ -579,6 +580,31 @@ def test_json_errors_name_the_file_the_path_and_the_value(text: str, message: st
     with pytest.raises(ConfigError) as raised:
         parse(text, "mesh.json")
     assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        ("http://a.internal", "a host, not a URL (write 'a.internal', without 'http://')"),
+        ("a.internal/x", "a host, not a path (write 'a.internal')"),
+        ("a internal", "a host without spaces"),
+        ("a.internal:99999", "a port between 1 and 65535"),
+        ("a.internal:abc", "a port between 1 and 65535 after ':'"),
+    ],
+)
+@pytest.mark.parametrize("format", ["toml", "json"])
+def test_a_pattern_that_can_never_match_is_refused_with_the_file_and_the_table(
+    pattern: str, problem: str, format: str
+) -> None:
+    if format == "toml":
+        text, source = f'[destinations."{pattern}"]\nretry = false\n', "mesh.toml"
+    else:
+        text, source = json.dumps({"destinations": {pattern: {"retry": False}}}), "mesh.json"
+    with pytest.raises(ConfigError) as raised:
+        parse(text, source)
+    assert str(raised.value) == (
+        f"{source}: destinations.{json.dumps(pattern)}: expected {problem}, got {pattern!r}"
+    )
 
 
 def test_errors_are_config_errors_and_value_errors_chained_to_the_cause() -> None:
@@ -871,7 +897,14 @@ def test_explain_shows_the_destination_as_given() -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    [" Payments.Internal. ", "Payments.Internal.:8443", "[::1]:8080", "*.Internal", "a:b:c", "x."],
+    [
+        " Payments.Internal. ",
+        "Payments.Internal.:8443",
+        "[::1]:8080",
+        "*.Internal",
+        "fd00::1",
+        "x.",
+    ],
 )
 def test_normalise_pattern_is_the_mesh_s(pattern: str) -> None:
     # Duplicates are refused by this normalisation; the Mesh keys its table by its own.

@@ -135,6 +135,29 @@ async def _async_noop() -> None:
     return None
 
 
+def test_defaults_and_keyword_defaults_are_kept_sync_and_async() -> None:
+    # tenacity's regression test (test_retry_preserves_argument_defaults), ported: code
+    # that reads a function's defaults (CLI builders, dependency injection) must see them.
+    def charge(card: str, amount: int = 1, *, currency: str = "EUR") -> str:
+        return f"{card} {amount} {currency}"
+
+    async def charge_async(card: str, amount: int = 1, *, currency: str = "EUR") -> str:
+        return f"{card} {amount} {currency}"
+
+    for fn in (charge, charge_async):
+        decorated = meshlib.resilient(on=ValueError)(fn)
+        assert decorated.__defaults__ == (1,)
+        assert decorated.__kwdefaults__ == {"currency": "EUR"}
+    assert meshlib.resilient(on=ValueError)(charge)("c") == "c 1 EUR"
+    assert asyncio.run(meshlib.resilient(on=ValueError)(charge_async)("c", 2)) == "c 2 EUR"
+
+    def bare(card: str) -> str:
+        return card
+
+    decorated = meshlib.resilient(on=ValueError)(bare)
+    assert (decorated.__defaults__, decorated.__kwdefaults__) == (None, None)
+
+
 def test_the_budget_is_shared_by_key(clock: FakeClock) -> None:
     stingy = meshlib.Policy(
         retry=meshlib.Retry(attempts=3, budget=meshlib.Budget(ratio=0, min_per_second=0.1))

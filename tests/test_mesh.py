@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import httpx
 import pytest
 
@@ -279,3 +281,92 @@ def test_two_patterns_that_mean_the_same_host_are_refused() -> None:
     # Kept both, one would silently win; a file refuses the same (test_config).
     with pytest.raises(ConfigError, match=r"'a\.internal\.'.*the same pattern as 'A\.internal'"):
         Mesh(destinations={"A.internal": STANDARD, "a.internal.": STANDARD.replace(retry=None)})
+
+
+NEVER_MATCH = [
+    ("http://a.internal", "a host, not a URL (write 'a.internal', without 'http://')"),
+    ("https://a.internal:8443/x", "a host, not a URL (write 'a.internal:8443', without"),
+    ("a.internal/x", "a host, not a path (write 'a.internal')"),
+    ("a internal", "a host without spaces"),
+    ("a.internal:99999", "a port between 1 and 65535"),
+    ("a.internal:0", "a port between 1 and 65535"),
+    ("a.internal:abc", "a port between 1 and 65535 after ':'"),
+    ("a.internal:", "a port between 1 and 65535 after ':'"),
+    (":8080", "a host before the port"),
+    ("a:b:c", "one ':' before the port"),
+    ("user@a.internal", "a host name"),
+    ("a.internal,b.internal", "a host name"),
+    ("[::1", "an IPv6 address in brackets"),
+    ("[fd00::zz]:80", "an IPv6 address in brackets"),
+    ("[::1]8080", "'[IPv6]' or '[IPv6]:port'"),
+    ("bücher.example", "an ASCII host (write an internationalised name in its IDNA form"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "problem"), NEVER_MATCH)
+def test_a_pattern_that_can_never_match_is_refused_where_it_is_given(
+    pattern: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Mesh(destinations={pattern: STANDARD})
+    message = str(caught.value)
+    assert message.startswith(f"Mesh.destinations[{pattern!r}]: expected {problem}")
+    assert message.endswith(f"got {pattern!r}")
+
+
+def test_update_refuses_a_pattern_that_can_never_match_and_keeps_the_table() -> None:
+    mesh = Mesh(destinations={"a.internal": HOST})
+    with pytest.raises(ConfigError, match="not a URL"):
+        mesh.update(DEFAULT, {"http://b.internal": HOST})
+    assert mesh.policy_for("a.internal") is HOST
+
+
+@pytest.mark.parametrize(
+    ("pattern", "host", "port"),
+    [
+        ("[::1]", "::1", 80),
+        ("[fd00::1]:8080", "fd00::1", 8080),
+        ("fd00::1", "fd00::1", 80),
+        ("10.0.0.1:8080", "10.0.0.1", 8080),
+        ("*.internal:8443", "a.internal", 8443),
+        ("a.internal:80*", "a.internal", 8080),
+        ("[ab]?.internal", "b1.internal", 80),
+        ("svc_1.internal", "svc_1.internal", 80),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example", 443),
+        ("*", "anything", 80),
+    ],
+)
+def test_patterns_that_can_match_are_kept_and_match(pattern: str, host: str, port: int) -> None:
+    mesh = Mesh(destinations={pattern: HOST})
+    assert mesh.policy_for(host, port) is HOST
+
+
+def test_a_mesh_s_repr_says_where_its_policies_come_from_and_its_patterns() -> None:
+    assert repr(Mesh()) == "<meshlib.Mesh from code: 0 destinations>"
+    assert repr(Mesh(destinations={"A.internal.": HOST})) == (
+        "<meshlib.Mesh from code: 1 destination (a.internal)>"
+    )
+    many = Mesh(destinations={f"h{n}.internal": HOST for n in range(7)})
+    assert repr(many) == (
+        "<meshlib.Mesh from code: 7 destinations (h0.internal, h1.internal, h2.internal, "
+        "h3.internal, h4.internal, ...)>"
+    )
+
+
+def test_the_default_mesh_s_repr_says_it_is_the_default() -> None:
+    from meshlib._mesh import default_mesh
+
+    assert repr(default_mesh()).startswith("<meshlib.Mesh (the process-wide default) from ")
+
+
+def test_a_mesh_from_a_file_names_the_file_in_its_repr(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "mesh.toml"
+    path.write_text('[destinations."payments.internal"]\nretry = false\n')
+    fixed = Mesh.from_file(path, reload=False)
+    assert repr(fixed) == f"<meshlib.Mesh from {path}: 1 destination (payments.internal)>"
+    followed = Mesh.from_file(path, interval=60)
+    try:
+        assert repr(followed).startswith(f"<meshlib.Mesh from {path}, followed: 1 destination")
+    finally:
+        followed.close()
+    assert repr(followed).startswith(f"<meshlib.Mesh from {path}: ")

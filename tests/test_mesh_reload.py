@@ -302,3 +302,31 @@ def test_an_empty_file_or_default_endpoints_are_refused_on_reload(
     assert named in record.getMessage()
     assert not [r for r in caplog.records if r.exc_info]  # one line, not a traceback
     assert _attempts(mesh) == 2  # the last good policy stays
+
+
+def test_a_pattern_that_can_never_match_is_refused_on_reload(
+    mesh: meshlib.Mesh, policy_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="meshlib"):
+        _write(policy_file, '[destinations."http://a.internal"]\nretry = false\n')
+        _until(lambda: any(r.meshlib_event == "config_rejected" for r in caplog.records))  # type: ignore[attr-defined]
+    (record,) = [r for r in caplog.records if getattr(r, "meshlib_event", "") == "config_rejected"]
+    assert f'{policy_file}: destinations."http://a.internal": expected a host, not a URL' in (
+        record.getMessage()
+    )
+    assert _attempts(mesh) == 2  # the last good policy stays
+
+
+@pytest.mark.network
+def test_a_mesh_from_a_url_names_it_in_its_repr() -> None:
+    office = _Office('[destinations."payments.internal"]\nretry = false\n')
+    try:
+        mesh = meshlib.Mesh.from_url(office.url, interval=60)
+        try:
+            assert repr(mesh) == (
+                f"<meshlib.Mesh from {office.url}, followed: 1 destination (payments.internal)>"
+            )
+        finally:
+            mesh.close()
+    finally:
+        office.stop()

@@ -656,6 +656,40 @@ def test_bad_margin_is_rejected_when_built(kind: str, margin: Any) -> None:
         middleware(make_wsgi({}), margin=margin)
 
 
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        (5, "MeshMiddleware.headers: expected a header name or a list of them, got 5"),
+        (None, "MeshMiddleware.headers: expected a header name or a list of them, got None"),
+        (b"x-deadline", "MeshMiddleware.headers: expected a header name or a list of them"),
+        ((), "MeshMiddleware.headers: expected at least one header name, got ()"),
+        ([], "MeshMiddleware.headers: expected at least one header name, got []"),
+        (("bad header",), "MeshMiddleware.headers: expected HTTP header names, got 'bad header'"),
+        ((ENVOY, ""), "MeshMiddleware.headers: expected HTTP header names, got ''"),
+        ((ENVOY, 5), "MeshMiddleware.headers: expected HTTP header names, got 5"),
+        ("x-dead:line", "MeshMiddleware.headers: expected HTTP header names, got 'x-dead:line'"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_bad_headers_are_rejected_when_built(kind: str, headers: Any, message: str) -> None:
+    middleware: Any = meshlib.asgi.MeshMiddleware if kind == "asgi" else meshlib.wsgi.MeshMiddleware
+    app = make_asgi({}) if kind == "asgi" else make_wsgi({})
+    with pytest.raises(meshlib.ConfigError) as caught:
+        middleware(app, headers=headers)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize("app", [None, 5, "app"])
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_an_app_that_cannot_be_called_is_rejected_when_built(kind: str, app: Any) -> None:
+    middleware: Any = meshlib.asgi.MeshMiddleware if kind == "asgi" else meshlib.wsgi.MeshMiddleware
+    with pytest.raises(meshlib.ConfigError) as caught:
+        middleware(app)
+    assert str(caught.value) == (
+        f"MeshMiddleware.app: expected a callable {kind.upper()} application, got {app!r}"
+    )
+
+
 @pytest.mark.anyio
 async def test_zero_margin_keeps_nothing_back(clock: FakeClock) -> None:
     seen: Seen = {}

@@ -9,9 +9,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
 
 import meshlib
-from meshlib import STANDARD, Backoff, Budget, ConfigError, Policy, Retry, Timeout
+from meshlib import STANDARD, Backoff, Budget, ConfigError, Policy, Retry, Timeout, Tracing
 
 # --- STANDARD and the defaults ----------------------------------------------------------
 
@@ -127,6 +129,90 @@ def test_replace_with_none_switches_a_layer_off(layer: str) -> None:
 def test_replace_with_an_unknown_layer_names_it() -> None:
     with pytest.raises(ConfigError, match="retries"):
         STANDARD.replace(retries=None)
+
+
+def test_replace_suggests_the_closest_layer() -> None:
+    with pytest.raises(ConfigError) as caught:
+        STANDARD.replace(retries=None)
+    assert str(caught.value) == (
+        "Policy.replace: unknown layer 'retries'; layers: retry, timeout, breaker, bulkhead, "
+        "tracing, endpoints, routes, faults, hedge (did you mean 'retry'?)"
+    )
+
+
+def test_an_unknown_keyword_to_policy_is_the_config_error_replace_gives() -> None:
+    with pytest.raises(ConfigError) as built:
+        Policy(retries=Retry())  # type: ignore[call-arg]
+    with pytest.raises(ConfigError) as replaced:
+        STANDARD.replace(retries=Retry())
+    assert str(built.value) == str(replaced.value).replace("Policy.replace:", "Policy:", 1)
+    assert "(did you mean 'retry'?)" in str(built.value)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: Retry(attemps=2),
+            "Retry: unknown setting 'attemps'; allowed: attempts, backoff, on_status, methods,"
+            " retry_after_cap, budget (did you mean 'attempts'?)",
+        ),
+        (
+            lambda: Backoff(jiter="full"),
+            "Backoff: unknown setting 'jiter'; allowed: base, cap, jitter (did you mean 'jitter'?)",
+        ),
+        (lambda: Timeout(totl=1), "Timeout: unknown setting 'totl'"),
+        (lambda: meshlib.Breaker(ratio=0.5), "Breaker: unknown setting 'ratio'"),
+        (lambda: meshlib.Bulkhead(max_concurrency=5), "Bulkhead: unknown setting"),
+        (lambda: Budget(percent=5), "Budget: unknown setting 'percent'"),
+        (lambda: Tracing(propagate=()), "Tracing: unknown setting 'propagate'"),
+        (lambda: meshlib.Endpoints(["a:1"], balancer="p2c"), "Endpoints: unknown setting"),
+        (lambda: meshlib.Ejection(consecutive_5xx=5), "Ejection: unknown setting"),
+        (lambda: meshlib.Route(to="b", host="c"), "Route: unknown setting 'host'"),
+        (lambda: meshlib.Faults(percent=1), "Faults: unknown setting 'percent'"),
+        (lambda: meshlib.Hedge(after=1), "Hedge: unknown setting 'after'"),
+    ],
+)
+def test_an_unknown_keyword_to_a_layer_is_a_config_error_listing_its_settings(
+    build: Callable[[], Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build()
+    assert str(caught.value).startswith(message)
+    assert not isinstance(caught.value, TypeError)
+
+
+def test_layer_signatures_still_show_their_fields() -> None:
+    # For help() and editors: the check on keywords does not hide the dataclass's signature.
+    import inspect
+
+    assert list(inspect.signature(Retry).parameters)[:2] == ["attempts", "backoff"]
+    assert "retry" in inspect.signature(Policy).parameters
+
+
+def test_opentelemetry_sdk_providers_are_taken() -> None:
+    tracer_provider, meter_provider = TracerProvider(), MeterProvider()
+    tracing = Tracing(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    assert (tracing.tracer_provider, tracing.meter_provider) == (tracer_provider, meter_provider)
+
+
+def test_methods_are_rfc_9110_tokens_stored_upper_cased() -> None:
+    # A method is a token (RFC 9110 section 9.1): digits and "-" are allowed, so
+    # M-SEARCH (UPnP) and VERSION-CONTROL (WebDAV) are methods; httpx upper-cases a
+    # request's method, so a name is stored upper-cased to match it.
+    assert Retry(methods=["get", "M-SEARCH", "P0ST", "Version-Control"]).methods == {
+        "GET",
+        "M-SEARCH",
+        "P0ST",
+        "VERSION-CONTROL",
+    }
+    for bad in ["GE T", "", "GET\n", "GÉT", "GET/1", "(GET)"]:
+        with pytest.raises(ConfigError) as caught:
+            Retry(methods=[bad])
+        assert str(caught.value) == (
+            f"Retry.methods: expected HTTP method names (RFC 9110 tokens such as 'GET'), "
+            f"got {bad!r}"
+        )
 
 
 def test_replace_validates_the_new_value() -> None:
@@ -282,6 +368,14 @@ BAD_VALUES: list[tuple[str, Callable[[], Any], str, object]] = [
     ("attempt-over-total", lambda: Timeout(total=5.0, attempt=7.5), "Timeout.attempt", 7.5),
     ("policy-retry", lambda: Policy(retry="x"), "Policy.retry", "x"),
     ("policy-timeout", lambda: Policy(timeout=3), "Policy.timeout", 3),
+    ("tracer-provider", lambda: Tracing(tracer_provider=1), "Tracing.tracer_provider", 1),
+    ("meter-provider", lambda: Tracing(meter_provider="x"), "Tracing.meter_provider", "x"),
+    (
+        "meter-as-tracer",
+        lambda: Tracing(tracer_provider=MeterProvider()),
+        "Tracing.tracer_provider",
+        "<opentelemetry.sdk.metrics",
+    ),
 ]
 
 
@@ -296,7 +390,7 @@ def test_bad_value_raises_config_error_naming_field_and_value(
         build()
     message = str(caught.value)
     assert field in message
-    assert repr(bad) in message
+    assert (bad if isinstance(bad, str) and bad.startswith("<") else repr(bad)) in message
 
 
 def test_config_error_is_a_value_error() -> None:

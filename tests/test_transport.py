@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
@@ -423,3 +424,109 @@ def test_a_mesh_gives_each_destination_its_policy() -> None:
         assert script.count == 2  # the glob's two attempts
         assert client.get("http://example.com/").status_code == 503
         assert script.count == 3  # the default: no retry
+
+
+# --- refusing what cannot work, where it is given --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: meshlib.Transport(None),
+            r"Transport\.transport: expected an httpx\.BaseTransport",
+        ),  # type: ignore[arg-type]
+        (
+            lambda: meshlib.Transport(httpx.AsyncHTTPTransport()),  # type: ignore[arg-type]
+            r"Transport\.transport: .*; for it, use meshlib\.AsyncTransport",
+        ),
+        (
+            lambda: meshlib.AsyncTransport(None),  # type: ignore[arg-type]
+            r"AsyncTransport\.transport: expected an httpx\.AsyncBaseTransport",
+        ),
+        (
+            lambda: meshlib.AsyncTransport(httpx.HTTPTransport()),  # type: ignore[arg-type]
+            r"AsyncTransport\.transport: .*; for it, use meshlib\.Transport",
+        ),
+        (
+            lambda: meshlib.Transport(meshlib.Transport(httpx.HTTPTransport())),
+            r"Transport\.transport: .*a meshlib transport inside another multiplies retries",
+        ),
+        (
+            lambda: meshlib.AsyncTransport(meshlib.AsyncTransport(httpx.AsyncHTTPTransport())),
+            r"AsyncTransport\.transport: .*a meshlib transport inside another multiplies retries",
+        ),
+    ],
+)
+def test_a_transport_that_cannot_be_the_inner_one_is_refused_when_given(
+    build: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(meshlib.ConfigError, match=message):
+        build()
+
+
+def test_a_transport_of_both_kinds_is_taken_by_either() -> None:
+    # httpx.MockTransport serves sync and async clients: both drivers accept it.
+    mock = httpx.MockTransport(Script())
+    assert meshlib.Transport(mock).inner is mock
+    assert meshlib.AsyncTransport(mock).inner is mock
+
+
+def test_a_transport_s_repr_names_its_inner_transport_and_policy() -> None:
+    transport = meshlib.Transport(httpx.HTTPTransport())
+    assert repr(transport) == (
+        "<meshlib.Transport over httpx.HTTPTransport, policy STANDARD, state in "
+        "<meshlib.Mesh (the process-wide default) from code: 0 destinations>>"
+    )
+    atransport = meshlib.AsyncTransport(httpx.AsyncHTTPTransport(), QUICK.replace(tracing=None))
+    assert repr(atransport).startswith(
+        "<meshlib.AsyncTransport over httpx.AsyncHTTPTransport, policy with retry, timeout, "
+        "breaker, bulkhead, state in "
+    )
+    mesh = meshlib.Mesh(destinations={"payments.internal": QUICK})
+    assert repr(meshlib.Transport(httpx.MockTransport(Script()), mesh)) == (
+        "<meshlib.Transport over httpx.MockTransport, "
+        "<meshlib.Mesh from code: 1 destination (payments.internal)>>"
+    )
+
+
+# --- a retry the body stands in the way of -----------------------------------------------
+
+
+def test_a_retry_refused_for_a_body_that_cannot_be_replayed_is_logged_at_debug(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="meshlib"):
+        body = one_shot_body(mode, [b"a", b"b"])
+        assert send(mode, Script(503), QUICK, method="PUT", content=body).status_code == 503
+        body = one_shot_body(mode, [b"a", b"b"])
+        with pytest.raises(httpx.ReadError):
+            send(mode, Script(httpx.ReadError("reset")), QUICK, method="PUT", content=body)
+    records = [r for r in caplog.records if r.name == "meshlib"]
+    assert [(r.levelno, r.meshlib_event, r.meshlib_cause) for r in records] == [  # type: ignore[attr-defined]
+        (logging.DEBUG, "not_replayable", "503"),
+        (logging.DEBUG, "not_replayable", "ReadError"),
+    ]
+    assert records[0].meshlib_destination == "http://orders.internal:80"  # type: ignore[attr-defined]
+    assert "the request body cannot be sent again" in records[0].getMessage()
+
+
+def test_no_body_line_when_the_body_was_not_what_stopped_the_retry(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    once = meshlib.Policy(retry=meshlib.Retry(attempts=1, budget=None))
+    with caplog.at_level(logging.DEBUG, logger="meshlib"):
+        send(mode, Script(), QUICK, method="PUT", content=one_shot_body(mode, [b"a"]))
+        # A POST would not be retried whatever its body; one attempt retries nothing.
+        send(mode, Script(503), QUICK, method="POST", content=one_shot_body(mode, [b"a"]))
+        send(mode, Script(503), once, method="PUT", content=one_shot_body(mode, [b"a"]))
+        # A connection failure is retried even with a one-shot body: nothing was sent.
+        send(
+            mode,
+            Script(httpx.ConnectError("refused")),
+            QUICK,
+            method="PUT",
+            content=one_shot_body(mode, [b"a"]),
+        )
+    events = [getattr(r, "meshlib_event", None) for r in caplog.records if r.name == "meshlib"]
+    assert "not_replayable" not in events
