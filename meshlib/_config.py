@@ -635,9 +635,15 @@ def config_from_env(var: str = ENV_VAR) -> MeshConfig | None:
 # -- describe ----------------------------------------------------------------------------
 
 
-def plural(count: int, noun: str) -> str:
-    """Return ``"1 destination"`` or ``"3 destinations"``: a count with its noun agreed."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """Return ``"1 destination"`` or ``"3 destinations"``: a count with its noun agreed.
+
+    Args:
+        count: how many.
+        noun: the singular.
+        nouns: the plural, when it is not `noun` + ``s`` (``"retries"``).
+    """
+    return f"{count} {noun}" if count == 1 else f"{count} {nouns or noun + 's'}"
 
 
 def _codes(codes: frozenset[int]) -> str:
