@@ -404,3 +404,32 @@ def test_links_lead_to_headings_that_exist(path: Path) -> None:
         if not target.exists() or match["anchor"] not in _anchors(target):
             broken.append(match[0])
     assert broken == []
+
+
+# -- commands ------------------------------------------------------------------------------
+
+_COMMAND_PAGES = ["README.md", "docs/getting-started.md", "docs/performance.md"]
+
+
+def _commands(path: Path) -> list[str]:
+    commands, inside = [], False
+    for text in path.read_text(encoding="utf-8").splitlines():
+        if text.startswith("```"):
+            inside = text == "```bash"
+            continue
+        line = text.split("#", 1)[0].strip()
+        if inside and line:
+            commands += [part.strip() for part in line.split("&&")]
+    return commands
+
+
+@pytest.mark.parametrize("page", _COMMAND_PAGES)
+def test_commands_use_the_virtual_environment_they_set_up(page: str) -> None:
+    commands = _commands(ROOT / page)
+    assert commands
+    stray = [
+        command
+        for command in commands
+        if not command.startswith((".venv/bin/", "python3 -m venv .venv", "apt-get "))
+    ]
+    assert stray == []
