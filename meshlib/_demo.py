@@ -180,7 +180,7 @@ def _verdict(ok: bool, wanted: str) -> str:
     return "" if ok else f"  UNEXPECTED: wanted {wanted}"
 
 
-OPEN_FOR = 0.2
+OPEN_FOR = 0.5  # long enough that a loaded machine still sees the breaker open
 
 
 def _breaker(server: FaultServer, out: Out) -> bool:
