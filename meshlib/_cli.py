@@ -41,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="a flaky upstream on 127.0.0.1 and what the mesh did about it")
+    commands.add_parser(
+        "demo",
+        help="retries, deadlines, a breaker, a bulkhead, a canary and a hedge against "
+        "servers on 127.0.0.1, in a few seconds",
+    )
     check = commands.add_parser(
         "check",
         help="validate policy files; exit 1 with the reason when one is bad",
@@ -71,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo()
     if args.command == "check":
+        if args.files.count(STDIN) > 1:
+            parser.error("check: - (standard input) may be given only once")
         return _check(args.files)
     if args.command == "explain":
         try:

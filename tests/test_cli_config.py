@@ -296,3 +296,10 @@ def test_explain_counts_one_query_name_in_the_singular(
     path.write_text(CANARY)
     assert main(["explain", str(path), "orders.internal"]) == 0
     assert "; 1 query name redacted; " in capsys.readouterr().out
+
+
+def test_check_reads_stdin_only_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "-", "-"])
+    assert exited.value.code == 2
+    assert "- (standard input) may be given only once" in capsys.readouterr().err
