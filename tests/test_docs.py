@@ -44,6 +44,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -283,7 +284,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @contextlib.contextmanager
 def _global_state_kept() -> Iterator[None]:
-    """Undo what a page may change for the whole process: logging, test mode, hooks."""
+    """Undo what a page may change for the whole process: logging, test mode, hooks, env."""
+    environ = dict(os.environ)
     loggers = [logging.getLogger(), logging.getLogger("meshlib")]
     saved = [(lg, lg.level, lg.handlers[:], lg.propagate) for lg in loggers]
     hooks = default_mesh()._hooks[:]
@@ -297,6 +299,8 @@ def _global_state_kept() -> Iterator[None]:
             lg.propagate = propagate
         default_mesh()._hooks[:] = hooks
         runtime.skip_waits = skip_waits
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def _close(namespace: dict[str, Any]) -> None:
