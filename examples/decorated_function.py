@@ -1,6 +1,6 @@
 """Retry any function with ``@meshlib.resilient``, here one that calls a flaky upstream.
 
-Run it with no arguments: ``python examples/decorated_function.py``. It starts a
+Run it with no arguments: ``.venv/bin/python examples/decorated_function.py``. It starts a
 FaultServer on 127.0.0.1 (no network needed) and finishes in under a second.
 The asserts make it a regression check as well as a demo.
 """

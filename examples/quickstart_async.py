@@ -1,6 +1,6 @@
 """Retries and a deadline through a wrapped ``httpx.AsyncClient``.
 
-Run it with no arguments: ``python examples/quickstart_async.py``. It starts a
+Run it with no arguments: ``.venv/bin/python examples/quickstart_async.py``. It starts a
 FaultServer on 127.0.0.1 (no network needed) and finishes in under a second.
 The asserts make it a regression check as well as a demo.
 """

@@ -1,6 +1,6 @@
 """Retry a flaky upstream through a wrapped ``httpx.Client``.
 
-Run it with no arguments: ``python examples/quickstart_sync.py``. It starts a
+Run it with no arguments: ``.venv/bin/python examples/quickstart_sync.py``. It starts a
 FaultServer on 127.0.0.1, so it needs no network and finishes in well under a
 second. The asserts make it a regression check as well as a demo.
 """

@@ -5,10 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import httpx
 
+if TYPE_CHECKING:
+    from ._config import MeshConfig
+
 __all__ = ["main"]
+
+STDIN = "-"
+"""The file name that means standard input, as most command-line tools spell it."""
+
+STDIN_SOURCE = "<stdin>"
+"""How messages name a policy document read from standard input."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshlib")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,15 +37,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="meshlib", description="A service mesh's client-side smarts, inside the process."
     )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="a flaky upstream on 127.0.0.1 and what the mesh did about it")
+    commands.add_parser(
+        "demo",
+        help="retries, deadlines, a breaker, a bulkhead, a canary and a hedge against "
+        "servers on 127.0.0.1, in a few seconds",
+    )
     check = commands.add_parser(
         "check",
         help="validate policy files; exit 1 with the reason when one is bad",
         description="Validate policy files (TOML or JSON). Exit 0 when all are valid, "
-        "else 1 with the reason on stderr.",
+        "else 1 with the reason on stderr. FILE '-' reads the document from standard "
+        "input: JSON when its first character is '{', else TOML.",
     )
-    check.add_argument("files", nargs="+", metavar="FILE", help="a policy file (.toml or .json)")
+    check.add_argument(
+        "files", nargs="+", metavar="FILE", help="a policy file (.toml or .json), or - for stdin"
+    )
     explain = commands.add_parser(
         "explain",
         help="the effective policy for one destination",
@@ -32,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "policy it gets, layer by layer, with the table each layer comes from. A URL fills "
         "in the scheme's default port, as requests do.",
     )
-    explain.add_argument("file", metavar="FILE", help="a policy file (.toml or .json)")
+    explain.add_argument(
+        "file", metavar="FILE", help="a policy file (.toml or .json), or - for stdin"
+    )
     explain.add_argument(
         "destination", metavar="HOST[:PORT]", help="a host, host:port or URL, e.g. orders.internal"
     )
@@ -42,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo()
     if args.command == "check":
+        if args.files.count(STDIN) > 1:
+            parser.error("check: - (standard input) may be given only once")
         return _check(args.files)
     if args.command == "explain":
         try:
@@ -53,22 +88,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # pragma: no cover
 
 
+def _load(name: str) -> MeshConfig:
+    """Read the policy document `name` names: a file, or standard input for ``-``."""
+    from ._config import load_config, parse_config
+
+    if name == STDIN:
+        # The format comes from the content: a TOML document cannot start with "{".
+        return parse_config(sys.stdin.buffer.read(), STDIN_SOURCE)
+    return load_config(name)
+
+
 def _check(files: Sequence[str]) -> int:
-    from ._config import load_config
+    from ._config import plural
     from ._errors import ConfigError
     from ._mesh import Mesh
 
     status = 0
     for name in files:
         try:
-            config = load_config(name)
+            config = _load(name)
             Mesh(config.default, config.destinations)  # what the Mesh itself refuses, too
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             status = 1
             continue
-        count = len(config.destinations)
-        print(f"{name}: ok ({count} destination{'' if count == 1 else 's'})")
+        shown = STDIN_SOURCE if name == STDIN else name
+        print(f"{shown}: ok ({plural(len(config.destinations), 'destination')})")
     return status
 
 
@@ -118,17 +163,18 @@ def _destination(text: str) -> tuple[str, int | None]:
 
 
 def _explain(file: str, host: str, port: int | None) -> int:
-    from ._config import explain, load_config
+    from ._config import explain
     from ._errors import ConfigError
     from ._mesh import Mesh
 
     try:
-        config = load_config(file)
+        config = _load(file)
         mesh = Mesh(config.default, config.destinations)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(f"{file}: {explain(config, host, port, mesh=mesh)}")
+    shown = STDIN_SOURCE if file == STDIN else file
+    print(f"{shown}: {explain(config, host, port, mesh=mesh)}")
     return 0
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "normalise_pattern",
     "parse_config",
     "parse_duration",
+    "plural",
 ]
 
 #: The environment variable that names the policy file.
@@ -521,7 +522,8 @@ def _format_of(source: str, data: bytes) -> str:
     suffix = os.path.splitext(path)[1].lower()
     if suffix in (".toml", ".json"):
         return suffix[1:]
-    return "json" if data.lstrip()[:1] == b"{" else "toml"
+    # A TOML document cannot start with "{" (no inline table at the top level).
+    return "json" if data.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{" else "toml"
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -682,6 +684,17 @@ def config_from_env(var: str = ENV_VAR) -> MeshConfig | None:
 # -- describe ----------------------------------------------------------------------------
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """Return ``"1 destination"`` or ``"3 destinations"``: a count with its noun agreed.
+
+    Args:
+        count: how many.
+        noun: the singular.
+        nouns: the plural, when it is not `noun` + ``s`` (``"retries"``).
+    """
+    return f"{count} {noun}" if count == 1 else f"{count} {nouns or noun + 's'}"
+
+
 def _codes(codes: frozenset[int]) -> str:
     ordered = sorted(codes)
     runs: list[str] = []
@@ -709,7 +722,7 @@ def _retry(retry: Any) -> str:
             f"budget {_percent(budget.ratio)} of calls + {_trim(budget.min_per_second)}/s "
             f"over {format_duration(budget.ttl)}"
         )
-    attempts = "1 attempt" if retry.attempts == 1 else f"{retry.attempts} attempts"
+    attempts = plural(retry.attempts, "attempt")
     return (
         f"{attempts}; backoff {backoff.jitter} jitter {format_duration(backoff.base)}"
         f"..{format_duration(backoff.cap)}; on status {_codes(retry.on_status)}"
@@ -739,7 +752,7 @@ def _breaker(breaker: Any) -> str:
     open_for = f"open {format_duration(breaker.open_for)}"
     if getattr(breaker, "max_open_for", None) is not None:
         open_for += f" doubling up to {format_duration(breaker.max_open_for)}"
-    probes = "1 probe" if breaker.probes == 1 else f"{breaker.probes} probes"
+    probes = plural(breaker.probes, "probe")
     return f"{trips}; {open_for}; {probes}; failures: {_codes(breaker.on_status)}"
 
 
@@ -758,9 +771,27 @@ def _tracing(tracing: Any) -> str:
     ]
     providers = f"own {' and '.join(custom)}" if custom else "global providers"
     return (
-        f"context to {targets}; {len(tracing.redact_query)} query names redacted; "
+        f"context to {targets}; {plural(len(tracing.redact_query), 'query name')} redacted; "
         f"headers captured: {headers}; {providers}"
     )
+
+
+def _routes(routes: Any) -> str:
+    """Render routes in the order they are tried: what each takes, then ``-> where``."""
+    shown: list[str] = []
+    for route in routes:
+        takes: list[str] = []
+        if route.headers:
+            takes.append(", ".join(f"{name}: {value}" for name, value in route.headers))
+        if route.weight is not None:
+            share = _percent(route.weight)
+            if route.headers:
+                share += " of those"
+            if route.sticky is not None:
+                share += f" (sticky on {route.sticky})"
+            takes.append(share)
+        shown.append(f"{' '.join(takes) or 'every request'} -> {route.to}")
+    return "; ".join(shown) or "none"
 
 
 def _is_record(value: Any) -> bool:
@@ -808,6 +839,7 @@ _DESCRIBERS = {
     "breaker": _breaker,
     "bulkhead": _bulkhead,
     "tracing": _tracing,
+    "routes": _routes,
 }
 
 

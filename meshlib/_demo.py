@@ -1,8 +1,17 @@
-"""`meshlib demo`: a flaky upstream on 127.0.0.1 and what the mesh did about it."""
+"""`meshlib demo`: a flaky upstream on 127.0.0.1 and what the mesh did about it.
+
+Retries and deadlines first, one call per scenario, then the layers that need
+several calls to show: the breaker opening and recovering, the bulkhead refusing,
+a canary split, and a hedge beating a slow answer. Every scenario checks its own
+outcome; the command exits 1 if any ends otherwise. Each uses its own `Mesh`, so
+no scenario's state leaks into the next.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,12 +19,17 @@ from dataclasses import dataclass, field
 import httpx
 
 from ._client import wrap
+from ._config import plural
 from ._deadline import deadline
 from ._errors import MeshError
 from ._faultserver import Behaviour, FaultServer, Hang, Reset, Respond
-from ._policy import Backoff, Policy, Retry, Timeout
+from ._mesh import Mesh
+from ._policy import Backoff, Breaker, Bulkhead, Hedge, Policy, Retry, Route, Timeout
+from .testing import use_random
 
 __all__ = ["run_demo"]
+
+Out = Callable[[str], object]
 
 # Short waits so the whole demo takes a few seconds, not the STANDARD 30 s budget.
 DEMO_POLICY = Policy(
@@ -85,7 +99,7 @@ def _describe(records: list[logging.LogRecord], outcome: str) -> str:
     return "answered on the first attempt" if outcome == "200" else f"{outcome} is not retried"
 
 
-def run_demo(out: Callable[[str], object] = print) -> int:
+def run_demo(out: Out = print) -> int:
     """Run every scenario against a local flaky upstream and print what happened.
 
     Returns:
@@ -97,6 +111,7 @@ def run_demo(out: Callable[[str], object] = print) -> int:
     previous_level = logger.level
     logger.setLevel(logging.INFO)
     results: list[tuple[str, int]] = []
+    failed: list[str] = []
     unexpected = 0
     started = time.monotonic()
     try:
@@ -127,19 +142,171 @@ def run_demo(out: Callable[[str], object] = print) -> int:
                 ms = elapsed * 1000
                 out(f"   {scenario.method} -> {outcome} | {sent} sent | {ms:.0f} ms{mark}")
                 out(f"   mesh: {_describe(collector.records, outcome)}")
+        for number, (title, show) in enumerate(_MORE, len(SCENARIOS) + 1):
+            out(f"{number}. {title}")
+            with FaultServer() as server:  # a fresh upstream: nothing queued, no state
+                if not show(server, out):
+                    failed.append(title.split(":")[0])
     finally:
         logger.removeHandler(collector)
         logger.setLevel(previous_level)
     total = time.monotonic() - started
     ok = sum(1 for outcome, _ in results if outcome == "200")
     sent = sum(s for _, s in results)
+    more = ", ".join(title.split(":")[0] for title, _ in _MORE)
+    layers = f"UNEXPECTED: {', '.join(failed)}" if failed else f"{more} as promised"
     out(
-        f"\nsummary: {len(results)} calls, {ok} answered 200, {sent} requests sent, "
-        f"{sent - len(results)} retries, {total:.1f} s"
+        f"\nsummary: {plural(len(results), 'call')}, {ok} answered 200, "
+        f"{plural(sent, 'request')} sent, {plural(sent - len(results), 'retry', 'retries')}; "
+        f"{layers}; {total:.1f} s"
     )
-    return 1 if unexpected else 0
+    return 1 if unexpected or failed else 0
 
 
 def _call(client: httpx.Client, scenario: Scenario) -> str:
     response = client.request(scenario.method, "/orders", headers=scenario.headers, content=b"")
     return str(response.status_code)
+
+
+def _get(client: httpx.Client, url: str = "/orders") -> str:
+    """GET `url`; the status code, or the name of the error that ended the call."""
+    try:
+        return str(client.get(url).status_code)
+    except (httpx.HTTPError, MeshError) as exc:
+        return type(exc).__name__
+
+
+def _verdict(ok: bool, wanted: str) -> str:
+    return "" if ok else f"  UNEXPECTED: wanted {wanted}"
+
+
+OPEN_FOR = 0.5  # long enough that a loaded machine still sees the breaker open
+
+
+def _breaker(server: FaultServer, out: Out) -> bool:
+    """Three 503s in a row open the breaker; the next call fails fast; a probe closes it."""
+    policy = Policy(retry=None, breaker=Breaker(consecutive=3, open_for=OPEN_FOR))
+    mesh = Mesh(policy)
+    moves: list[str] = []
+    mesh.on_breaker_change(lambda _destination, old, new: moves.append(new))
+    with wrap(httpx.Client(base_url=server.url), mesh) as client:
+        server.enqueue(*(Respond(503),) * 3)
+        tripped = [_get(client) for _ in range(3)]
+        sent_before = server.request_count
+        started = time.monotonic()
+        fast = _get(client)
+        fast_ms = (time.monotonic() - started) * 1000
+        refused_sent = server.request_count - sent_before
+        time.sleep(OPEN_FOR * 1.25)
+        probe = _get(client)
+    ok = (
+        tripped == ["503"] * 3
+        and (fast, refused_sent, probe) == ("CircuitOpen", 0, "200")
+        and moves == ["open", "half_open", "closed"]
+    )
+    out(
+        f"   GET x3 -> {', '.join(tripped)}; next GET -> {fast} | {refused_sent} sent"
+        f" | {fast_ms:.2f} ms{_verdict(ok, 'CircuitOpen, then 200')}"
+    )
+    out(
+        f"   after {OPEN_FOR} s: GET -> {probe} (the probe)"
+        f" | breaker: closed -> {' -> '.join(moves)}"
+    )
+    return ok
+
+
+def _bulkhead(server: FaultServer, out: Out) -> bool:
+    """Two slow calls hold both slots; a third is refused at once, without being sent."""
+    policy = Policy(retry=None, breaker=None, bulkhead=Bulkhead(max_concurrent=2))
+    held: list[str] = []
+    with wrap(httpx.Client(base_url=server.url), Mesh(policy)) as client:
+        sent_before = server.request_count
+        # Slow enough that both still hold their slots when the third call comes.
+        server.enqueue(Respond(200, delay=0.5), Respond(200, delay=0.5))
+        threads = [threading.Thread(target=lambda: held.append(_get(client))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        waited = time.monotonic() + 5.0
+        while server.request_count - sent_before < 2 and time.monotonic() < waited:
+            time.sleep(0.005)  # until both slow calls have reached the upstream
+        in_flight = server.request_count - sent_before
+        started = time.monotonic()
+        refused = _get(client)
+        refused_ms = (time.monotonic() - started) * 1000
+        for thread in threads:
+            thread.join()
+    sent = server.request_count - sent_before
+    ok = in_flight == 2 and refused == "BulkheadFull" and sent == 2 and held == ["200"] * 2
+    out(
+        f"   2 slow GETs hold both slots; a third GET -> {refused} | {sent - in_flight} sent"
+        f" | {refused_ms:.2f} ms{_verdict(ok, 'BulkheadFull')}"
+    )
+    out(f"   the two in flight -> {', '.join(held)}")
+    return ok
+
+
+CANARY_WEIGHT = 0.1
+CANARY_CALLS = 200
+
+
+def _canary(server: FaultServer, out: Out) -> bool:
+    """A weighted Route sends a tenth of the calls to a second server."""
+    with FaultServer() as canary:
+        stable = f"127.0.0.1:{server.port}"
+        route = Route(to=f"127.0.0.1:{canary.port}", weight=CANARY_WEIGHT)
+        mesh = Mesh(destinations={stable: Policy(routes=(route,))})
+        stable_before = server.request_count
+        # Seeded draws: the same split on every run, so the demo cannot fail by chance.
+        with wrap(httpx.Client(), mesh) as client, use_random(random.Random(13)):
+            outcomes = {_get(client, f"http://{stable}/orders") for _ in range(CANARY_CALLS)}
+        to_canary = canary.request_count
+        to_stable = server.request_count - stable_before
+    share = to_canary / CANARY_CALLS
+    ok = (
+        outcomes == {"200"}
+        and to_stable + to_canary == CANARY_CALLS
+        and abs(share - CANARY_WEIGHT) <= 0.05
+    )
+    out(
+        f"   {CANARY_CALLS} GETs to :{server.port}; Route(weight={CANARY_WEIGHT}) to a canary"
+        f" on :{canary.port}{_verdict(ok, f'about {CANARY_WEIGHT:.0%} to the canary')}"
+    )
+    out(f"   stable {to_stable}, canary {to_canary} ({share:.1%})")
+    return ok
+
+
+HEDGE_DELAY = 0.05
+
+
+def _hedge(server: FaultServer, out: Out) -> bool:
+    """The first copy meets a slow answer; a hedged copy sent after the delay wins."""
+    policy = Policy(hedge=Hedge(delay=HEDGE_DELAY))
+    with wrap(httpx.Client(base_url=server.url), Mesh(policy)) as client:
+        server.enqueue(Respond(200, b"first copy", delay=2.0), Respond(200, b"hedged copy"))
+        started = time.monotonic()
+        try:
+            response = client.get("/search")
+            outcome, answer = str(response.status_code), response.text
+        except (httpx.HTTPError, MeshError) as exc:
+            outcome, answer = type(exc).__name__, ""
+        elapsed = time.monotonic() - started
+        sent = server.request_count
+    ok = (outcome, answer, sent) == ("200", "hedged copy", 2)
+    out(
+        f"   GET -> {outcome} from the {answer or 'no copy'} | {sent} sent"
+        f" | {elapsed * 1000:.0f} ms"
+        f"{_verdict(ok, '200 from the hedged copy')}"
+    )
+    out(
+        f"   mesh: no answer after {HEDGE_DELAY * 1000:.0f} ms -> a second copy went out"
+        " and answered first"
+    )
+    return ok
+
+
+_MORE: tuple[tuple[str, Callable[[FaultServer, Out], bool]], ...] = (
+    (f"breaker: opens after three 503s in a row, fails fast, probes after {OPEN_FOR} s", _breaker),
+    ("bulkhead: at most 2 calls in flight, no queue", _bulkhead),
+    (f"canary: {CANARY_WEIGHT:.0%} of calls to a second server", _canary),
+    (f"hedge: a second copy after {HEDGE_DELAY * 1000:.0f} ms, against a 2 s answer", _hedge),
+)

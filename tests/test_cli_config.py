@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +260,105 @@ def test_the_fleet_example_checks(capsys: pytest.CaptureFixture[str]) -> None:
     example = Path(__file__).resolve().parent.parent / "examples" / "fleet" / "mesh.toml"
     assert main(["check", str(example)]) == 0
     assert capsys.readouterr().out == f"{example}: ok (6 destinations)\n"
+
+
+def feed_stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"meshlib {importlib.metadata.version('meshlib')}\n"
+
+
+def test_check_dash_reads_toml_from_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed_stdin(monkeypatch, FLEET.encode())
+    assert main(["check", "-"]) == 0
+    assert capsys.readouterr().out == "<stdin>: ok (3 destinations)\n"
+
+
+@pytest.mark.parametrize("prefix", [b"", b"\xef\xbb\xbf", b"\n  "])
+def test_check_dash_takes_a_document_that_starts_with_a_brace_as_json(
+    prefix: bytes, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed_stdin(monkeypatch, prefix + b'{"destinations": {"a.internal": {"retry": false}}}')
+    assert main(["check", "-"]) == 0
+    assert capsys.readouterr().out == "<stdin>: ok (1 destination)\n"
+
+
+def test_check_dash_refuses_a_bad_document_naming_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed_stdin(monkeypatch, b"[default]\nretry = { attempts = 0 }\n")
+    assert main(["check", "-"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "<stdin>: default.retry.attempts: expected an int >= 1 (it counts the first call), got 0\n"
+    )
+
+
+def test_check_dash_from_the_installed_command(fleet: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meshlib", "check", "-"],
+        input=FLEET,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "<stdin>: ok (3 destinations)\n", "")
+
+
+def test_explain_dash_reads_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed_stdin(monkeypatch, FLEET.encode())
+    assert main(["explain", "-", "payments.internal"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('<stdin>: payments.internal -> destinations."payments.internal"\n')
+
+
+CANARY = """\
+[destinations."orders.internal"]
+routes = [
+  { to = "orders-v2.internal", headers = { "x-canary" = "1" } },
+  { to = "orders-v2.internal", weight = 0.05, sticky = "x-user-id" },
+  { to = "orders-v3.internal", headers = { "x-beta" = "yes", "x-region" = "eu" }, weight = 0.5 },
+  { to = "orders-v1.internal" },
+]
+tracing = { redact_query = ["token"] }
+"""
+
+
+def test_explain_prints_routes_in_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "canary.toml"
+    path.write_text(CANARY)
+    assert main(["explain", str(path), "orders.internal"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["routes"] == (
+        "  routes     x-canary: 1 -> orders-v2.internal; "
+        "5% (sticky on x-user-id) -> orders-v2.internal; "
+        "x-beta: yes, x-region: eu 50% of those -> orders-v3.internal; "
+        "every request -> orders-v1.internal"
+        '  (from destinations."orders.internal")'
+    )
+
+
+def test_explain_counts_one_query_name_in_the_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "canary.toml"
+    path.write_text(CANARY)
+    assert main(["explain", str(path), "orders.internal"]) == 0
+    assert "; 1 query name redacted; " in capsys.readouterr().out
+
+
+def test_check_reads_stdin_only_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "-", "-"])
+    assert exited.value.code == 2
+    assert "- (standard input) may be given only once" in capsys.readouterr().err

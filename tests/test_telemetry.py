@@ -187,6 +187,12 @@ def test_metrics_per_attempt_and_retries(mode: str, otel: Telemetry) -> None:
     assert all(p.attributes["server.address"] == "orders.internal" for p in durations)
     (retries,) = otel.metric("meshlib.client.retries")
     assert retries.value == 1
+    # The same host and port attributes as the histogram (docs/telemetry.md), not a URL.
+    assert dict(retries.attributes) == {
+        "server.address": "orders.internal",
+        "server.port": 80,
+        "meshlib.cause": "503",
+    }
 
 
 def test_rejections_are_events_and_metrics_not_client_spans(otel: Telemetry) -> None:
@@ -203,7 +209,12 @@ def test_rejections_are_events_and_metrics_not_client_spans(otel: Telemetry) -> 
     assert event.name == "meshlib.rejected"
     assert event.attributes["meshlib.reason"] == "circuit_open"
     (rejected,) = otel.metric("meshlib.client.rejections")
-    assert rejected.attributes["meshlib.reason"] == "circuit_open"
+    assert dict(rejected.attributes) == {
+        "server.address": "orders.internal",
+        "server.port": 80,
+        "meshlib.reason": "circuit_open",
+        "error.type": "circuit_open",
+    }
     assert rejected.value == 1
 
 

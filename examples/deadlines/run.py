@@ -1,7 +1,8 @@
 """One deadline, three services: A calls B calls C, and all of them stop together.
 
-Run it with no arguments: ``python examples/deadlines/run.py``. It needs uvicorn
-and starlette (``pip install uvicorn starlette``) and no network beyond 127.0.0.1.
+Run it with no arguments: ``.venv/bin/python examples/deadlines/run.py``. It needs uvicorn
+and starlette (in the ``dev`` extra: ``.venv/bin/pip install -e '.[dev]'``) and no network
+beyond 127.0.0.1.
 
 - A (this script) calls B under ``meshlib.deadline(1.0)`` through a wrapped client.
 - B is a Starlette app served by uvicorn, wrapped in ``meshlib.asgi.MeshMiddleware``;

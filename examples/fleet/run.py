@@ -1,41 +1,57 @@
 """A fleet's policy file, read the way every service reads it.
 
-Run it with no arguments: ``python examples/fleet/run.py``. No network is used.
+Run it with no arguments: ``.venv/bin/python examples/fleet/run.py``. No network is used.
 
-It loads ``mesh.toml`` next to this script, builds the `meshlib.Mesh` a service would
-use, and prints what ``meshlib explain`` prints for three destinations: an exact host,
-one that a glob catches, and one that no pattern names. The asserts make it a
-regression check as well as a demo.
+It builds the `meshlib.Mesh` a service would build from ``mesh.toml`` next to this
+script, runs ``meshlib explain`` for three destinations (an exact host, one that a glob
+catches, and one that no pattern names) and ``meshlib check -`` on the same document
+written as JSON. Only public names and the ``meshlib`` command are used. The asserts
+make it a regression check as well as a demo.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import meshlib
-from meshlib._config import MeshConfig, explain, load_config, parse_config
 
 HERE = Path(__file__).resolve().parent
+FILE = HERE / "mesh.toml"
 
 
-def show(config: MeshConfig, mesh: meshlib.Mesh, host: str, port: int | None = None) -> str:
-    """Print what ``meshlib explain FILE HOST[:PORT]`` prints; return the table that applies."""
-    text = explain(config, host, port, mesh=mesh)
-    print(text, end="\n\n")
+def meshlib_command(*args: str, stdin: str | None = None) -> str:
+    """Run ``meshlib ARGS...`` as a shell would, and return what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "meshlib", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
+
+
+def show(destination: str) -> str:
+    """Print what ``meshlib explain mesh.toml DESTINATION`` prints; return the table it names."""
+    text = meshlib_command("explain", str(FILE), destination)
+    print(text.replace(str(FILE), FILE.name))
     return text.splitlines()[0].split(" -> ")[1]
 
 
 def main() -> None:
-    config = load_config(HERE / "mesh.toml")
-    mesh = meshlib.Mesh(config.default, config.destinations)
-    name = Path(config.source).name
-    print(f"{name}: {len(config.destinations)} destinations, sha256 {config.digest[:12]}")
-    print()
+    mesh = meshlib.Mesh.from_file(FILE, reload=False)  # what a service does at start-up
+    print(f"{FILE.name}: {len(mesh.destinations)} destinations\n")
 
-    assert show(config, mesh, "payments.internal", 443) == 'destinations."payments.internal"'
-    assert show(config, mesh, "ledger.svc.cluster.local") == 'destinations."*.svc.cluster.local"'
-    assert show(config, mesh, "orders.internal") == "default"
+    assert show("payments.internal:443") == 'destinations."payments.internal"'
+    assert show("ledger.svc.cluster.local") == 'destinations."*.svc.cluster.local"'
+    assert show("orders.internal") == "default"
+    assert mesh.pattern_for("payments.internal", 443) == "payments.internal"
+    assert mesh.pattern_for("orders.internal") is None
 
     # Payments: its own retry, timeout and breaker; the default's bulkhead; STANDARD's tracing.
     payments = mesh.policy_for("payments.internal", 443)
@@ -55,16 +71,16 @@ def main() -> None:
         max_open_for=120.0,
         consecutive=5,
     )
-    assert payments.bulkhead == config.default.bulkhead == meshlib.Bulkhead(200, max_queued=50)
+    assert payments.bulkhead == mesh.default.bulkhead == meshlib.Bulkhead(200, max_queued=50)
     assert payments.tracing == meshlib.STANDARD.tracing
 
     # The glob changes only the timeout; everything else is the default's.
     cluster = mesh.policy_for("ledger.svc.cluster.local")
-    assert cluster == config.default.replace(timeout=meshlib.Timeout(total=10.0, attempt=3.0))
+    assert cluster == mesh.default.replace(timeout=meshlib.Timeout(total=10.0, attempt=3.0))
 
     # No pattern: [default], whose unnamed breaker comes from STANDARD.
     orders = mesh.policy_for("orders.internal")
-    assert orders is config.default
+    assert orders is mesh.default
     assert orders.breaker == meshlib.STANDARD.breaker
 
     # `false` switches layers and optional settings off.
@@ -83,7 +99,13 @@ def main() -> None:
             }
         }
     )
-    assert parse_config(as_json.encode(), "mesh.json").default == config.default
+    checked = meshlib_command("check", "-", stdin=as_json)
+    print(f"$ meshlib check - < mesh.json\n{checked}")
+    assert checked == "<stdin>: ok (0 destinations)\n"
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "mesh.json"
+        path.write_text(as_json)
+        assert meshlib.Mesh.from_file(path, reload=False).default == mesh.default
     print("all assertions hold")
 
 

@@ -1,7 +1,8 @@
 """mTLS with rotation: the server sees who calls, and a new certificate needs no restart.
 
-Run it with no arguments: ``python examples/mtls/run.py``. It needs trustme
-(``pip install trustme``) to make certificates, and no network beyond 127.0.0.1.
+Run it with no arguments: ``.venv/bin/python examples/mtls/run.py``. It needs trustme
+to make certificates (in the ``dev`` extra: ``.venv/bin/pip install -e '.[dev]'``), and no
+network beyond 127.0.0.1.
 
 1. A throwaway CA issues a server certificate and a client certificate ("orders-v1")
    into a temporary directory.
