@@ -390,8 +390,10 @@ class AdsClient:
     def wait_ready(self, type_url: str, names: Iterable[str], timeout: float | None) -> bool:
         """Wait until every one of `names` (watched) has an answer; return whether all do.
 
-        An answer is a resource in force, a refusal or "does not exist". Returns
-        False at `timeout` seconds (None: no limit) or when the client closes.
+        An answer is a resource in force, a refusal or "does not exist"; when
+        this returns True, the handler has already been given every answer.
+        Returns False at `timeout` seconds (None: no limit) or when the client
+        closes.
 
         Raises:
             ValueError: a name is not watched.
@@ -568,11 +570,13 @@ class AdsClient:
         while True:
             timeout = None
             if self._timers:
-                timeout = max(0.0, min(self._timers.values()) - self._clock())
+                timeout = min(self._timers.values()) - self._clock()
+                if timeout <= 0:  # due timers first, however busy the stream is
+                    self._expire()
+                    continue
             try:
                 event = self._events.get(timeout=timeout)
             except queue.Empty:
-                self._expire()
                 continue
             kind = event[0]
             if kind == "stop":
