@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import trustme
 from envoy.config.cluster.v3 import cluster_pb2
@@ -572,6 +573,48 @@ def test_a_stream_the_server_ends_is_reopened(
     poll(lambda: server.streams_opened == 2, what="a second stream")
     poll(lambda: client.connected)
     assert client.resource(CLUSTER, V1) == cluster(V1)
+
+
+def test_refused_streams_are_retried_with_growing_jittered_backoff(
+    server: AdsServer, handler: Recorder, make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="meshlib.xds")
+    server.refuse = grpc.StatusCode.UNAVAILABLE
+    client = make_client(server.bootstrap())
+    client.subscribe(CLUSTER, [V1])
+    poll(lambda: server.streams_opened >= 6, what="six attempts")
+    waits = [
+        float(r.getMessage().rsplit(" in ", 1)[1].rstrip("s"))
+        for r in caplog.records
+        if r.getMessage().startswith("reconnecting")
+    ]
+    assert len(waits) >= 5
+    for attempt, wait in enumerate(waits[:5], start=1):
+        nominal = min(0.05 * 1.6 ** (attempt - 1), 0.2)
+        assert nominal * 0.8 - 0.001 <= wait <= nominal * 1.2 + 0.001
+    assert waits[4] > waits[0]
+    server.refuse = None
+    assert client.wait_ready(CLUSTER, [V1], timeout=30)
+    lines = [r for r in caplog.records if getattr(r, "meshlib_event", None) == "xds_disconnected"]
+    assert len(lines) == 1
+    assert "UNAVAILABLE: refused by the test" in lines[0].getMessage()
+
+
+def test_unwatching_before_the_stream_asks_sends_no_wildcard(
+    server: AdsServer, handler: Recorder, make_client: Any
+) -> None:
+    client = make_client(server.bootstrap())
+    client.subscribe(LISTENER, [ORDERS])
+    for _ in range(20):
+        client.subscribe(CLUSTER, [V1])
+        client.unsubscribe(CLUSTER, [V1])
+    assert client.wait_ready(LISTENER, [ORDERS], timeout=30)
+    client.subscribe(CLUSTER_LOAD_ASSIGNMENT, [V1])
+    assert client.wait_ready(CLUSTER_LOAD_ASSIGNMENT, [V1], timeout=30)
+    # Requests go out in order: every CDS request that was sent is already recorded.
+    poll(lambda: acks(server, CLUSTER_LOAD_ASSIGNMENT), what="the EDS ACK")
+    cds = server.requests_of(CLUSTER)
+    assert not cds or list(cds[0].resource_names) == [V1]
 
 
 def test_unreachable_server_is_logged_once_and_retried(

@@ -82,6 +82,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.requests: list[Recorded] = []
         self.sent: list[Sent] = []
         self.streams_opened = 0
+        self.refuse: grpc.StatusCode | None = None  # end every new stream with this status
         self._lock = threading.Lock()
         self._streams: list[_Stream] = []
         self._nonces = itertools.count(1)
@@ -181,6 +182,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     def StreamAggregatedResources(self, request_iterator: Iterator[Any], context: Any) -> Any:
         with self._lock:
             self.streams_opened += 1
+            if self.refuse is not None:
+                context.abort(self.refuse, "refused by the test")
             stream = _Stream(self.streams_opened)
             self._streams.append(stream)
         context.add_callback(lambda: stream.out.put(None))

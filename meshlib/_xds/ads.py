@@ -25,8 +25,8 @@ What the caller relies on:
 - When the stream fails, everything received stays in force; the client
   reconnects with gRPC's jittered exponential backoff (at once if the stream had
   received a response) and re-subscribes to everything watched. Each change
-  between connected and not is logged once on the ``meshlib.xds`` logger, as is
-  each NACK.
+  between connected (the current stream has been answered) and not is logged
+  once on the ``meshlib.xds`` logger, as is each NACK.
 
 Importing this module needs the ``meshlib[xds]`` extra; without it the import
 raises `ConfigError` naming the extra.
@@ -204,7 +204,7 @@ class AdsStatus:
 
     Attributes:
         server_uri: the bootstrap's server.
-        connected: whether a stream to it is up now.
+        connected: whether a stream to it is up and has been answered.
         versions: per type URL, the last version ACKed.
         resources: every watched resource, by type then subscription order.
     """
@@ -415,7 +415,7 @@ class AdsClient:
 
     @property
     def connected(self) -> bool:
-        """Whether a stream to the server is up now."""
+        """Whether a stream to the server is up and has been answered."""
         with self._lock:
             return bool(self._connected)
 
@@ -588,15 +588,18 @@ class AdsClient:
             elif kind == "sent":
                 self._established(stream)
             elif kind == "response":
-                stream.got_response = True
+                if not stream.got_response:
+                    stream.got_response = True
+                    self._set_connected(True, "")
                 self._on_response(stream, event[2])
             else:  # "ended"
                 self._set_connected(False, event[2])
                 return
 
     def _established(self, stream: _Stream) -> None:
+        # Connected, for the timers; "connected" for the log and the status waits for an
+        # answer, so that a server that takes the stream and drops it is never "up".
         stream.established = True
-        self._set_connected(True, "")
         deadline = self._clock() + self._resource_timeout
         with self._lock:
             for type_url, kind in self._types.items():
@@ -651,6 +654,8 @@ class AdsClient:
             waiting = [name for name, entry in kind.entries.items() if entry.state == "requested"]
         if error is None and stream.sent.get(type_url) == names:
             return  # nothing new to say
+        if not names and type_url not in stream.sent:
+            return  # an empty first request of a type would be a wildcard subscription
         request = discovery_pb2.DiscoveryRequest(
             type_url=type_url,
             version_info=version,
