@@ -32,6 +32,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, duration_pb2
 
 import meshlib
+from meshlib._xds import ads
 from meshlib._xds.ads import (
     CLUSTER,
     CLUSTER_LOAD_ASSIGNMENT,
@@ -615,6 +616,31 @@ def test_unwatching_before_the_stream_asks_sends_no_wildcard(
     poll(lambda: acks(server, CLUSTER_LOAD_ASSIGNMENT), what="the EDS ACK")
     cds = server.requests_of(CLUSTER)
     assert not cds or list(cds[0].resource_names) == [V1]
+
+
+def test_a_surprise_ends_the_stream_not_the_client(
+    server: AdsServer,
+    handler: Recorder,
+    make_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real = ads._decode
+    calls: list[int] = []
+
+    def fails_once(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(*args)
+
+    monkeypatch.setattr(ads, "_decode", fails_once)
+    client = make_client(server.bootstrap())
+    client.subscribe(CLUSTER, [V1])
+    assert client.wait_ready(CLUSTER, [V1], timeout=30)
+    assert server.streams_opened == 2
+    [line] = [r for r in caplog.records if r.getMessage().startswith("the xDS stream to")]
+    assert line.exc_info is not None
 
 
 def test_unreachable_server_is_logged_once_and_retried(

@@ -469,19 +469,20 @@ class AdsClient:
 
     def _run(self) -> None:
         failures = 0
-        try:
-            while self._wait_for_watches():
+        while self._wait_for_watches():
+            try:
                 got_response = self._stream_once()
-                if self._closed:
-                    return
-                # A stream that was answered was healthy: try again at once (as gRPC does).
-                failures = 0 if got_response else failures + 1
-                if failures:
-                    delay = self._backoff.delay(failures, self._rng)
-                    logger.debug("reconnecting to the xDS server %s in %.3fs", self._uri, delay)
-                    self._sleep(delay)
-        except Exception:  # the thread must not die silently; what was received stays
-            logger.exception("the xDS client for %s stopped", self._uri)
+            except Exception:  # a surprise ends this stream, not the client
+                logger.exception("the xDS stream to %s failed", self._uri)
+                got_response = False
+            if self._closed:
+                return
+            # A stream that was answered was healthy: try again at once (as gRPC does).
+            failures = 0 if got_response else failures + 1
+            if failures:
+                delay = self._backoff.delay(failures, self._rng)
+                logger.debug("reconnecting to the xDS server %s in %.3fs", self._uri, delay)
+                self._sleep(delay)
 
     def _wait_for_watches(self) -> bool:
         """Wait until something is watched (a stream with nothing to ask is idle); False: closed."""
@@ -725,7 +726,9 @@ class AdsClient:
             ignore = self._bootstrap.xds_server.ignore_resource_deletion
             with self._lock:
                 for name in names - decoded.keys() - errors.keys():
-                    entry = watched.entries[name]
+                    entry = watched.entries.get(name)
+                    if entry is None:
+                        continue  # unwatched meanwhile
                     if ignore and entry.resource is not None:
                         if not entry.deletion_ignored:
                             entry.deletion_ignored = True
