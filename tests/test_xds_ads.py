@@ -717,6 +717,10 @@ def test_close_stops_the_thread_while_streaming(server: AdsServer, make_client: 
     client.close()
     assert not client._thread.is_alive()
     assert not client.connected
+    poll(
+        lambda: not [t for t in threading.enumerate() if t.name.endswith(server.address)],
+        what="the reader thread to end",
+    )
     assert client.resource(LISTENER, ORDERS) == listener(ORDERS)  # still readable
     client.close()  # twice is fine
 

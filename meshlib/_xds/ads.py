@@ -512,8 +512,8 @@ class AdsClient:
             self._set_connected(False, f"cannot read the TLS files: {exc}")
             return False
         stream: _Stream | None = None
+        requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         try:
-            requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
             stream_id = next(self._streams)
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             call = stub.StreamAggregatedResources(self._requests(stream_id, requests))
@@ -524,7 +524,10 @@ class AdsClient:
                 self._call = call
             stream = _Stream(stream_id, call, requests)
             threading.Thread(
-                target=self._read, args=(stream_id, call), name="meshlib-xds-reader", daemon=True
+                target=self._read,
+                args=(stream_id, call),
+                name=f"meshlib-xds-reader {self._uri}",
+                daemon=True,
             ).start()
             with self._lock:
                 watched = [url for url, kind in self._types.items() if kind.entries]
@@ -537,8 +540,8 @@ class AdsClient:
                 self._call = None
                 if self._closed:
                     self._connected = False
+            requests.put(None)  # frees gRPC's thread that waits for the next request
             if stream is not None:
-                stream.requests.put(None)
                 stream.call.cancel()
             self._timers.clear()  # restarted on the next connected stream (gRFC A57)
             channel.close()
