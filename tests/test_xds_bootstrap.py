@@ -399,7 +399,8 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_import_meshlib_loads_neither_grpc_nor_protobuf() -> None:
     code = (
-        "import sys, meshlib, meshlib._xds.bootstrap\n"
+        "import sys, meshlib, meshlib.testing, meshlib.asgi, meshlib.wsgi\n"
+        "import meshlib._xds, meshlib._xds.bootstrap\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('grpc', 'google', 'envoy', 'xds', 'udpa', 'validate'))\n"
         "print(heavy)\n"
