@@ -205,9 +205,33 @@ def _destination(
         "endpoints": endpoints,
     }
     row |= _summary(row)
-    row["effective"] = policy_toml(policy, origin["pattern"], client=plan.requested is not None)
-    row["described"] = describe(policy)
+    shown = redacted(policy)
+    row["effective"] = policy_toml(shown, origin["pattern"], client=plan.requested is not None)
+    row["described"] = describe(shown)
     return row
+
+
+def redacted(policy: Policy) -> Policy:
+    """Return `policy` with the values of route header matches on credentials redacted."""
+    routes = policy.routes
+    if not routes or not any(
+        name in NEVER_RECORDED for route in routes for name, _ in route.headers or ()
+    ):
+        return policy
+    return policy.replace(
+        routes=tuple(
+            dataclasses.replace(
+                route,
+                headers=tuple(
+                    (name, "REDACTED" if name in NEVER_RECORDED else value)
+                    for name, value in route.headers
+                ),
+            )
+            if route.headers
+            else route
+            for route in routes
+        )
+    )
 
 
 def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -272,8 +296,8 @@ def _seconds(value: float) -> str:
 
 def table_toml(default: Policy, destinations: Mapping[str, Policy]) -> str:
     """Return a Mesh's whole table as a policy file: ``[default]``, then each pattern."""
-    parts = [policy_toml(default, None)]
-    parts += [policy_toml(policy, pattern) for pattern, policy in destinations.items()]
+    parts = [policy_toml(redacted(default), None)]
+    parts += [policy_toml(redacted(p), pattern) for pattern, p in destinations.items()]
     return "\n".join(parts)
 
 
