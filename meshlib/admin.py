@@ -27,6 +27,7 @@ import http.server
 import ipaddress
 import json
 import math
+import re
 import socket
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -36,7 +37,7 @@ from urllib.parse import parse_qs, quote
 
 from ._errors import ConfigError
 from ._mesh import Mesh, default_mesh
-from ._snapshot import COLUMNS, cells, snapshot, table_toml
+from ._snapshot import COLUMNS, VERSION, cells, scrub, snapshot, table_toml, text_table
 from ._telemetry import logger
 
 __all__ = ["Server", "app", "serve"]
@@ -556,6 +557,61 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("admin: " + format, *args)
 
+
+def _status_command(url: str, as_json: bool) -> int:
+    """Run ``meshlib status URL``: print the table (or the JSON) and return the exit status."""
+    import os
+    import sys
+
+    import httpx
+
+    target = url.strip()
+    if not target.rstrip("/").endswith("/status.json"):
+        target = target.rstrip("/") + "/status.json"
+    try:
+        response = httpx.get(target, timeout=10.0)  # a plain client: no policy of its own
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"meshlib status: cannot read {scrub(target)}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        data = response.json() if response.status_code == 200 else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        reason = (
+            f"HTTP {response.status_code}"
+            if response.status_code != 200
+            else f"not a meshlib status page of version {VERSION}"
+        )
+        print(f"meshlib status: {scrub(target)}: {reason}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    for paragraph in _header(data).split("</p>"):  # the page's header lines, as text
+        text = html.unescape(_TAGS.sub("", paragraph)).strip()
+        if text:
+            print(text)
+    rows = [cells(row) for row in data["destinations"]]
+    if not rows:
+        print("No destination has been called yet.")
+        return 0
+    lines = text_table(rows)
+    print(lines[0])
+    for row, line in zip(data["destinations"], lines[1:], strict=True):
+        if colour:
+            word = row["status"]
+            line = line.replace(word, f"\x1b[{_ANSI[word]}m{word}\x1b[0m", 1)
+        print(line)
+    for row in data["destinations"]:
+        if row["reason"]:
+            print(f"{row['key']}: {row['reason']}")
+    return 0
+
+
+_TAGS = re.compile(r"<[^>]+>")
+_ANSI = {"failing": "1;31", "recovering": "1;33", "degraded": "33", "healthy": "32", "idle": "2"}
 
 _STYLE = b"""
 :root { --failing: #b42318; --recovering: #b54708; --degraded: #a15c07; --healthy: #067647;
