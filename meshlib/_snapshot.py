@@ -418,7 +418,7 @@ def _latency(seconds: float | None) -> str:
 
 def _ago(seconds: float) -> str:
     if seconds < 1:
-        return "just now"
+        return "<1s"
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:
