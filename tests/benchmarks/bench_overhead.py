@@ -29,6 +29,8 @@ OUTSIDE = "http://api.example.com/items"  # outside: no header
 _STANDARD = meshlib.STANDARD
 _OFF = meshlib.Policy(retry=None, timeout=None, breaker=None, bulkhead=None, tracing=None)
 REJECTED = "a call rejected by an open breaker"
+STANDARD_MESH = "meshlib STANDARD in a Mesh"
+WATCHED = "  the same, a status page attached"
 REJECTED_AT_TRANSPORT = "  the same, at meshlib's transport"
 
 
@@ -40,6 +42,13 @@ def _variants() -> dict[str, Callable[[], object]]:
         if policy is not None:
             meshlib.wrap(client, policy)
         return lambda: client.get(url)
+
+    def through(mesh: meshlib.Mesh) -> Callable[[], object]:
+        client = meshlib.wrap(httpx.Client(transport=mock), mesh)
+        return lambda: client.get(INSIDE)
+
+    watched = meshlib.Mesh(default=_STANDARD)
+    meshlib.admin.app(watched)  # a status page watches it: latency sketches on
 
     header = httpx.Client(transport=_common.HeaderOnly(mock))
     return {
@@ -53,6 +62,8 @@ def _variants() -> dict[str, Callable[[], object]]:
         "  without bulkhead": get(_STANDARD.replace(bulkhead=None), OUTSIDE),
         "  without tracing (no SDK)": get(_STANDARD.replace(tracing=None), OUTSIDE),
         "meshlib, every layer off": get(_OFF, OUTSIDE),
+        STANDARD_MESH: through(meshlib.Mesh(default=_STANDARD)),
+        WATCHED: through(watched),
     }
 
 
@@ -117,6 +128,13 @@ def main() -> None:
         f" {own / bare:.1%} of bare httpx"
     )
     print(f"total, deadline header included (STANDARD against bare): {total / bare:.1%}")
+    sketch = medians[WATCHED] - medians[STANDARD_MESH]
+    watched_own = medians[WATCHED] - with_header
+    print(
+        f"with a status page attached (its latency sketch, the only cost it adds to a call):"
+        f" {sketch:+.2f} µs; own overhead then {watched_own:.2f} µs,"
+        f" {watched_own / bare:.1%} of bare httpx"
+    )
     print(
         f"{REJECTED}: {medians[REJECTED_AT_TRANSPORT]:.2f} µs"
         f" in meshlib's transport, {medians[REJECTED]:.2f} µs through httpx.Client"
