@@ -515,6 +515,7 @@ def serve(
     class Httpd(http.server.ThreadingHTTPServer):
         address_family = family
         daemon_threads = True
+        request_queue_size = 64  # several browsers and scripts polling at once
         allow_reuse_address = True
 
     try:
@@ -658,7 +659,8 @@ _SCRIPT = b"""\
   function tick() {
     fetch(address(), { cache: "no-store" })
       .then(function (response) {
-        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        // 404: a destination not in use (yet); its page still says so.
+        if (!response.ok && response.status !== 404) { throw new Error("HTTP " + response.status); }
         return response.text();
       })
       .then(function (html) {

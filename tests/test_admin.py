@@ -251,6 +251,7 @@ class _Gate(http.server.ThreadingHTTPServer):
     """An upstream on 127.0.0.1 that holds every request until `opened` is set."""
 
     daemon_threads = True
+    request_queue_size = 128  # 40 connections at once
 
     def __init__(self) -> None:
         self.opened = threading.Event()
@@ -285,7 +286,8 @@ def test_the_page_answers_while_calls_are_in_flight() -> None:
     # No lock is held across I/O: while 40 calls wait on the upstream, the page
     # answers, and counts them in flight.
     gate = _Gate()
-    mesh = meshlib.Mesh(default=meshlib.Policy(retry=None))
+    # Nothing times out while the gate is shut, however slow this machine is.
+    mesh = meshlib.Mesh(default=meshlib.Policy(retry=None, timeout=meshlib.Timeout(total=120.0)))
     errors: list[BaseException] = []
 
     def call_sync(client: httpx.Client) -> None:
@@ -295,24 +297,23 @@ def test_the_page_answers_while_calls_are_in_flight() -> None:
             errors.append(exc)
 
     async def call_async() -> None:
-        async with meshlib.wrap(httpx.AsyncClient(), mesh) as client:
+        async with meshlib.wrap(httpx.AsyncClient(timeout=120.0), mesh) as client:
             await asyncio.gather(*(client.get(gate.url) for _ in range(20)))
 
     try:
-        with _serve(mesh) as server, meshlib.wrap(httpx.Client(), mesh) as client:
+        with _serve(mesh) as server, meshlib.wrap(httpx.Client(timeout=120.0), mesh) as client:
             threads = [threading.Thread(target=call_sync, args=(client,)) for _ in range(20)]
             threads.append(threading.Thread(target=lambda: asyncio.run(call_async())))
             for thread in threads:
                 thread.start()
-            deadline = time.monotonic() + 20.0
+            deadline = time.monotonic() + 60.0
             in_flight = -1
-            while in_flight != 40:
-                assert time.monotonic() < deadline, f"in flight: {in_flight}"
-                rows = httpx.get(server.url + "/status.json", timeout=10.0).json()["destinations"]
+            while in_flight != 40 or gate.arrived != 40:  # all 40 wait on the wire
+                assert time.monotonic() < deadline, f"in flight: {in_flight}, {gate.arrived}"
+                rows = httpx.get(server.url + "/status.json", timeout=30.0).json()["destinations"]
                 in_flight = rows[0]["bulkhead"]["in_flight"] if rows else 0
                 time.sleep(0.02)
-            assert gate.arrived == 40
-            page = httpx.get(server.url + "/", timeout=10.0)
+            page = httpx.get(server.url + "/", timeout=30.0)
             assert "40 in flight, 0 queued" in page.text
             gate.opened.set()
             for thread in threads:
