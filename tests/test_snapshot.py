@@ -327,3 +327,22 @@ def test_the_effective_policy_never_writes_an_authorization_value() -> None:
     assert "S3CRET" not in text
     assert 'authorization = "REDACTED"' in text
     assert math.isfinite(len(text))
+
+
+def test_breaker_since_counts_from_its_last_change(clock: FakeClock) -> None:
+    breaker = meshlib.Mesh(
+        default=meshlib.Policy(breaker=meshlib.Breaker(consecutive=1, open_for=5.0))
+    )
+    client = _client(breaker, clock, latency=0.0)
+    assert client.get(GOOD).status_code == 200  # makes the breaker
+    clock.advance(7.0)
+    (plan,) = breaker._cached_plans()
+    assert plan.breaker is not None
+    assert plan.breaker.snapshot(clock.now()).since == 7.0  # closed since it was made
+    plan.breaker.record(0, True, clock.now())  # trips
+    clock.advance(6.0)
+    assert plan.breaker.snapshot(clock.now()).since == 6.0
+    assert client.get(GOOD).status_code == 200  # a probe, after open_for: closes it
+    clock.advance(2.0)
+    snap = plan.breaker.snapshot(clock.now())
+    assert (snap.state, snap.since) == ("closed", 2.0)
