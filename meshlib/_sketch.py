@@ -26,20 +26,14 @@ _HIGH = 7  # 2**7 s = 128 s: the last bucket's lower edge
 BUCKETS = (_HIGH - _LOW) * SUB + 2  # plus one below the range and one above
 SLOTS = 6
 WINDOW = 60.0
+_FLOOR = 2.0**_LOW
+_frexp = math.frexp
 
 #: What the status page says the sketch is.
 SKETCH = (
     f"log-linear histogram, {SUB} buckets per power of two from 61µs to 128s "
     f"(within 12.5%), over a sliding {WINDOW:g}s window in {SLOTS} steps"
 )
-
-
-def _bucket(seconds: float) -> int:
-    if seconds < 2.0**_LOW:
-        return 0
-    mantissa, exponent = math.frexp(seconds)  # seconds = mantissa × 2**exponent, m in [0.5, 1)
-    index = (exponent - 1 - _LOW) * SUB + int((mantissa - 0.5) * 2 * SUB) + 1
-    return index if index < BUCKETS else BUCKETS - 1
 
 
 def _midpoint(index: int) -> float:
@@ -68,7 +62,15 @@ class LatencySketch:
 
     def add(self, seconds: float, now: float) -> None:
         """Count one latency of `seconds`, measured at `now` (monotonic)."""
-        index = _bucket(seconds)
+        # seconds = mantissa × 2**exponent, mantissa in [0.5, 1): the power of two
+        # picks the octave, the mantissa the linear part within it.
+        if seconds < _FLOOR:
+            index = 0
+        else:
+            mantissa, exponent = _frexp(seconds)
+            index = (exponent - 1 - _LOW) * SUB + int((mantissa - 0.5) * 2 * SUB) + 1
+            if index >= BUCKETS:
+                index = BUCKETS - 1
         lock = self._lock
         lock.acquire()  # rather than `with`: half the cost, on every measured request
         try:
