@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -205,10 +206,17 @@ def _destination(
         "endpoints": endpoints,
     }
     row |= _summary(row)
-    shown = redacted(policy)
-    row["effective"] = policy_toml(shown, origin["pattern"], client=plan.requested is not None)
-    row["described"] = describe(shown)
+    row["effective"], row["described"] = _rendered(
+        policy, origin["pattern"], plan.requested is not None
+    )
     return row
+
+
+@functools.lru_cache(maxsize=512)
+def _rendered(policy: Policy, pattern: str | None, client: bool) -> tuple[str, str]:
+    # Destinations share a few policies: each is written out once, not once per poll.
+    shown = redacted(policy)
+    return policy_toml(shown, pattern, client=client), describe(shown)
 
 
 def redacted(policy: Policy) -> Policy:

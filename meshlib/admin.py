@@ -49,6 +49,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _ALLOW = "GET, HEAD"
+_MAX_ROWS = 500  # a table a person can read; every destination is in /status.json
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _SECURITY_HEADERS = [
     ("cache-control", "no-store"),
@@ -144,7 +145,8 @@ class _Pages:
     def _overview(self, base: str, fragment: bool) -> _Response:
         data = snapshot(self.mesh)
         rows = []
-        for row in data["destinations"]:
+        shown = data["destinations"][:_MAX_ROWS]  # the most urgent first: the rest can wait
+        for row in shown:
             text = cells(row)
             link = f"{base}/destination?name={quote(row['key'], safe='')}"
             out = [f'<td><a href="{_e(link)}">{_e(text["destination"])}</a></td>']
@@ -160,6 +162,12 @@ class _Pages:
                 f'<tr data-destination="{_e(row["key"])}" data-status="{row["status"]}">'
                 + "".join(out)
                 + "</tr>"
+            )
+        more = len(data["destinations"]) - len(shown)
+        if more > 0:
+            rows.append(
+                f'<tr><td colspan="{len(COLUMNS)}" class="empty">and {more} more '
+                f'destinations, each in <a href="{_e(base)}/status.json">status.json</a></td></tr>'
             )
         if not rows:
             rows.append(

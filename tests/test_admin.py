@@ -456,3 +456,46 @@ def test_the_asgi_app_completes_the_lifespan() -> None:
 
     asyncio.run(app({"type": "lifespan"}, receive, send))  # type: ignore[arg-type]
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_pages_forbid_everything_but_their_own_script_and_style() -> None:
+    with _serve(meshlib.Mesh()) as server:
+        page = httpx.get(server.url + "/")
+        script = httpx.get(server.url + "/admin.js")
+        missing = httpx.get(server.url + "/stats")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy
+    assert "script-src 'self'" in policy
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert missing.status_code == 404
+
+
+def test_localhost_is_a_loopback_bind() -> None:
+    with meshlib.admin.serve(meshlib.Mesh(), port=0, host="localhost") as server:
+        assert server.url == f"http://localhost:{server.port}"
+        assert httpx.get(server.url + "/status.json").json()["version"] == 1
+
+
+def test_the_table_shows_the_most_urgent_rows_and_counts_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(meshlib.admin, "_MAX_ROWS", 2)
+    mesh = meshlib.Mesh(default=meshlib.Policy(retry=None, breaker=meshlib.Breaker(consecutive=1)))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503 if request.url.host == "down.internal" else 200)
+
+    with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(handler)), mesh) as client:
+        for host in ("a.internal", "b.internal", "c.internal", "down.internal"):
+            client.get(f"http://{host}/")
+    with _serve(mesh) as server:
+        page = httpx.get(server.url + "/").text
+        data = httpx.get(server.url + "/status.json").json()
+    assert len(data["destinations"]) == 4
+    assert page.count("<tr data-destination=") == 2
+    assert page.index('data-destination="http://down.internal:80"') < page.index(
+        'data-destination="http://a.internal:80"'
+    )
+    assert "and 2 more destinations" in page

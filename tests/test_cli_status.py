@@ -85,3 +85,20 @@ def test_status_fails_clearly_on_a_page_that_is_not_meshlibs(
         err[0] == f"meshlib status: {other.url}/status.json: not a meshlib status page of version 1"
     )
     assert err[1] == f"meshlib status: {other.url}/status.json: HTTP 404"
+
+
+def test_status_colours_the_state_on_a_terminal(
+    watched: tuple[meshlib.admin.Server, str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = watched[0]
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert main(["status", server.url]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[1;31mfailing\x1b[0m" in out
+    assert "\x1b[32mhealthy\x1b[0m" in out
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert main(["status", server.url]) == 0
+    assert "\x1b[" not in capsys.readouterr().out
