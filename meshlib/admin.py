@@ -96,7 +96,11 @@ class _Pages:
 
     def respond(self, method: str, path: str, query: str, host: str | None, base: str) -> _Response:
         """Answer one request; never changes any state."""
-        status, headers, body = self._route(method, path, query, host, base)
+        try:
+            status, headers, body = self._route(method, path, query, host, base)
+        except Exception:  # a page must never take the service's thread down with it
+            logger.exception("meshlib status page failed on %s %s", method, path)
+            status, headers, body = _text(500, "the status page failed; see the meshlib log\n")
         headers = [*headers, *_SECURITY_HEADERS, ("content-length", str(len(body)))]
         return status, headers, b"" if method == "HEAD" else body
 

@@ -499,3 +499,18 @@ def test_the_table_shows_the_most_urgent_rows_and_counts_the_rest(
         'data-destination="http://a.internal:80"'
     )
     assert "and 2 more destinations" in page
+
+
+def test_a_failing_page_answers_500_and_logs_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(mesh: meshlib.Mesh) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(meshlib.admin, "snapshot", broken)
+    with _serve(meshlib.Mesh()) as server:
+        response = httpx.get(server.url + "/status.json")
+        assert httpx.get(server.url + "/admin.css").status_code == 200  # still serving
+    assert response.status_code == 500
+    assert "boom" not in response.text
+    assert "meshlib status page failed on GET /status.json" in caplog.text
