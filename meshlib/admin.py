@@ -23,7 +23,6 @@ Cookie or Set-Cookie never appear.
 from __future__ import annotations
 
 import html
-import http.server
 import ipaddress
 import json
 import math
@@ -32,13 +31,16 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
 from ._errors import ConfigError
 from ._mesh import Mesh, default_mesh
 from ._snapshot import COLUMNS, VERSION, cells, scrub, snapshot, table_toml, text_table
 from ._telemetry import logger
+
+if TYPE_CHECKING:
+    import http.server
 
 __all__ = ["Server", "app", "serve"]
 
@@ -521,17 +523,8 @@ def serve(
     except (socket.gaierror, UnicodeError) as exc:
         raise ConfigError(f"admin.serve: host: cannot resolve {host!r}: {exc}") from exc
 
-    class Handler(_Handler):
-        site = pages
-
-    class Httpd(http.server.ThreadingHTTPServer):
-        address_family = family
-        daemon_threads = True
-        request_queue_size = 64  # several browsers and scripts polling at once
-        allow_reuse_address = True
-
     try:
-        httpd = Httpd((host, port), Handler)
+        httpd = _listen(pages, family, host, port)
     except OSError as exc:
         raise ConfigError(
             f"admin.serve: cannot listen on {host}:{port}: {exc.strerror or exc}"
@@ -539,36 +532,47 @@ def serve(
     return Server(httpd, host)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """The stdlib server's handler: every method goes to the same read-only pages."""
+def _listen(pages: _Pages, family: int, host: str, port: int) -> http.server.ThreadingHTTPServer:
+    """Bind the standard library's threaded server to (host, port), answering with `pages`."""
+    import http.server  # here, not at the top: `import meshlib` does not pay for it
 
-    site: _Pages
-    server_version = "meshlib-admin"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
+    class Handler(http.server.BaseHTTPRequestHandler):
+        """Every method goes to the same read-only pages."""
 
-    def _answer(self) -> None:
-        path, _, query = self.path.partition("?")
-        status, headers, body = self.site.respond(
-            self.command, path, query, self.headers.get("host"), ""
-        )
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        if self.command not in ("GET", "HEAD"):
-            self.send_header("connection", "close")  # its body, if any, is not read
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
+        server_version = "meshlib-admin"
+        sys_version = ""
+        protocol_version = "HTTP/1.1"
 
-    def __getattr__(self, name: str) -> Any:
-        # BaseHTTPRequestHandler looks up do_<METHOD>: every method is answered (405).
-        if name.startswith("do_"):
-            return self._answer
-        raise AttributeError(name)
+        def _answer(self) -> None:
+            path, _, query = self.path.partition("?")
+            status, headers, body = pages.respond(
+                self.command, path, query, self.headers.get("host"), ""
+            )
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            if self.command not in ("GET", "HEAD"):
+                self.send_header("connection", "close")  # its body, if any, is not read
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("admin: " + format, *args)
+        def __getattr__(self, name: str) -> Any:
+            # BaseHTTPRequestHandler looks up do_<METHOD>: every method is answered (405).
+            if name.startswith("do_"):
+                return self._answer
+            raise AttributeError(name)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("admin: " + format, *args)
+
+    class Httpd(http.server.ThreadingHTTPServer):
+        address_family = socket.AddressFamily(family)
+        daemon_threads = True
+        request_queue_size = 64  # several browsers and scripts polling at once
+        allow_reuse_address = True
+
+    return Httpd((host, port), Handler)
 
 
 def _status_command(url: str, as_json: bool) -> int:

@@ -514,3 +514,13 @@ def test_a_failing_page_answers_500_and_logs_why(
     assert response.status_code == 500
     assert "boom" not in response.text
     assert "meshlib status page failed on GET /status.json" in caplog.text
+
+
+def test_import_meshlib_does_not_load_the_server() -> None:
+    # `import meshlib` stays light: the stdlib HTTP server loads with serve(), not before.
+    import subprocess
+    import sys
+
+    code = "import sys, meshlib; print('http.server' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
