@@ -7,6 +7,7 @@ retry budget, and deadlines that travel between services
 `Policy` or a `Mesh` of them.
 """
 
+from . import admin as admin
 from . import asgi as asgi
 from . import wsgi as wsgi
 from ._breaker import BreakerSnapshot

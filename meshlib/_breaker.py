@@ -45,6 +45,8 @@ class BreakerSnapshot:
         failures: failures among them.
         retry_after: seconds until an open breaker admits a probe; 0 otherwise.
         trips: consecutive trips without closing in between.
+        since: seconds since the breaker last changed state (since it was made,
+            if it never has).
     """
 
     destination: str
@@ -53,6 +55,7 @@ class BreakerSnapshot:
     failures: int
     retry_after: float
     trips: int
+    since: float = 0.0
 
 
 class CircuitBreaker:
@@ -68,6 +71,7 @@ class CircuitBreaker:
         "_probe_successes",
         "_probes_in_flight",
         "_trips",
+        "changed_at",
         "episode",
         "label",
         "on_status",
@@ -89,6 +93,7 @@ class CircuitBreaker:
         self._probes_in_flight = 0
         self._probe_successes = 0
         self.episode = 0  # numbers half-open episodes; probe tickets carry it
+        self.changed_at = runtime.clock.now()  # when `state` last changed (monotonic)
 
     def admit(self, now: float) -> int | None:
         """Return a ticket if a call may start now, or None if the breaker rejects it."""
@@ -101,7 +106,7 @@ class CircuitBreaker:
             if self.state is OPEN:
                 if now < self._open_until:
                     return None
-                transition = self._move(HALF_OPEN)
+                transition = self._move(HALF_OPEN, now)
                 self.episode += 1
                 self._probes_in_flight = 0
                 self._probe_successes = 0
@@ -151,7 +156,7 @@ class CircuitBreaker:
                 else:
                     self._probe_successes += 1
                     if self._probe_successes >= self.settings.probes:
-                        transition = self._close()
+                        transition = self._close(now)
         self._announce(transition)
 
     def release(self, ticket: int) -> None:
@@ -178,6 +183,7 @@ class CircuitBreaker:
                 failures=failures,
                 retry_after=self.retry_after(now),
                 trips=self._trips,
+                since=max(0.0, now - self.changed_at),
             )
 
     # Everything below runs under the lock.
@@ -201,16 +207,17 @@ class CircuitBreaker:
             grown = settings.open_for * 2.0**doublings * runtime.rng.uniform(0.9, 1.1)
             period = min(settings.max_open_for, grown)
         self._open_until = now + period
-        return self._move(OPEN)
+        return self._move(OPEN, now)
 
-    def _close(self) -> tuple[str, str]:
+    def _close(self, now: float) -> tuple[str, str]:
         self._trips = 0
         self._in_a_row = 0
         self._counts.clear()
-        return self._move(CLOSED)
+        return self._move(CLOSED, now)
 
-    def _move(self, state: str) -> tuple[str, str]:
+    def _move(self, state: str, now: float) -> tuple[str, str]:
         old, self.state = self.state, state
+        self.changed_at = now
         return old, state
 
     def _announce(self, transition: tuple[str, str] | None) -> None:

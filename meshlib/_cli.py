@@ -69,7 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.add_argument(
         "destination", metavar="HOST[:PORT]", help="a host, host:port or URL, e.g. orders.internal"
     )
+    status = commands.add_parser(
+        "status",
+        help="what a running process's mesh is doing (its meshlib.admin page)",
+        description="Print the status table of a process serving meshlib.admin: every "
+        "destination in use, the failing first. Exit 1 when the page cannot be read.",
+    )
+    status.add_argument("url", metavar="URL", help="the status page, e.g. http://127.0.0.1:15000")
+    status.add_argument("--json", action="store_true", help="print /status.json as served")
     args = parser.parse_args(argv)
+    if args.command == "status":
+        from .admin import _status_command
+
+        return _status_command(args.url, args.json)
     if args.command == "demo":
         from ._demo import run_demo
 

@@ -19,6 +19,7 @@ from ._errors import ConfigError
 from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Policy
 from ._propagation import inside_mesh, propagates
 from ._runtime import runtime
+from ._sketch import LatencySketch
 from ._state import BoundedMap, Destination, SharedState
 from ._telemetry import Reporter, log_breaker, logger, telemetry_for, watch_breakers
 from ._traffic import EndpointPool, EndpointSnapshot, LatencyWindow
@@ -55,6 +56,7 @@ class Plan:
         "report",
         "requested",
         "routes",
+        "sketch",
         "telemetry",
         "total",
         "url_host",
@@ -80,6 +82,7 @@ class Plan:
         self.bulkhead = bulkhead
         self.endpoints: EndpointPool | None = None
         self.latencies: LatencyWindow | None = None  # for a hedge delay of "p95"
+        self.sketch: LatencySketch | None = None  # while a status page watches the Mesh
         self.faults_announced = False
         self.generation = 0  # the Mesh's generation it was made in; set by the Mesh
         # httpx's parsed (scheme, host, port) this plan was made for: transports
@@ -248,6 +251,8 @@ class Mesh:
         self._bulkheads: SharedState[tuple[Destination, Bulkhead], ConcurrencyLimit] = SharedState()
         self._endpoints: SharedState[tuple[Destination, Endpoints], EndpointPool] = SharedState()
         self._latencies: SharedState[Destination, LatencyWindow] = SharedState()
+        self._sketches: SharedState[Destination, LatencySketch] = SharedState()
+        self._measuring = False  # latency sketches: only once a status page asks
         self._hooks: list[TransitionHook] = []
         # Bumped whenever cached plans stop being valid: reset() and update().
         self.generation = 0
@@ -440,7 +445,22 @@ class Mesh:
             )
         if policy.hedge is not None and policy.hedge.delay == "p95":
             plan.latencies = self._latencies.get_or_create(destination, LatencyWindow)
+        if self._measuring:
+            plan.sketch = self._sketches.get_or_create(destination, LatencySketch)
         return plan
+
+    def _measure_latency(self) -> None:
+        """Keep a latency sketch per destination from now on (the status page asks).
+
+        Until then the success path measures nothing: a Mesh nobody looks at pays nothing.
+        """
+        if not self._measuring:
+            self._measuring = True
+            self.generation += 1  # cached plans are rebuilt, with a sketch
+
+    def _cached_plans(self) -> list[Plan]:
+        """Return the cached plans, least recently used first: the destinations in use."""
+        return self._plans.values()
 
     def on_breaker_change(self, hook: TransitionHook) -> None:
         """Call ``hook(destination, old_state, new_state)`` after every breaker transition.
@@ -481,6 +501,7 @@ class Mesh:
         self._bulkheads.clear()
         self._endpoints.clear()
         self._latencies.clear()
+        self._sketches.clear()
 
 
 _default = Mesh()

@@ -623,6 +623,10 @@ class Transport(_Pipeline, httpx.BaseTransport):
                 else:
                     if attempt is not None:
                         attempt.end(response, response.status_code >= 500)
+                    sketch = plan.sketch  # None unless a status page watches the Mesh
+                    if sketch is not None:
+                        ended = clock.now()
+                        sketch.add(ended - now, ended)
                     if breaker is not None:
                         breaker.record(ticket, response.status_code in breaker.on_status, now)
                     if deadline_at is not None and not isinstance(
@@ -814,6 +818,10 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 else:
                     if attempt is not None:
                         attempt.end(response, response.status_code >= 500)
+                    sketch = plan.sketch  # None unless a status page watches the Mesh
+                    if sketch is not None:
+                        ended = clock.now()
+                        sketch.add(ended - now, ended)
                     if breaker is not None:
                         breaker.record(ticket, response.status_code in breaker.on_status, now)
                     # Wrapped with or without a deadline: its close must not be cut halfway.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +38,11 @@ class _Poller:
         self.where = where
         self.interval = float(interval)
         self._failing: str | None = None  # the refusal logged last, until a good update
+        # For the status page: the version in force, when it was loaded (wall time),
+        # and the last refusal (wall time, reason), kept after a good update too.
+        self.version: str | None = None
+        self.loaded_at = time.time()
+        self.refused: tuple[float, str] | None = None
         self._stop = threading.Event()
         self._mesh: weakref.ref[Mesh] | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -64,6 +70,7 @@ class _Poller:
 
         A dead config server for an hour is one line, not 720.
         """
+        self.refused = (time.time(), str(error))
         state = str(error) if state is None else state
         if state != self._failing:
             self._failing = state
@@ -71,6 +78,15 @@ class _Poller:
 
     def close(self) -> None:
         self._stop.set()
+
+    @property
+    def failing(self) -> bool:
+        """True from a refusal until the next good update."""
+        return self._failing is not None
+
+    def _apply(self, mesh: Mesh, config: MeshConfig) -> None:
+        _apply(mesh, config)
+        self.version, self.loaded_at = config.digest, time.time()
 
 
 def _apply(mesh: Mesh, config: MeshConfig) -> None:
@@ -99,7 +115,7 @@ class FileSource(_Poller):
     ) -> None:
         super().__init__(os.fspath(path), interval)
         self.path = os.fspath(path)
-        self._digest = digest
+        self._digest = self.version = digest
         # Unknown rather than read now: the file may have changed since `digest` was
         # taken, and the first poll's hash comparison costs one read.
         self._stat: tuple[int, int] | None = None
@@ -137,7 +153,7 @@ class FileSource(_Poller):
             self._fail(exc)
             return
         self._failing = None
-        _apply(mesh, config)
+        self._apply(mesh, config)
 
 
 class UrlSource(_Poller):
@@ -193,6 +209,7 @@ class UrlSource(_Poller):
             self.close()
             raise
         assert config is not None  # no ETag was sent, so no 304
+        self.version = config.digest
         return config
 
     def follow(self, mesh: Mesh) -> None:
@@ -217,7 +234,7 @@ class UrlSource(_Poller):
             )
             self._failing = None
         if config is not None:
-            _apply(mesh, config)
+            self._apply(mesh, config)
 
     def close(self) -> None:
         super().close()

@@ -90,6 +90,11 @@ class BoundedMap(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._data)
 
+    def values(self) -> list[V]:
+        """Return a snapshot of the entries, least recently used first."""
+        with self._lock:
+            return list(self._data.values())
+
 
 class SharedState(Generic[K, V]):
     """Per-destination state (budgets, breakers, ...), shared by every plan using it.

@@ -71,7 +71,10 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class EndpointSnapshot:
-    """An endpoint's state at one moment."""
+    """An endpoint's state at one moment.
+
+    `ejected_for` is the seconds until an ejected endpoint comes back (0 when in use).
+    """
 
     address: str
     in_flight: int
@@ -79,6 +82,7 @@ class EndpointSnapshot:
     failures_in_a_row: int
     ejected: bool
     ejections: int
+    ejected_for: float = 0.0
 
 
 class EndpointPool:
@@ -159,6 +163,7 @@ class EndpointPool:
                     e.failures_in_a_row,
                     e.ejected_until > now,
                     e.ejections,
+                    max(0.0, e.ejected_until - now),
                 )
                 for e in self.endpoints
             ]

@@ -65,12 +65,23 @@ TESTING = [
 ]
 
 
+ADMIN = ["Server", "app", "serve"]
+
+
 def test_public_names_are_pinned() -> None:
     assert sorted(meshlib.__all__) == PUBLIC
 
 
 def test_testing_names_are_pinned() -> None:
     assert sorted(meshlib.testing.__all__) == TESTING
+
+
+def test_admin_names_are_pinned() -> None:
+    # `import meshlib` is enough: meshlib.admin.serve(mesh) needs no import of its own.
+    assert meshlib.admin is importlib.import_module("meshlib.admin")
+    assert sorted(meshlib.admin.__all__) == ADMIN
+    for name in ADMIN:
+        assert callable(getattr(meshlib.admin, name))
 
 
 def test_all_has_no_duplicates() -> None:

@@ -29,6 +29,8 @@ OUTSIDE = "http://api.example.com/items"  # outside: no header
 _STANDARD = meshlib.STANDARD
 _OFF = meshlib.Policy(retry=None, timeout=None, breaker=None, bulkhead=None, tracing=None)
 REJECTED = "a call rejected by an open breaker"
+STANDARD_MESH = "meshlib STANDARD in a Mesh"
+WATCHED = "  the same, a status page attached"
 REJECTED_AT_TRANSPORT = "  the same, at meshlib's transport"
 
 
@@ -40,6 +42,13 @@ def _variants() -> dict[str, Callable[[], object]]:
         if policy is not None:
             meshlib.wrap(client, policy)
         return lambda: client.get(url)
+
+    def through(mesh: meshlib.Mesh) -> Callable[[], object]:
+        client = meshlib.wrap(httpx.Client(transport=mock), mesh)
+        return lambda: client.get(INSIDE)
+
+    watched = meshlib.Mesh(default=_STANDARD)
+    meshlib.admin.app(watched)  # a status page watches it: latency sketches on
 
     header = httpx.Client(transport=_common.HeaderOnly(mock))
     return {
@@ -53,6 +62,8 @@ def _variants() -> dict[str, Callable[[], object]]:
         "  without bulkhead": get(_STANDARD.replace(bulkhead=None), OUTSIDE),
         "  without tracing (no SDK)": get(_STANDARD.replace(tracing=None), OUTSIDE),
         "meshlib, every layer off": get(_OFF, OUTSIDE),
+        STANDARD_MESH: through(meshlib.Mesh(default=_STANDARD)),
+        WATCHED: through(watched),
     }
 
 
@@ -86,6 +97,21 @@ def _rejected_calls() -> tuple[Callable[[], object], Callable[[], object], list[
     return rejected, rejected_at_transport, sent
 
 
+def _sketch_cost(count: int = 20_000) -> float:
+    """Return the microseconds one measured attempt adds: a clock read and a sketch add."""
+    from meshlib._runtime import runtime
+    from meshlib._sketch import LatencySketch
+
+    sketch, clock = LatencySketch(), runtime.clock
+    started = clock.now()
+
+    def measure() -> None:
+        ended = clock.now()
+        sketch.add(ended - started, ended)
+
+    return min(_common.time_calls(measure, count) for _ in range(5))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000, help="requests per variant per round")
@@ -117,6 +143,14 @@ def main() -> None:
         f" {own / bare:.1%} of bare httpx"
     )
     print(f"total, deadline header included (STANDARD against bare): {total / bare:.1%}")
+    sketch = medians[WATCHED] - medians[STANDARD_MESH]
+    watched_own = medians[WATCHED] - with_header
+    print(
+        f"with a status page attached (its latency sketch, the only cost it adds to a call):"
+        f" {sketch:+.2f} µs; own overhead then {watched_own:.2f} µs,"
+        f" {watched_own / bare:.1%} of bare httpx; the sketch alone (clock read and add):"
+        f" {_sketch_cost():.2f} µs per attempt"
+    )
     print(
         f"{REJECTED}: {medians[REJECTED_AT_TRANSPORT]:.2f} µs"
         f" in meshlib's transport, {medians[REJECTED]:.2f} µs through httpx.Client"
