@@ -124,16 +124,16 @@ class Caller:
 
 
 def envoy_callers(
-    stack: ExitStack, binary: str, upstream: int, concurrency: int
+    stack: ExitStack, binary: str, upstream: int, concurrency: int, runs: list[str]
 ) -> dict[str, list[Caller]]:
-    """Start one Envoy; return its callers for each run (``down``, ``flaky``, ``retry-after``).
+    """Start one Envoy; return its callers for each of `runs`, and for ``retry-after``.
 
     Each run gets clusters of its own, so that no run inherits another's state
     (an ejected host, an open retry budget).
     """
     listeners, clusters = [], []
     plan: list[tuple[str, str, str]] = []  # (run, label, listener and cluster name)
-    for run in ("down", "flaky"):
+    for run in runs:
         for index, (name, fields) in enumerate(ENVOY_CLUSTERS.items()):
             key = f"{run}{index}"
             route = {"retry_policy": _envoy.ISTIO_RETRY}
@@ -154,7 +154,7 @@ def envoy_callers(
         plan.append(("retry-after", label, key))
     envoy = stack.enter_context(_envoy.Envoy(binary, listeners, clusters, name="envoy-failure"))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    callers: dict[str, list[Caller]] = {"down": [], "flaky": [], "retry-after": []}
+    callers: dict[str, list[Caller]] = {run: [] for run in [*runs, "retry-after"]}
     for run, label, key in plan:
         # Envoy's own timeout is the deadline; httpx's must not cut in first.
         client = httpx.Client(base_url=envoy.url(key), limits=limits, timeout=DEADLINE + 30.0)
@@ -373,7 +373,14 @@ def time_to_recover(upstream: _common.ServerProcess, trials: int) -> list[tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=1000, help="calls per variant, runs 1 and 2")
+    parser.add_argument("--calls", type=int, default=1000, help="calls per variant, outage")
+    parser.add_argument(
+        "--flaky-calls",
+        type=int,
+        nargs="+",
+        default=[1000, 5000],
+        help="calls per variant at 20%% 503s (one run per number)",
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="caller threads")
     parser.add_argument("--trials", type=int, default=3, help="Retry-After calls per variant")
     parser.add_argument("--requests", type=int, default=300, help="per round, open breaker")
@@ -388,15 +395,19 @@ def main() -> None:
     with ExitStack() as stack:
         upstream = stack.enter_context(_common.ServerProcess("503"))
         healthy = stack.enter_context(_common.ServerProcess("ok"))
-        envoys: dict[str, list[Caller]] = {"down": [], "flaky": [], "retry-after": []}
+        runs = ["down", *(f"flaky{calls}" for calls in args.flaky_calls)]
+        envoys: dict[str, list[Caller]] = {run: [] for run in [*runs, "retry-after"]}
         if binary is not None:
-            envoys = envoy_callers(stack, binary, upstream.port, args.concurrency)
+            envoys = envoy_callers(stack, binary, upstream.port, args.concurrency, runs)
 
         def ours() -> list[Caller]:
             return meshlib_callers(stack, upstream.url, args.concurrency, MESHLIB_POLICIES)
 
         down = outage([*envoys["down"], *ours()], upstream, args.calls, args.concurrency)
-        flaky_rows = flaky([*envoys["flaky"], *ours()], upstream, args.calls, args.concurrency)
+        flaky_rows = {
+            calls: flaky([*envoys[f"flaky{calls}"], *ours()], upstream, calls, args.concurrency)
+            for calls in args.flaky_calls
+        }
         timed = {
             "meshlib STANDARD, Timeout(total=3)": meshlib.STANDARD.replace(
                 timeout=meshlib.Timeout(total=DEADLINE, attempt=DEADLINE)
@@ -417,7 +428,6 @@ def main() -> None:
     )
     headers = ("caller", "upstream requests per 1000 calls", "callers got", "Envoy's counters", "s")
     print(_common.table(headers, down))
-    print(f"\n### 20% random 503s (seed {SEED}, the same sequence for every variant)\n")
     headers = (
         "caller",
         "caller success",
@@ -426,7 +436,12 @@ def main() -> None:
         "Envoy's counters",
         "s",
     )
-    print(_common.table(headers, flaky_rows))
+    for calls, rows in flaky_rows.items():
+        print(
+            f"\n### 20% random 503s: {calls} calls from {args.concurrency} threads per variant "
+            f"(seed {SEED}, the same sequence for every variant)\n"
+        )
+        print(_common.table(headers, rows))
     verdicts(down, flaky_rows)
     print(
         f"\n### Retry-After: one 503 carrying it, then 200s ({args.trials} calls each, "
@@ -466,9 +481,8 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, httpx {httpx.__version__}")
 
 
-def verdicts(down: list[tuple[str, ...]], flaky_rows: list[tuple[str, ...]]) -> None:
+def verdicts(down: list[tuple[str, ...]], flaky_rows: dict[int, list[tuple[str, ...]]]) -> None:
     per_1000 = {row[0]: float(row[1]) for row in down}
-    success = {row[0]: float(row[1].rstrip("%")) for row in flaky_rows}
     envoys = [name for name in per_1000 if name.startswith("Envoy")]
     print()
     if not envoys:
@@ -482,13 +496,15 @@ def verdicts(down: list[tuple[str, ...]], flaky_rows: list[tuple[str, ...]]) -> 
         f"outlier detection {min(per_1000[n] for n in others):.0f}-"
         f"{max(per_1000[n] for n in others):.0f}; fewer than each -> {_common.verdict(fewer)}"
     )
-    best = max(envoys, key=success.__getitem__)
-    mine = success["meshlib STANDARD"]
-    print(
-        f"20% 503s: meshlib STANDARD's caller success {mine:.1f}%, Envoy's best "
-        f"{success[best]:.1f}% ({best}); at least as high -> "
-        f"{_common.verdict(mine >= success[best])}"
-    )
+    for calls, rows in flaky_rows.items():
+        success = {row[0]: float(row[1].rstrip("%")) for row in rows}
+        best = max(envoys, key=success.__getitem__)
+        mine = success["meshlib STANDARD"]
+        print(
+            f"20% 503s, {calls} calls: meshlib STANDARD's caller success {mine:.1f}%, Envoy's "
+            f"best {success[best]:.1f}% ({best}); at least as high -> "
+            f"{_common.verdict(mine >= success[best])}"
+        )
 
 
 if __name__ == "__main__":

