@@ -22,13 +22,15 @@ only, from a config this script writes; listeners and admin bind port 0 and
 the ports are read back from the admin API. Certificates come from trustme.
 Without Envoy the Envoy rows are skipped, saying how to get it.
 
-Interleaved rounds: each round runs every variant for N requests in turn
-(the order rotates; the collector runs before each turn). A round gives each
-variant its p50/p90/p99 and its added latency over (a) in the same round;
-the tables show the median over rounds. Client CPU per request is this
-process's CPU time over the turn; Envoy CPU per 1000 requests is the
-user + system time of the variant's Envoy processes (/proc/<pid>/stat) over
-its turns only. meshlib's cost is also measured on httpx.MockTransport
+Interleaved rounds: each round runs every variant for N requests (20) in
+turn (the order rotates; the collector runs once per round), so a burst of
+load from elsewhere falls on all variants alike. The rounds are cut into 10
+blocks; a block gives each variant its p50/p90/p99 and its added latency over
+(a) in the same block; the tables show the median over blocks. Client CPU per
+request is this process's CPU time over the variant's turns (median over
+blocks); Envoy CPU per 1000 requests is the user + system time of the
+variant's Envoy processes (/proc/<pid>/stat) over its turns only, summed
+over the run. meshlib's cost is also measured on httpx.MockTransport
 (precise, no socket noise), for reference.
 """
 
@@ -120,6 +122,11 @@ class HAProxy:
         self._dir.cleanup()
 
 
+#: Each variant's samples are cut into this many blocks of consecutive rounds; a block
+#: gives every variant its percentiles over the same stretch of time.
+BLOCKS = 10
+
+
 @dataclass
 class Variant:
     """One way of sending the GET, and what each of its turns measured."""
@@ -128,50 +135,72 @@ class Variant:
     call: Callable[[], object]
     #: the proxies on this variant's path, whose CPU its turns are charged
     proxies: list[Callable[[], float]] = field(default_factory=list)
-    p50: list[float] = field(default_factory=list)
-    p90: list[float] = field(default_factory=list)
-    p99: list[float] = field(default_factory=list)
-    client_cpu: list[float] = field(default_factory=list)  # µs per request, per turn
+    samples: list[float] = field(default_factory=list)  # seconds per request, in order
+    client_cpu: list[float] = field(default_factory=list)  # seconds, per turn
     proxy_cpu: float = 0.0  # seconds, all turns
-    requests: int = 0
 
     def turn(self, count: int) -> None:
-        call, clock = self.call, time.perf_counter
-        samples = [0.0] * count
-        gc.collect()
+        call, clock, samples = self.call, time.perf_counter, self.samples
         proxy_before = sum(cpu() for cpu in self.proxies)
         cpu_before = time.process_time()
-        for index in range(count):
+        for _ in range(count):
             started = clock()
             call()
-            samples[index] = clock() - started
-        self.client_cpu.append((time.process_time() - cpu_before) / count * 1e6)
+            samples.append(clock() - started)
+        self.client_cpu.append(time.process_time() - cpu_before)
         self.proxy_cpu += sum(cpu() for cpu in self.proxies) - proxy_before
-        self.requests += count
-        self.p50.append(_common.percentile(samples, 0.50) * 1e6)
-        self.p90.append(_common.percentile(samples, 0.90) * 1e6)
-        self.p99.append(_common.percentile(samples, 0.99) * 1e6)
+
+    def blocks(self) -> list[list[float]]:
+        size = max(1, len(self.samples) // BLOCKS)
+        return [self.samples[i : i + size] for i in range(0, size * BLOCKS, size)]
+
+    def percentiles(self, fraction: float) -> list[float]:
+        """This variant's `fraction` percentile in each block, µs."""
+        return [_common.percentile(block, fraction) * 1e6 for block in self.blocks() if block]
+
+    def median(self, fraction: float) -> float:
+        return statistics.median(self.percentiles(fraction))
+
+    def client_cpu_per_request(self) -> float:
+        """µs of this process's CPU per request: the median over blocks."""
+        turns = len(self.client_cpu)
+        size = max(1, turns // BLOCKS)
+        per_turn = len(self.samples) / turns
+        return statistics.median(
+            sum(self.client_cpu[i : i + size]) / (size * per_turn) * 1e6
+            for i in range(0, size * min(BLOCKS, turns), size)
+        )
+
+    def proxy_cpu_per_1000(self) -> float:
+        """CPU seconds of this variant's proxies per 1000 requests, over all its turns."""
+        return self.proxy_cpu / len(self.samples) * 1000
 
 
 def run_rounds(variants: list[Variant], requests: int, rounds: int, max_seconds: float) -> int:
-    """Run `rounds` interleaved rounds (at least three, fewer if `max_seconds` pass)."""
+    """Run `rounds` interleaved rounds (fewer if `max_seconds` pass); return how many ran.
+
+    Turns are short (a few dozen requests), so a burst of load from elsewhere
+    on the machine falls on every variant alike; the collector runs once per
+    round, so its pauses fall on them alike too.
+    """
     for variant in variants:  # warm up: connections open, TLS sessions made, caches filled
         for _ in range(200):
             variant.call()
     stop_at = time.monotonic() + max_seconds
     done = 0
     for done in range(1, rounds + 1):
+        gc.collect()
         shift = done % len(variants)
         for variant in variants[shift:] + variants[:shift]:
             variant.turn(requests)
-        if done >= 3 and time.monotonic() > stop_at:
+        if done >= 3 * BLOCKS and time.monotonic() > stop_at:
             break
     return done
 
 
-def added(variant: Variant, direct: Variant, which: str) -> float:
-    """The median over rounds of (variant - direct) at percentile `which`, same round."""
-    mine, theirs = getattr(variant, which), getattr(direct, which)
+def added(variant: Variant, direct: Variant, fraction: float) -> float:
+    """The median over blocks of (variant - direct) at percentile `fraction`, same block."""
+    mine, theirs = variant.percentiles(fraction), direct.percentiles(fraction)
     return statistics.median(m - t for m, t in zip(mine, theirs, strict=True))
 
 
@@ -292,8 +321,8 @@ def build(stack: ExitStack, binary: str | None, folder: str, explain: bool) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=300, help="per variant per round")
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=20, help="per variant per round")
     parser.add_argument("--max-seconds", type=float, default=150.0, help="soft bound")
     parser.add_argument(
         "--explain", action="store_true", help="add meshlib STANDARD without its deadline"
@@ -330,7 +359,7 @@ def report(
         by_name.setdefault(v.name[:3], v)  # "(b)" is meshlib STANDARD, not the --explain row
     print(
         f"\n### Sequential GETs on 127.0.0.1 ({rounds} rounds x {requests} requests per variant, "
-        "interleaved; medians over rounds)\n"
+        f"interleaved; medians over {BLOCKS} blocks of rounds)\n"
     )
     headers = (
         "variant",
@@ -345,17 +374,17 @@ def report(
     )
     rows = []
     for v in variants:
-        proxy = f"{v.proxy_cpu / v.requests * 1000:.3f}" if v.proxies else "-"
+        proxy = f"{v.proxy_cpu_per_1000():.3f}" if v.proxies else "-"
         rows.append(
             (
                 v.name,
-                f"{statistics.median(v.p50):.0f}",
-                f"{statistics.median(v.p90):.0f}",
-                f"{statistics.median(v.p99):.0f}",
-                f"{added(v, direct, 'p50'):+.0f}",
-                f"{added(v, direct, 'p90'):+.0f}",
-                f"{added(v, direct, 'p99'):+.0f}",
-                f"{statistics.median(v.client_cpu):.0f}",
+                f"{v.median(0.50):.0f}",
+                f"{v.median(0.90):.0f}",
+                f"{v.median(0.99):.0f}",
+                f"{added(v, direct, 0.50):+.0f}",
+                f"{added(v, direct, 0.90):+.0f}",
+                f"{added(v, direct, 0.99):+.0f}",
+                f"{v.client_cpu_per_request():.0f}",
                 proxy,
             )
         )
@@ -366,17 +395,17 @@ def report(
     mesh = by_name["(b)"]
     print("\n### What the bars need (same run)\n")
     rows = [
-        ("meshlib STANDARD adds, p50 (b - a)", f"{added(mesh, direct, 'p50'):+.1f} µs"),
-        ("meshlib STANDARD adds, p99 (b - a)", f"{added(mesh, direct, 'p99'):+.1f} µs"),
+        ("meshlib STANDARD adds, p50 (b - a)", f"{added(mesh, direct, 0.50):+.1f} µs"),
+        ("meshlib STANDARD adds, p99 (b - a)", f"{added(mesh, direct, 0.99):+.1f} µs"),
         ("meshlib STANDARD adds, MockTransport (header included)", f"{meshlib_mock:+.1f} µs"),
     ]
     verdicts = []
     if "(c)" in by_name:
         hop = by_name["(c)"]
         two, mine = by_name["(d)"], by_name["(e)"]
-        for which in ("p50", "p99"):
-            hop_added = added(hop, direct, which)
-            ours = added(mesh, direct, which)
+        for which, fraction in (("p50", 0.50), ("p99", 0.99)):
+            hop_added = added(hop, direct, fraction)
+            ours = added(mesh, direct, fraction)
             rows.append((f"one Envoy hop adds, {which} (c - a)", f"{hop_added:+.1f} µs"))
             verdicts.append(
                 f"meshlib's whole cost at {which}: {ours:+.1f} µs = {ours / hop_added:.1%} of "
@@ -385,18 +414,18 @@ def report(
             )
         verdicts.append(
             f"  (from MockTransport: {meshlib_mock:.1f} µs = "
-            f"{meshlib_mock / added(hop, direct, 'p50'):.1%} of the hop at p50)"
+            f"{meshlib_mock / added(hop, direct, 0.50):.1%} of the hop at p50)"
         )
-        for which in ("p50", "p99"):
-            saving = added(two, direct, which) - added(mine, direct, which)
+        for which, fraction in (("p50", 0.50), ("p99", 0.99)):
+            saving = added(two, direct, fraction) - added(mine, direct, fraction)
             rows.append(
                 (
                     f"two sidecars minus meshlib-as-client-sidecar, {which} (d - e)",
                     f"{saving:+.1f} µs",
                 )
             )
-        cpu_two = statistics.median(two.client_cpu) + two.proxy_cpu / two.requests * 1e6
-        cpu_mine = statistics.median(mine.client_cpu) + mine.proxy_cpu / mine.requests * 1e6
+        cpu_two = two.client_cpu_per_request() + two.proxy_cpu_per_1000() * 1000
+        cpu_mine = mine.client_cpu_per_request() + mine.proxy_cpu_per_1000() * 1000
         rows.append(("CPU per 1000 requests, client + Envoys: (d)", f"{cpu_two / 1000:.3f} s"))
         rows.append(("CPU per 1000 requests, client + Envoys: (e)", f"{cpu_mine / 1000:.3f} s"))
         saving50 = added(two, direct, "p50") - added(mine, direct, "p50")
@@ -410,7 +439,7 @@ def report(
     else:
         verdicts.append("no Envoy: the bars against a real hop are not measured (see above)")
     tls_row = by_name["(f)"]
-    rows.append(("meshlib mTLS, no proxy, p50 (f - a)", f"{added(tls_row, direct, 'p50'):+.1f} µs"))
+    rows.append(("meshlib mTLS, no proxy, p50 (f - a)", f"{added(tls_row, direct, 0.50):+.1f} µs"))
     print(_common.table(("figure", "value"), rows))
     print()
     for line in verdicts:
