@@ -245,7 +245,7 @@ class Envoy:
     ) -> None:
         self.binary = binary
         self.name = name
-        self.config = {
+        self.config: dict[str, Any] = {
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "static_resources": {"listeners": listeners, "clusters": clusters},
         }

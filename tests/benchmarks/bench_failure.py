@@ -228,7 +228,7 @@ def outage(
     callers: list[Caller], upstream: _common.ServerProcess, calls: int, concurrency: int
 ) -> list[tuple[str, ...]]:
     upstream.command("default 503")
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for caller in callers:
         reached, outcomes, counters, seconds = run_calls(caller, upstream, calls, concurrency)
         rows.append(
@@ -246,7 +246,7 @@ def outage(
 def flaky(
     callers: list[Caller], upstream: _common.ServerProcess, calls: int, concurrency: int
 ) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for caller in callers:
         upstream.command(f"default flaky:{SEED}")  # the same sequence for every variant
         reached, outcomes, counters, seconds = run_calls(caller, upstream, calls, concurrency)
@@ -267,7 +267,7 @@ def retry_after(
     callers: list[Caller], upstream: _common.ServerProcess, trials: int
 ) -> list[tuple[str, ...]]:
     upstream.command("default ok")
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for form, label in (
         ("seconds", "Retry-After: 1"),
         ("date", "Retry-After: HTTP date, 2 s ahead"),

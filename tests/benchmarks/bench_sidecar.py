@@ -394,7 +394,7 @@ def report(
     bare_mock, meshlib_mock, header_mock = mock
     mesh = by_name["(b)"]
     print("\n### What the bars need (same run)\n")
-    rows = [
+    figures: list[tuple[str, str]] = [
         ("meshlib STANDARD adds, p50 (b - a)", f"{added(mesh, direct, 0.50):+.1f} µs"),
         ("meshlib STANDARD adds, p99 (b - a)", f"{added(mesh, direct, 0.99):+.1f} µs"),
         ("meshlib STANDARD adds, MockTransport (header included)", f"{meshlib_mock:+.1f} µs"),
@@ -406,7 +406,7 @@ def report(
         for which, fraction in (("p50", 0.50), ("p99", 0.99)):
             hop_added = added(hop, direct, fraction)
             ours = added(mesh, direct, fraction)
-            rows.append((f"one Envoy hop adds, {which} (c - a)", f"{hop_added:+.1f} µs"))
+            figures.append((f"one Envoy hop adds, {which} (c - a)", f"{hop_added:+.1f} µs"))
             verdicts.append(
                 f"meshlib's whole cost at {which}: {ours:+.1f} µs = {ours / hop_added:.1%} of "
                 f"one Envoy hop ({hop_added:+.1f} µs); bar: at most 10% -> "
@@ -418,7 +418,7 @@ def report(
         )
         for which, fraction in (("p50", 0.50), ("p99", 0.99)):
             saving = added(two, direct, fraction) - added(mine, direct, fraction)
-            rows.append(
+            figures.append(
                 (
                     f"two sidecars minus meshlib-as-client-sidecar, {which} (d - e)",
                     f"{saving:+.1f} µs",
@@ -426,10 +426,10 @@ def report(
             )
         cpu_two = two.client_cpu_per_request() + two.proxy_cpu_per_1000() * 1000
         cpu_mine = mine.client_cpu_per_request() + mine.proxy_cpu_per_1000() * 1000
-        rows.append(("CPU per 1000 requests, client + Envoys: (d)", f"{cpu_two / 1000:.3f} s"))
-        rows.append(("CPU per 1000 requests, client + Envoys: (e)", f"{cpu_mine / 1000:.3f} s"))
-        saving50 = added(two, direct, "p50") - added(mine, direct, "p50")
-        saving99 = added(two, direct, "p99") - added(mine, direct, "p99")
+        figures.append(("CPU per 1000 requests, client + Envoys: (d)", f"{cpu_two / 1000:.3f} s"))
+        figures.append(("CPU per 1000 requests, client + Envoys: (e)", f"{cpu_mine / 1000:.3f} s"))
+        saving50 = added(two, direct, 0.50) - added(mine, direct, 0.50)
+        saving99 = added(two, direct, 0.99) - added(mine, direct, 0.99)
         verdicts.append(
             f"meshlib in place of the client sidecar: {saving50:+.0f} µs at p50, "
             f"{saving99:+.0f} µs at p99, {(cpu_two - cpu_mine) / 1000:+.3f} CPU-s "
@@ -439,8 +439,10 @@ def report(
     else:
         verdicts.append("no Envoy: the bars against a real hop are not measured (see above)")
     tls_row = by_name["(f)"]
-    rows.append(("meshlib mTLS, no proxy, p50 (f - a)", f"{added(tls_row, direct, 0.50):+.1f} µs"))
-    print(_common.table(("figure", "value"), rows))
+    figures.append(
+        ("meshlib mTLS, no proxy, p50 (f - a)", f"{added(tls_row, direct, 0.50):+.1f} µs")
+    )
+    print(_common.table(("figure", "value"), figures))
     print()
     for line in verdicts:
         print(line)

@@ -178,13 +178,13 @@ def main() -> None:
         f"\n### {args.concurrency} at once, sync (threads, one Client) and async (tasks, one "
         f"AsyncClient): {rounds} rounds x {args.requests} requests, medians\n"
     )
-    base = {v.mode: v for v in variants if v.name == "bare httpx"}
+    bare = {v.mode: v for v in variants if v.name == "bare httpx"}
     rows = []
     for v in sorted(variants, key=lambda v: v.mode == "async"):
         rate = statistics.median(v.rates)
         cpu = statistics.median(v.client_cpu)
         envoy_cpu = statistics.median(v.proxy_cpu) if v.proxy_cpu else None
-        mine = base[v.mode]
+        mine = bare[v.mode]
         rows.append(
             (
                 f"{v.mode}: {v.name}",
