@@ -193,7 +193,7 @@ class ServerProcess:
     Args:
         kind: ``"ok"`` (Respond(200), keep-alive), ``"503"`` (always 503),
             ``"chaos:SEED"`` (the load test's fault mix, see `chaos`), or
-            ``"flaky:SEED"`` (20% 503s, see `flaky`).
+            ``"flaky:SEED"`` (20% 503s decided per call, see `flaky_server`).
         lifetime: seconds after which the child exits by itself, whatever happens.
         tls: (certificate, key, CA) files: serve HTTPS and require a client
             certificate that CA issued (mTLS).
@@ -299,13 +299,44 @@ def chaos(seed: int) -> Any:
     )
 
 
-def flaky(seed: int) -> Any:
-    """The failure benchmark's upstream: 20% 503s, 80% 200s, from a seeded sequence."""
+FLAKY_SHARE = 0.2
+
+
+def flaky_server(ssl_context: Any) -> Any:
+    """A FaultServer that can answer 20% 503s decided per call rather than per arrival.
+
+    With ``keyed = seed``, the answer to a request is drawn from
+    ``random.Random(f"{seed}:{target}:{n}")``, where `target` is the request's
+    path (the caller puts its call number there) and `n` counts that path's
+    requests so far: the nth attempt of call k gets the same answer whoever
+    sends it and whatever else is in flight, so every variant meets the same
+    sequence of faults call by call, however it orders its calls and retries.
+    """
     import random
 
-    from meshlib._faultserver import Chaos, Respond
+    from meshlib._faultserver import FaultServer, Respond
 
-    return Chaos([(0.2, Respond(503, b"flaky"))], rng=random.Random(seed))
+    ok, fail = Respond(200), Respond(503, b"flaky")
+
+    class FlakyServer(FaultServer):
+        keyed: int | None = None
+
+        def __init__(self, ssl_context: Any) -> None:
+            super().__init__(ssl_context=ssl_context)
+            self.attempts: dict[str, int] = {}
+            self.attempts_lock = threading.Lock()
+
+        def _perform(self, behaviour: Any, sock: Any, request: Any) -> bool:
+            seed = self.keyed
+            if seed is not None:
+                with self.attempts_lock:
+                    n = self.attempts[request.target] = self.attempts.get(request.target, 0) + 1
+                draw = random.Random(f"{seed}:{request.target}:{n}").random()
+                behaviour = fail if draw < FLAKY_SHARE else ok
+            result: bool = super()._perform(behaviour, sock, request)
+            return result
+
+    return FlakyServer(ssl_context)
 
 
 def retry_after(name: str) -> Any:
@@ -323,7 +354,7 @@ def retry_after(name: str) -> Any:
 
 
 def _serve(kind: str, lifetime: float, tls: list[str]) -> None:
-    from meshlib._faultserver import FaultServer, Respond
+    from meshlib._faultserver import Respond
 
     # The parent may die without closing our stdin: never outlive `lifetime`.
     watchdog = threading.Timer(lifetime, os._exit, args=(3,))
@@ -339,15 +370,22 @@ def _serve(kind: str, lifetime: float, tls: list[str]) -> None:
         context.load_cert_chain(tls[0], tls[1])
         context.verify_mode = ssl.CERT_REQUIRED
 
+    server = flaky_server(context)
+
     def behaviour(name: str) -> Any:
         nonlocal mix
-        if name.startswith(("chaos:", "flaky:")):
-            make = chaos if name.startswith("chaos:") else flaky
-            mix = make(int(name.partition(":")[2]))
+        server.keyed = None
+        if name.startswith("chaos:"):
+            mix = chaos(int(name.partition(":")[2]))
             return mix
+        if name.startswith("flaky:"):
+            with server.attempts_lock:
+                server.attempts.clear()
+            server.keyed = int(name.partition(":")[2])
+            return behaviours["ok"]
         return behaviours[name]
 
-    with FaultServer(ssl_context=context) as server:
+    with server:
         server.default = behaviour(kind)
         print(server.port, flush=True)
         for line in sys.stdin:

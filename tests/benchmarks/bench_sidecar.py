@@ -321,7 +321,7 @@ def build(stack: ExitStack, binary: str | None, folder: str, explain: bool) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=600)
     parser.add_argument("--requests", type=int, default=20, help="per variant per round")
     parser.add_argument("--max-seconds", type=float, default=150.0, help="soft bound")
     parser.add_argument(
