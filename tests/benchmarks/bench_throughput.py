@@ -106,17 +106,30 @@ def async_runner(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", type=int, default=16, help="threads or tasks")
-    parser.add_argument("--requests", type=int, default=1000, help="per variant per round")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[4, 16],
+        help="threads or tasks (one run per number)",
+    )
+    parser.add_argument("--requests", type=int, default=800, help="per variant per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-seconds", type=float, default=120.0, help="soft bound")
     args = parser.parse_args()
     binary = _envoy.find_envoy()
     if binary is None:
         print(_envoy.ENVOY_HINT)
-    limits = httpx.Limits(
-        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
-    )
+    for concurrency in args.concurrency:
+        run_at(binary, concurrency, args)
+    if binary is not None:
+        print(f"envoy {_envoy.version(binary)}, --concurrency 1")
+    print(f"python {sys.version.split()[0]}, httpx {httpx.__version__}")
+
+
+def run_at(binary: str | None, concurrency: int, args: argparse.Namespace) -> None:
+    """Run every variant with `concurrency` workers and print the table."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     loop = asyncio.new_event_loop()
     errors = [0]
     started = time.monotonic()
@@ -148,19 +161,19 @@ def main() -> None:
             stack.enter_context(sync_client)
             loop.run_until_complete(async_clients.enter_async_context(async_client))
             variants.append(
-                Variant(name, "sync", sync_runner(sync_client, args.concurrency, errors), proxy)
+                Variant(name, "sync", sync_runner(sync_client, concurrency, errors), proxy)
             )
             variants.append(
                 Variant(
                     name,
                     "async",
-                    async_runner(loop, async_client, args.concurrency, errors),
+                    async_runner(loop, async_client, concurrency, errors),
                     proxy,
                 )
             )
         try:
             for variant in variants:  # warm up: every connection of the pool opened
-                variant.run(max(200, 4 * args.concurrency))
+                variant.run(max(200, 4 * concurrency))
             stop_at = time.monotonic() + args.max_seconds
             rounds = 0
             for rounds in range(1, args.rounds + 1):
@@ -175,7 +188,7 @@ def main() -> None:
     seconds = time.monotonic() - started
 
     print(
-        f"\n### {args.concurrency} at once, sync (threads, one Client) and async (tasks, one "
+        f"\n### {concurrency} at once, sync (threads, one Client) and async (tasks, one "
         f"AsyncClient): {rounds} rounds x {args.requests} requests, medians\n"
     )
     bare = {v.mode: v for v in variants if v.name == "bare httpx"}
@@ -205,9 +218,6 @@ def main() -> None:
     )
     print(_common.table(headers, rows))
     print(f"\nresponses other than 200: {errors[0]}; {seconds:.0f} s in all")
-    if binary is not None:
-        print(f"envoy {_envoy.version(binary)}, --concurrency 1")
-    print(f"python {sys.version.split()[0]}, httpx {httpx.__version__}")
 
 
 if __name__ == "__main__":
