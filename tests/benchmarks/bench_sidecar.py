@@ -407,10 +407,24 @@ def report(
             hop_added = added(hop, direct, fraction)
             ours = added(mesh, direct, fraction)
             figures.append((f"one Envoy hop adds, {which} (c - a)", f"{hop_added:+.1f} µs"))
+            # How far the blocks disagree: a bar narrower than this spread is not resolved.
+            spread = [
+                m - t
+                for m, t in zip(
+                    mesh.percentiles(fraction), direct.percentiles(fraction), strict=True
+                )
+            ]
+            resolved = max(spread) - min(spread) <= 0.1 * hop_added
             verdicts.append(
                 f"meshlib's whole cost at {which}: {ours:+.1f} µs = {ours / hop_added:.1%} of "
                 f"one Envoy hop ({hop_added:+.1f} µs); bar: at most 10% -> "
                 f"{_common.verdict(ours <= 0.1 * hop_added)}"
+                + (
+                    ""
+                    if resolved
+                    else f" (within noise: the blocks' (b - a) ranged {min(spread):+.0f} "
+                    f"to {max(spread):+.0f} µs, wider than a tenth of the hop)"
+                )
             )
         verdicts.append(
             f"  (from MockTransport: {meshlib_mock:.1f} µs = "
