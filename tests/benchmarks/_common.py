@@ -191,26 +191,44 @@ class ServerProcess:
     """A FaultServer in a child process, driven over its stdin and stdout.
 
     Args:
-        kind: ``"ok"`` (Respond(200), keep-alive), ``"503"`` (always 503), or
-            ``"chaos:SEED"`` (the load test's fault mix, see `chaos`).
+        kind: ``"ok"`` (Respond(200), keep-alive), ``"503"`` (always 503),
+            ``"chaos:SEED"`` (the load test's fault mix, see `chaos`), or
+            ``"flaky:SEED"`` (20% 503s decided per call, see `flaky_server`).
         lifetime: seconds after which the child exits by itself, whatever happens.
+        tls: (certificate, key, CA) files: serve HTTPS and require a client
+            certificate that CA issued (mTLS).
     """
 
-    def __init__(self, kind: str = "ok", lifetime: float = 600.0) -> None:
+    def __init__(
+        self, kind: str = "ok", lifetime: float = 600.0, tls: tuple[str, str, str] | None = None
+    ) -> None:
         self.kind = kind
         self.lifetime = lifetime
+        self.tls = tls
         self._proc: subprocess.Popen[str] | None = None
         self.port = 0
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
 
     def __enter__(self) -> ServerProcess:
         src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self._proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "serve", self.kind, str(self.lifetime)],
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "serve",
+                self.kind,
+                str(self.lifetime),
+                *(self.tls or ()),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -233,7 +251,12 @@ class ServerProcess:
         return line.strip()
 
     def command(self, text: str) -> dict[str, Any]:
-        """Send one command (``stats``, ``reset``, ``default ok|503``); return its JSON answer."""
+        """Send one command; return its JSON answer.
+
+        ``stats``; ``reset`` (forget the requests seen); ``default ok|503|flaky:SEED``
+        (``flaky`` starts its seeded sequence afresh); ``enqueue NAME`` (the next
+        request gets one of `RETRY_AFTER`'s answers).
+        """
         proc = self._proc
         assert proc is not None
         assert proc.stdin is not None
@@ -276,8 +299,62 @@ def chaos(seed: int) -> Any:
     )
 
 
-def _serve(kind: str, lifetime: float) -> None:
+FLAKY_SHARE = 0.2
+
+
+def flaky_server(ssl_context: Any) -> Any:
+    """A FaultServer that can answer 20% 503s decided per call rather than per arrival.
+
+    With ``keyed = seed``, the answer to a request is drawn from
+    ``random.Random(f"{seed}:{target}:{n}")``, where `target` is the request's
+    path (the caller puts its call number there) and `n` counts that path's
+    requests so far: the nth attempt of call k gets the same answer whoever
+    sends it and whatever else is in flight, so every variant meets the same
+    sequence of faults call by call, however it orders its calls and retries.
+    """
+    import random
+
     from meshlib._faultserver import FaultServer, Respond
+
+    ok, fail = Respond(200), Respond(503, b"flaky")
+
+    class FlakyServer(FaultServer):
+        keyed: int | None = None
+
+        def __init__(self, ssl_context: Any) -> None:
+            super().__init__(ssl_context=ssl_context)
+            self.attempts: dict[str, int] = {}
+            self.attempts_lock = threading.Lock()
+
+        def _perform(self, behaviour: Any, sock: Any, request: Any) -> bool:
+            seed = self.keyed
+            if seed is not None:
+                with self.attempts_lock:
+                    n = self.attempts[request.target] = self.attempts.get(request.target, 0) + 1
+                draw = random.Random(f"{seed}:{request.target}:{n}").random()
+                behaviour = fail if draw < FLAKY_SHARE else ok
+            result: bool = super()._perform(behaviour, sock, request)
+            return result
+
+    return FlakyServer(ssl_context)
+
+
+def retry_after(name: str) -> Any:
+    """A 503 whose Retry-After is 1 s (``seconds``), 2 s ahead (``date``) or 60 s (``long``)."""
+    from email.utils import formatdate
+
+    from meshlib._faultserver import Respond
+
+    values = {
+        "seconds": "1",
+        "date": formatdate(time.time() + 2.0, usegmt=True),
+        "long": "60",
+    }
+    return Respond(503, b"later", headers={"Retry-After": values[name]})
+
+
+def _serve(kind: str, lifetime: float, tls: list[str]) -> None:
+    from meshlib._faultserver import Respond
 
     # The parent may die without closing our stdin: never outlive `lifetime`.
     watchdog = threading.Timer(lifetime, os._exit, args=(3,))
@@ -285,16 +362,38 @@ def _serve(kind: str, lifetime: float) -> None:
     watchdog.start()
     behaviours: dict[str, Any] = {"ok": Respond(200), "503": Respond(503, b"down")}
     mix = None
-    with FaultServer() as server:
-        if kind.startswith("chaos:"):
-            server.default = mix = chaos(int(kind.partition(":")[2]))
-        else:
-            server.default = behaviours[kind]
+    context = None
+    if tls:
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls[2])
+        context.load_cert_chain(tls[0], tls[1])
+        context.verify_mode = ssl.CERT_REQUIRED
+
+    server = flaky_server(context)
+
+    def behaviour(name: str) -> Any:
+        nonlocal mix
+        server.keyed = None
+        if name.startswith("chaos:"):
+            mix = chaos(int(name.partition(":")[2]))
+            return mix
+        if name.startswith("flaky:"):
+            with server.attempts_lock:
+                server.attempts.clear()
+            server.keyed = int(name.partition(":")[2])
+            return behaviours["ok"]
+        return behaviours[name]
+
+    with server:
+        server.default = behaviour(kind)
         print(server.port, flush=True)
         for line in sys.stdin:
             words = line.split()
             if words[:1] == ["default"]:
-                server.default = behaviours[words[1]]
+                server.default = behaviour(words[1])
+            elif words[:1] == ["enqueue"]:
+                server.enqueue(retry_after(words[1]))
             elif words[:1] == ["reset"]:
                 server.reset_log()
             answer = {
@@ -308,4 +407,4 @@ def _serve(kind: str, lifetime: float) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        _serve(sys.argv[2], float(sys.argv[3]))
+        _serve(sys.argv[2], float(sys.argv[3]), sys.argv[4:])

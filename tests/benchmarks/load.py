@@ -1,7 +1,7 @@
 """Load under faults: thousands of requests through one meshlib-wrapped client.
 
 Run: python tests/benchmarks/load.py [--requests N] [--threads T] [--seed S] [--bare]
-     [--bare-ungated]
+     [--no-lag-bar] [--smoke]
 
 The upstream is meshlib's FaultServer in a child process (so its threads
 never hold this process's GIL or event loop), whose default behaviour is
@@ -26,16 +26,21 @@ Afterwards it checks, and exits 1 if any check fails: no httpx.PoolTimeout;
 no leaked connection (every pooled connection idle or closed, no request
 left in httpcore's pool, and the server holding no connection once the
 client is closed); traced memory after the memory burst within 10% of what
-it was after the warm-up (gc.collect() before each reading); event-loop lag
-under 50 ms, from a ticker task that sleeps 10 ms and records its worst
-oversleep. CPython's garbage collector, walking the ~250k objects of 5000
-pending requests, pauses the loop for longer than that on its own: the gate
-excludes the collector's pauses (timed with gc.callbacks) and the output
-shows the worst lag with and without them; --strict-lag gates on the raw one.
---bare repeats the async phase on bare httpx gated by an asyncio.Semaphore,
-and --bare-ungated on bare httpx with every task in httpcore's pool, for
-comparison (their checks are shown, not gated on; the ungated run takes
-minutes).
+it was after the warm-up (gc.collect() before each reading); and the
+event-loop lag, relative: under the same burst, meshlib's worst lag (from a
+ticker task that sleeps 10 ms and records its worst oversleep, the garbage
+collector's pauses included) at most half of bare httpx's.
+
+3. bare httpx, for that bar: the same async burst (a warm-up burst, then the
+   measured one) on bare httpx, every task straight into the client as
+   meshlib's callers do, so all of them wait in httpcore's pool (about 40 s
+   a burst here). --no-lag-bar skips it (the bar is then not checked).
+   --bare also runs it gated by an asyncio.Semaphore of the same size in
+   front of client.get, what a careful application does by hand (shown, not
+   gated on). The bare runs' other checks are shown, not gated on.
+
+--smoke: a quick run for CI (a few hundred requests): every check is shown,
+none fails the run.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ CANCEL_SHARE = 0.05
 GIVE_UP_SHARE = 0.05
 START_BATCH = 50
 LAG_TICK = 0.010
-LAG_BAR = 0.050
+LAG_BAR = 0.5  # meshlib's worst loop lag, GC pauses included, at most this share of bare httpx's
 MEMORY_BAR = 0.10
 PHASE_LIMIT = 60.0  # seconds: a phase still running then has failed
 
@@ -73,6 +78,10 @@ class Phase:
     seconds: float = 0.0
     checks: list[tuple[str, str, bool]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: worst event-loop lag with the collector's pauses, without them, longest pause (s)
+    lag: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: the most tasks in flight at once during the measured burst
+    peak: int = 0
 
     def check(self, what: str, value: str, passed: bool) -> None:
         self.checks.append((what, value, passed))
@@ -110,7 +119,7 @@ def check_pool(phase: Phase, client: httpx.Client | httpx.AsyncClient) -> None:
             + ". With h11 DONE/DONE the response was read in full and its close never "
             "finished: an asyncio task.cancel() landed inside httpcore's response close, "
             "which anyio's shield does not stop (meshlib closes async bodies in a shielded "
-            "task of their own; bare httpx strands them: --bare-ungated)."
+            "task of their own; bare httpx strands them)."
         )
 
 
@@ -181,7 +190,7 @@ async def run_async(
     """Run three bursts: warm-up, memory (both under tracemalloc), then lag and outcomes.
 
     `bare`: None for meshlib; "gated" or "ungated" for bare httpx with or
-    without a semaphore in front of the client.
+    without a semaphore in front of the client, which skip the memory burst.
     """
     who = f"bare httpx, {bare}, for comparison" if bare else "meshlib"
     phase = Phase(f"async, {who}: {args.requests} concurrent tasks, one AsyncClient")
@@ -254,20 +263,25 @@ async def run_async(
             elif task.done():
                 into[task.result()] += 1
 
-    tracemalloc.start()
-    try:
-        # 1. Warm-up: a full burst, so that what grows with peak concurrency and keeps
-        #    its size (asyncio's and anyio's task registries) has grown already.
-        seen: Counter[str] = Counter()
-        tally((await burst())[0], seen)
+    seen: Counter[str] = Counter()
+    before = after = 0
+    if bare is None:
+        tracemalloc.start()
+        try:
+            # 1. Warm-up: a full burst, so that what grows with peak concurrency and keeps
+            #    its size (asyncio's and anyio's task registries) has grown already.
+            tally((await burst())[0], seen)
+            gc.collect()
+            before = tracemalloc.get_traced_memory()[0]
+            # 2. Memory: a second burst; what it leaves behind is what it leaked.
+            tally((await burst())[0], seen)
+            gc.collect()
+            after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+    else:
+        tally((await burst())[0], seen)  # the same warm-up, without tracemalloc
         gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        # 2. Memory: a second burst; what it leaves behind is what it leaked.
-        tally((await burst())[0], seen)
-        gc.collect()
-        after = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
     pool_timeouts = seen["PoolTimeout"]
     try:
         # 3. Lag, outcomes, pool: a third burst without tracemalloc, whose hook on
@@ -284,26 +298,28 @@ async def run_async(
         check_pool(phase, client)
     finally:
         await client.aclose()
-    phase.notes.append(f"peak tasks in flight: {peak}; cancellations scheduled: {cancels}")
+    phase.peak = peak
+    earlier = ", ".join(f"{n} {what}" for what, n in seen.most_common())
+    phase.notes.append(
+        f"peak tasks in flight: {peak}; cancellations scheduled: {cancels}; "
+        f"the earlier bursts got: {earlier}"
+    )
     pool_timeouts += phase.outcomes["PoolTimeout"]
-    phase.check("httpx.PoolTimeout raised (3 bursts)", str(pool_timeouts), pool_timeouts == 0)
+    bursts = "3 bursts" if bare is None else "2 bursts"
+    phase.check(f"httpx.PoolTimeout raised ({bursts})", str(pool_timeouts), pool_timeouts == 0)
     check_unexpected(phase)
     check_server_side(phase, server)
-    growth = (after - before) / before
-    phase.check(
-        "traced memory, after burst 2 vs after burst 1",
-        f"{before / 1e6:.2f} MB -> {after / 1e6:.2f} MB ({growth:+.1%})",
-        growth <= MEMORY_BAR,
-    )
+    if bare is None:
+        growth = (after - before) / before
+        phase.check(
+            "traced memory, after burst 2 vs after burst 1",
+            f"{before / 1e6:.2f} MB -> {after / 1e6:.2f} MB ({growth:+.1%})",
+            growth <= MEMORY_BAR,
+        )
     worst, longest_gc, worst_without_gc = meter.worst()
+    phase.lag = (worst, worst_without_gc, longest_gc)
     lags = sorted(ended - started - LAG_TICK for started, ended in meter.ticks)
     p99 = _common.percentile(lags, 0.99) if lags else 0.0
-    gated = worst if args.strict_lag else worst_without_gc
-    phase.check(
-        "worst event-loop lag" + ("" if args.strict_lag else ", GC pauses excluded"),
-        f"{gated * 1e3:.1f} ms",
-        gated < LAG_BAR,
-    )
     phase.notes.append(
         f"event-loop lag: worst {worst * 1e3:.1f} ms with GC pauses, "
         f"{worst_without_gc * 1e3:.1f} ms without; p99 {p99 * 1e3:.1f} ms; "
@@ -387,28 +403,39 @@ def main() -> None:
         "--concurrency", type=int, default=32, help="async calls in flight (bulkhead size)"
     )
     parser.add_argument("--seed", type=int, default=20240601)
-    parser.add_argument("--strict-lag", action="store_true", help="gate on lag including GC pauses")
     parser.add_argument(
         "--bare",
         action="store_true",
-        help="also run the async phase on bare httpx, gated by a semaphore (info only)",
+        help="also run the async burst on bare httpx gated by a semaphore (info only)",
     )
     parser.add_argument(
-        "--bare-ungated",
+        "--no-lag-bar",
         action="store_true",
-        help="also run it on bare httpx with no gate: 5000 tasks in httpcore's pool (info only)",
+        help="skip the bare httpx burst the lag bar compares with (the bar is not checked)",
     )
+    parser.add_argument("--smoke", action="store_true", help="show the checks, fail on none")
     args = parser.parse_args()
     started = time.perf_counter()
-    # The child exits by itself after `lifetime`: the ungated bare run takes minutes.
-    lifetime = 900.0 if args.bare_ungated else 300.0
-    with _common.ServerProcess(f"chaos:{args.seed}", lifetime=lifetime) as server:
+    # The child exits by itself after `lifetime`: the bare bursts take minutes.
+    with _common.ServerProcess(f"chaos:{args.seed}", lifetime=900.0) as server:
         phases = [asyncio.run(run_async(server, args))]
         phases.append(run_threads(server, args.requests, args.threads, args.seed))
         stats = server.command("stats")
-        for bare, asked in (("gated", args.bare), ("ungated", args.bare_ungated)):
+        for bare, asked in (("ungated", not args.no_lag_bar), ("gated", args.bare)):
             if asked:
                 phases.append(asyncio.run(run_async(server, args, bare=bare)))
+    if not args.no_lag_bar:
+        mine, theirs = phases[0].lag[0], phases[2].lag[0]
+        ratio = mine / theirs if theirs else float("inf")
+        # Only a burst that kept the loop loaded says anything about lag: one rejected
+        # at once (an open breaker, a full bulkhead) would pass vacuously.
+        loaded = phases[0].peak >= args.requests // 2
+        phases[0].check(
+            "worst event-loop lag, GC pauses included, vs bare httpx's",
+            f"{mine * 1e3:.1f} vs {theirs * 1e3:.1f} ms ({ratio:.2f}x)"
+            + ("" if loaded else f"; not comparable: at most {phases[0].peak} calls in flight"),
+            loaded and ratio <= LAG_BAR,
+        )
     for phase in phases:
         report(phase)
     draws = stats["draws"]
@@ -427,8 +454,13 @@ def main() -> None:
     ]
     elapsed = time.perf_counter() - started
     verdict = "FAILED: " + "; ".join(failed) if failed else "all checks passed"
+    if args.no_lag_bar:
+        verdict += "; the lag bar not checked (--no-lag-bar)"
     print(f"\n{verdict} ({elapsed:.0f} s)")
     print(f"python {sys.version.split()[0]}, httpx {httpx.__version__}")
+    if args.smoke:
+        print("smoke run: the checks are shown, none fails it")
+        return
     raise SystemExit(1 if failed else 0)
 
 
