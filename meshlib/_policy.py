@@ -148,7 +148,8 @@ class Retry:
         on_status: response statuses that are retried (idempotent requests only).
         methods: methods considered idempotent; other requests are retried only
             on connection failures or when they carry an ``Idempotency-Key`` header.
-        retry_after_cap: the longest ``Retry-After`` honoured, in seconds.
+        retry_after_cap: the longest ``Retry-After`` honoured, in seconds; 0
+            ignores the header (the backoff applies, as for a value of zero).
         budget: the retry budget per destination, or None for no budget.
     """
 
