@@ -294,11 +294,12 @@ class Mesh:
     ) -> Mesh:
         """Build a Mesh from a TOML or JSON policy file, and follow its changes.
 
-        With `reload`, the file is checked every `interval` seconds (size,
-        modification time, then a hash of the content); a changed file that
-        validates replaces the policies at once, one that does not is refused
-        with one log line naming the file, the field and the value, and the
-        last good policies stay.
+        With `reload`, the file is checked every `interval` seconds (inode,
+        size, modification and change times, then a hash of the content); a
+        changed file that validates replaces the policies at once, one that
+        does not is refused with one log line naming the file, the field and
+        the value, and the last good policies stay. A relative `path` is made
+        absolute now: a later ``os.chdir`` does not change the file followed.
 
         Raises:
             ConfigError: the file is missing, unreadable or invalid now.
@@ -306,6 +307,7 @@ class Mesh:
         from ._config import load_config
         from ._sources import FileSource
 
+        path = os.path.abspath(path)
         config = load_config(path)
         mesh = cls(config.default, config.destinations, max_destinations=max_destinations)
         if reload:

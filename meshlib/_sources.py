@@ -92,7 +92,13 @@ def _refuse(source: str, error: ConfigError) -> None:
 
 
 class FileSource(_Poller):
-    """Follow a policy file: size and mtime first, then a hash of the content."""
+    """Follow a policy file: its stat signature first, then a hash of the content.
+
+    The signature is the inode and device, size, mtime and ctime: a file
+    replaced by ``mv``, or rewritten by ``cp -p`` or ``rsync -t`` with its
+    mtime preserved, still differs in inode or ctime. `path` must be absolute
+    (`Mesh.from_file` resolves it), so a later ``os.chdir`` changes nothing.
+    """
 
     def __init__(
         self, mesh: Mesh, path: str | os.PathLike[str], digest: str, interval: float
@@ -102,15 +108,15 @@ class FileSource(_Poller):
         self._digest = digest
         # Unknown rather than read now: the file may have changed since `digest` was
         # taken, and the first poll's hash comparison costs one read.
-        self._stat: tuple[int, int] | None = None
+        self._stat: tuple[int, ...] | None = None
         self.start(mesh)
 
-    def _signature(self) -> tuple[int, int] | None:
+    def _signature(self) -> tuple[int, ...] | None:
         try:
             stat = os.stat(self.path)
         except OSError:
             return None
-        return stat.st_size, stat.st_mtime_ns
+        return stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
     def poll(self, mesh: Mesh) -> None:
         signature = self._signature()

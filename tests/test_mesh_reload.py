@@ -302,3 +302,62 @@ def test_an_empty_file_or_default_endpoints_are_refused_on_reload(
     assert named in record.getMessage()
     assert not [r for r in caplog.records if r.exc_info]  # one line, not a traceback
     assert _attempts(mesh) == 2  # the last good policy stays
+
+
+def _polled_once(mesh: meshlib.Mesh) -> None:
+    # The first poll records the file's signature; a change made before it would be
+    # caught by the content hash alone.
+    source = mesh._source
+    _until(lambda: source._stat is not None)
+
+
+def _keep_mtime(path: Path, mtime_ns: int) -> None:
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_a_file_moved_in_with_the_same_size_and_mtime_is_applied(
+    mesh: meshlib.Mesh, policy_file: Path
+) -> None:
+    # `mv` of a file made by `cp -p` or `rsync -t`: a new inode, the old mtime and size.
+    _polled_once(mesh)
+    before = policy_file.stat()
+    replacement = policy_file.with_suffix(".new")
+    replacement.write_text(POLICY_B)
+    assert replacement.stat().st_size == before.st_size
+    _keep_mtime(replacement, before.st_mtime_ns)
+    os.replace(replacement, policy_file)
+    assert policy_file.stat().st_mtime_ns == before.st_mtime_ns
+    _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+
+
+def test_a_file_rewritten_in_place_with_its_mtime_kept_is_applied(
+    mesh: meshlib.Mesh, policy_file: Path
+) -> None:
+    # `cp -p new mesh.toml` onto the file: the same inode, size and mtime; a new ctime.
+    _polled_once(mesh)
+    before = policy_file.stat()
+    with open(policy_file, "r+") as file:
+        file.write(POLICY_B)
+    _keep_mtime(policy_file, before.st_mtime_ns)
+    after = policy_file.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+
+
+def test_a_relative_path_still_reloads_after_chdir(
+    policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(policy_file.parent)
+    mesh = meshlib.Mesh.from_file("mesh.toml", interval=0.05)
+    try:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)  # the process moves on; the file it follows does not
+        _write(policy_file, POLICY_B)
+        _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+    finally:
+        mesh.close()
