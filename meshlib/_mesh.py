@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import threading
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -469,9 +470,54 @@ class Mesh:
         self._latencies.clear()
 
 
-_default = Mesh()
+_default: Mesh | None = None
+_default_lock = threading.Lock()
 
 
 def default_mesh() -> Mesh:
-    """Return the process-wide Mesh used by clients wrapped with a bare Policy."""
-    return _default
+    """Return the process-wide Mesh: clients wrapped with a bare Policy, or none, use it.
+
+    Built on first use: from the file ``$MESHLIB_CONFIG`` names, followed for
+    changes (`Mesh.from_file`), when the variable is set; else with STANDARD
+    for every destination.
+
+    Raises:
+        ConfigError: the file the variable names is missing or invalid; it
+            names the variable and the file. Nothing is kept, so the next call
+            tries again.
+    """
+    mesh = _default
+    if mesh is None:
+        mesh = _build_default()
+    return mesh
+
+
+def _build_default() -> Mesh:
+    global _default
+    with _default_lock:
+        if _default is not None:  # another thread built it first
+            return _default
+        path = os.environ.get(ENV_VAR, "").strip()
+        if not path:
+            _default = Mesh()
+            return _default
+        try:
+            # A typo must not quietly mean STANDARD for every service: refuse it.
+            _default = Mesh.from_file(path)
+        except ConfigError as exc:
+            raise ConfigError(f"${ENV_VAR}={path}: {exc}") from exc
+        return _default
+
+
+def forget_default_mesh() -> None:
+    """Forget the process-wide Mesh's state, and the Mesh itself (for meshlib.testing).
+
+    Clients already wrapped keep their Mesh, with its state forgotten; the next
+    one builds a new Mesh, reading ``$MESHLIB_CONFIG`` again.
+    """
+    global _default
+    with _default_lock:
+        mesh, _default = _default, None
+    if mesh is not None:
+        mesh.reset()
+        mesh.close()

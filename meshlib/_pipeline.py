@@ -36,7 +36,7 @@ from ._deadline import DEADLINE_SLACK, current_deadline
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._headers import put_header
 from ._mesh import Mesh, Plan, default_mesh, refuse_destination_layers
-from ._policy import STANDARD, Policy, Retry
+from ._policy import Policy, Retry
 from ._retry import (
     RetryState,
     body_is_replayable,
@@ -62,7 +62,9 @@ _DEFAULT_RETRY = Retry()
 _PHASES = ("connect", "read", "write", "pool")
 
 
-def _resolve(policy_or_mesh: Policy | Mesh) -> tuple[Mesh, Policy | None]:
+def _resolve(policy_or_mesh: Policy | Mesh | None) -> tuple[Mesh, Policy | None]:
+    if policy_or_mesh is None:  # the default Mesh's own policies ($MESHLIB_CONFIG's file)
+        return default_mesh(), None
     if isinstance(policy_or_mesh, Mesh):
         return policy_or_mesh, None
     if isinstance(policy_or_mesh, Policy):
@@ -75,7 +77,7 @@ def _resolve(policy_or_mesh: Policy | Mesh) -> tuple[Mesh, Policy | None]:
 class _Pipeline:
     """What both drivers share: the inner transport and where policies come from."""
 
-    def __init__(self, policy_or_mesh: Policy | Mesh = STANDARD) -> None:
+    def __init__(self, policy_or_mesh: Policy | Mesh | None = None) -> None:
         self.mesh, self.policy = _resolve(policy_or_mesh)
         self._last: Plan | None = None
 
@@ -472,13 +474,14 @@ class Transport(_Pipeline, httpx.BaseTransport):
 
     Args:
         transport: the transport that does the I/O, e.g. ``httpx.HTTPTransport()``.
-        policy: a `Policy` (state kept in the process-wide default Mesh) or a `Mesh`.
+        policy: a `Policy` (state kept in the process-wide default Mesh), a `Mesh`,
+            or None for the default Mesh's own policies (as for `wrap`).
 
     Raises:
         ConfigError: `policy` is neither a Policy nor a Mesh.
     """
 
-    def __init__(self, transport: httpx.BaseTransport, policy: Policy | Mesh = STANDARD) -> None:
+    def __init__(self, transport: httpx.BaseTransport, policy: Policy | Mesh | None = None) -> None:
         super().__init__(policy)
         self.inner = transport
 
@@ -659,14 +662,15 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
 
     Args:
         transport: the transport that does the I/O, e.g. ``httpx.AsyncHTTPTransport()``.
-        policy: a `Policy` (state kept in the process-wide default Mesh) or a `Mesh`.
+        policy: a `Policy` (state kept in the process-wide default Mesh), a `Mesh`,
+            or None for the default Mesh's own policies (as for `wrap`).
 
     Raises:
         ConfigError: `policy` is neither a Policy nor a Mesh.
     """
 
     def __init__(
-        self, transport: httpx.AsyncBaseTransport, policy: Policy | Mesh = STANDARD
+        self, transport: httpx.AsyncBaseTransport, policy: Policy | Mesh | None = None
     ) -> None:
         super().__init__(policy)
         self.inner = transport

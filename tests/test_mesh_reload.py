@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import meshlib
+import meshlib.testing
 
 pytestmark = pytest.mark.usefixtures("no_waits")
 
@@ -361,3 +362,86 @@ def test_a_relative_path_still_reloads_after_chdir(
         _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
     finally:
         mesh.close()
+
+
+# The process-wide default Mesh follows $MESHLIB_CONFIG
+
+
+def _attempts_of(client: httpx.Client) -> int:
+    before = len(_SENT)
+    client.get("http://orders.internal/")
+    return len(_SENT) - before
+
+
+_SENT: list[httpx.Request] = []
+
+
+def _always_503(request: httpx.Request) -> httpx.Response:
+    _SENT.append(request)
+    return httpx.Response(503)
+
+
+def test_wrap_follows_the_file_meshlib_config_names(
+    monkeypatch: pytest.MonkeyPatch, policy_file: Path
+) -> None:
+    monkeypatch.setenv("MESHLIB_CONFIG", str(policy_file))
+    meshlib.testing.reset()  # as a fresh process: the default Mesh is built on first use
+    with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(_always_503))) as client:
+        assert _attempts_of(client) == 2  # the file's [default], not STANDARD's 3
+        _write(policy_file, POLICY_B)
+        default = meshlib.default_mesh()
+        _until(
+            lambda: default.default.retry is not None and default.default.retry.attempts == 4, 5.0
+        )
+        assert _attempts_of(client) == 4  # the same client, the edited file
+
+
+def test_an_explicit_policy_wins_and_shares_the_default_mesh_state(
+    monkeypatch: pytest.MonkeyPatch, policy_file: Path
+) -> None:
+    policy_file.write_text(POLICY_A + '\n[destinations."orders.internal"]\nretry = false\n')
+    monkeypatch.setenv("MESHLIB_CONFIG", str(policy_file))
+    meshlib.testing.reset()
+    explicit = meshlib.Policy(
+        retry=meshlib.Retry(attempts=3, budget=None), breaker=meshlib.Breaker(consecutive=50)
+    )
+    transport = httpx.MockTransport(_always_503)
+    with (
+        meshlib.wrap(httpx.Client(transport=transport), explicit) as mine,
+        meshlib.wrap(httpx.Client(transport=transport)) as followed,
+    ):
+        assert _attempts_of(mine) == 3  # the policy given to wrap, not the file's
+        assert _attempts_of(followed) == 1  # the file's destination table: no retries
+    default = meshlib.default_mesh()
+    assert default.destinations["orders.internal"].retry is None  # built from the file
+    (breaker,) = default.breakers()  # the explicit policy's state lives in it
+    assert breaker.destination == "http://orders.internal:80"
+
+
+@pytest.mark.parametrize("content", [None, "[default]\nretry = { attempts = 0 }\n"])
+def test_a_missing_or_bad_meshlib_config_file_is_refused_at_first_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None
+) -> None:
+    named = tmp_path / "mesh-typo.toml"
+    if content is not None:
+        named.write_text(content)
+    monkeypatch.setenv("MESHLIB_CONFIG", str(named))
+    meshlib.testing.reset()  # never raises: nothing is read until a client needs it
+    for _ in range(2):  # not remembered: each use says so again
+        with pytest.raises(meshlib.ConfigError, match=r"MESHLIB_CONFIG.*mesh-typo\.toml") as raised:
+            meshlib.wrap(httpx.Client())
+        with pytest.raises(meshlib.ConfigError, match=r"MESHLIB_CONFIG"):
+            meshlib.wrap(httpx.Client(), meshlib.Policy())  # its state would live there
+    if content is not None:
+        assert "attempts" in str(raised.value)
+    named.write_text(POLICY_A)  # fixed: the next client takes it
+    with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(_always_503))) as client:
+        assert _attempts_of(client) == 2
+
+
+def test_without_meshlib_config_wrap_means_standard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MESHLIB_CONFIG", raising=False)
+    meshlib.testing.reset()
+    with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(_always_503))) as client:
+        assert _attempts_of(client) == meshlib.STANDARD.retry.attempts  # type: ignore[union-attr]
+    assert meshlib.default_mesh().default == meshlib.STANDARD

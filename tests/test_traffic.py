@@ -162,9 +162,7 @@ def test_an_endpoint_estimate_decays_with_time() -> None:
     (measured,) = [e for e in pool.snapshot(10.0) if e.latency]
     assert measured.latency == pytest.approx(0.05 / math.e)  # read 10 s later, not refreshed
     pool.done(pool.pick(20.0, avoid=chosen), False, 0.01, 20.0)
-    assert sorted(e.latency for e in pool.snapshot(20.0)) == pytest.approx(
-        [0.05 / math.e**2, 0.01]
-    )
+    assert sorted(e.latency for e in pool.snapshot(20.0)) == pytest.approx([0.05 / math.e**2, 0.01])
 
 
 def test_p2c_sends_clearly_less_to_a_measured_slower_endpoint() -> None:
