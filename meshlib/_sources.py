@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
-from ._config import MeshConfig, parse_config
+from ._config import MAX_CONFIG_BYTES, MeshConfig, parse_config, read_config_file, too_large
 from ._errors import ConfigError
 from ._telemetry import logger
 
@@ -124,10 +124,13 @@ class FileSource(_Poller):
             return
         self._stat = signature
         try:
-            with open(self.path, "rb") as file:
-                data = file.read()
+            data = read_config_file(self.path)
         except OSError as exc:
             self._fail(ConfigError(f"{self.path}: cannot read: {exc.strerror or exc}"))
+            return
+        except ConfigError as exc:  # too large: one line while it stays so, however it grows
+            self._digest = None  # whatever it shrinks back to is read and applied
+            self._fail(exc, "too large")
             return
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:
@@ -164,17 +167,33 @@ class UrlSource(_Poller):
         self._etag: str | None = None
         self._digest: str | None = None
 
-    def _get(self) -> httpx.Response:
-        headers = {"If-None-Match": self._etag} if self._etag else {}
-        return self._client.get(self.url, headers=headers)
+    def _get(self) -> tuple[httpx.Response, bytes]:
+        """GET the document: the response and at most `MAX_CONFIG_BYTES` of its body.
 
-    def _parse(self, response: httpx.Response) -> MeshConfig | None:
+        Raises:
+            ConfigError: the body (or its Content-Length) is over the limit.
+        """
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        with self._client.stream("GET", self.url, headers=headers) as response:
+            if response.status_code != 200:
+                return response, b""  # a 304, or a refusal: the body does not matter
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_CONFIG_BYTES:
+                raise too_large(self.url, int(declared))
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_CONFIG_BYTES:
+                    raise too_large(self.url, None)
+        return response, bytes(body)
+
+    def _parse(self, answer: tuple[httpx.Response, bytes]) -> MeshConfig | None:
         """Return the new config, None when unchanged; raise ConfigError when bad."""
+        response, data = answer
         if response.status_code == 304:
             return None
         if response.status_code != 200:
             raise ConfigError(f"{self.url}: HTTP {response.status_code}")
-        data = response.content
         digest = hashlib.sha256(data).hexdigest()
         etag = response.headers.get("etag")
         if digest == self._digest:

@@ -15,6 +15,7 @@ import pytest
 
 import meshlib
 import meshlib.testing
+from meshlib._config import MAX_CONFIG_BYTES, parse_config
 
 pytestmark = pytest.mark.usefixtures("no_waits")
 
@@ -211,6 +212,7 @@ class _Office:
 
     def __init__(self, document: str) -> None:
         self.document = document
+        self.send_length = True  # False: the body runs until the connection closes
         self.fetches = 0
         self.not_modified = 0
         office = self
@@ -228,7 +230,8 @@ class _Office:
                 self.send_response(200)
                 self.send_header("ETag", etag)
                 self.send_header("Content-Type", "application/toml")
-                self.send_header("Content-Length", str(len(body)))
+                if office.send_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -445,3 +448,87 @@ def test_without_meshlib_config_wrap_means_standard(monkeypatch: pytest.MonkeyPa
     with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(_always_503))) as client:
         assert _attempts_of(client) == meshlib.STANDARD.retry.attempts  # type: ignore[union-attr]
     assert meshlib.default_mesh().default == meshlib.STANDARD
+
+
+# A policy document has a size limit, refused before parsing
+
+
+LIMIT = MAX_CONFIG_BYTES
+
+
+def _oversized(policy: str = POLICY_A) -> str:
+    # Valid TOML: only its size is wrong, so nothing but the limit can refuse it.
+    padding = "# " + "x" * 1021 + "\n"
+    return policy + padding * (LIMIT // len(padding) + 1)
+
+
+def _refused_for_size(message: str, source: str, size: int | None) -> bool:
+    named_size = str(size) if size is not None else f"more than {LIMIT}"
+    return source in message and named_size in message and f"limit of {LIMIT} bytes" in message
+
+
+def test_the_limit_is_far_above_a_thousand_destinations() -> None:
+    fleet = "".join(
+        f'[destinations."svc-{n}.internal"]\ntimeout = {{ total = {1 + n % 30} }}\n'
+        for n in range(1000)
+    )
+    assert len(fleet) * 20 < LIMIT  # a thousand destinations, twenty times over
+
+
+def test_an_oversized_file_is_refused_by_from_file_and_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshlib._cli import main
+
+    path = tmp_path / "huge.toml"
+    path.write_text(_oversized())
+    size = path.stat().st_size
+    with pytest.raises(meshlib.ConfigError) as raised:
+        meshlib.Mesh.from_file(path)
+    assert _refused_for_size(str(raised.value), str(path), size)
+    assert main(["check", str(path)]) == 1
+    assert _refused_for_size(capsys.readouterr().err, str(path), size)
+    with pytest.raises(meshlib.ConfigError, match=f"limit of {LIMIT} bytes"):
+        parse_config(_oversized(), "<stdin>")  # a document given whole, too
+
+
+def test_a_followed_file_that_grows_too_large_keeps_the_last_good_policy(
+    mesh: meshlib.Mesh, policy_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="meshlib"):
+        _write(policy_file, _oversized(POLICY_B))
+        _until(lambda: any(r.meshlib_event == "config_rejected" for r in caplog.records))  # type: ignore[attr-defined]
+        with open(policy_file, "a") as file:  # it keeps growing: still one line
+            file.write("# more\n" * 1000)
+        time.sleep(0.3)
+    refusals = [r for r in caplog.records if getattr(r, "meshlib_event", "") == "config_rejected"]
+    assert len(refusals) == 1
+    assert _refused_for_size(refusals[0].getMessage(), str(policy_file), len(_oversized(POLICY_B)))
+    assert _attempts(mesh) == 2  # the last good policy
+    _write(policy_file, POLICY_B)  # back under the limit: applied
+    _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+
+
+@pytest.mark.network
+def test_an_oversized_remote_document_is_refused() -> None:
+    office = _Office(_oversized())
+    try:
+        with pytest.raises(meshlib.ConfigError) as raised:
+            meshlib.Mesh.from_url(office.url)
+        assert _refused_for_size(str(raised.value), office.url, len(office.document))
+        office.send_length = False  # no Content-Length: the body itself is cut at the limit
+        with pytest.raises(meshlib.ConfigError) as raised:
+            meshlib.Mesh.from_url(office.url)
+        assert _refused_for_size(str(raised.value), office.url, None)
+        office.send_length = True
+        office.document = POLICY_A
+        mesh = meshlib.Mesh.from_url(office.url, interval=0.05)
+        try:
+            office.document = _oversized(POLICY_B)
+            time.sleep(0.3)  # several polls, each refused
+            assert mesh.default.retry is not None
+            assert mesh.default.retry.attempts == 2
+        finally:
+            mesh.close()
+    finally:
+        office.stop()
