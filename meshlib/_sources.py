@@ -129,7 +129,7 @@ class FileSource(_Poller):
             self._fail(ConfigError(f"{self.path}: cannot read: {exc.strerror or exc}"))
             return
         except ConfigError as exc:  # too large: one line while it stays so, however it grows
-            self._digest = None  # whatever it shrinks back to is read and applied
+            self._digest = ""  # whatever it shrinks back to is read and applied
             self._fail(exc, "too large")
             return
         digest = hashlib.sha256(data).hexdigest()
