@@ -15,7 +15,7 @@ from ._breaker import BreakerSnapshot, CircuitBreaker, TransitionHook
 from ._budget import RetryBudget
 from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
 from ._config import ENV_VAR, normalise_pattern
-from ._deadline import DEFAULT_HEADER, GRPC_HEADER
+from ._deadline import DEFAULT_HEADER, GRPC_HEADER, MAX_BUDGET_MS, MAX_GRPC_VALUE
 from ._errors import ConfigError
 from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Policy
 from ._propagation import inside_mesh, propagates
@@ -40,6 +40,7 @@ class Plan:
         "budget",
         "bulkhead",
         "deadline_key",
+        "deadline_max",
         "deadline_unit",
         "destination",
         "endpoints",
@@ -114,6 +115,8 @@ class Plan:
         # gRPC's needs its unit, every other name carries bare milliseconds.
         self.deadline_key = header.encode("ascii") if header and self.propagate else None
         self.deadline_unit = b"m" if header == GRPC_HEADER else b""
+        # The most milliseconds the inbound side accepts in that header.
+        self.deadline_max = MAX_GRPC_VALUE if header == GRPC_HEADER else MAX_BUDGET_MS
 
 
 def refuse_destination_layers(policy: Policy, where: str) -> None:

@@ -32,7 +32,7 @@ import anyio
 import httpx
 
 from ._breaker import CLOSED
-from ._deadline import DEADLINE_SLACK, current_deadline
+from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._headers import put_header
 from ._mesh import Mesh, Plan, default_mesh, refuse_destination_layers
@@ -228,7 +228,13 @@ def _prepare_attempt(
             raise deadline_exceeded(plan, request, "before sending")
         key = plan.deadline_key
         if key is not None:
-            put_header(request.headers, key, b"%d%s" % (left * 1000, plan.deadline_unit))
+            ms = left * 1000
+            budget = (
+                b"%d%s" % (ms, plan.deadline_unit)
+                if ms <= plan.deadline_max
+                else long_budget_header(key, left)  # never more digits than meshlib reads
+            )
+            put_header(request.headers, key, budget)
         if bound is None or left < bound:
             bound = left
     if bound is None:
