@@ -81,12 +81,12 @@ class Endpoint:
 
     def measure(self, latency: float, now: float) -> None:
         """Fold one attempt's time to response headers into the estimate."""
-        current = self.latency(now)
+        decay = math.exp(-max(0.0, now - self.measured_at) / _DECAY)
+        current = self.ewma * decay
         if latency >= current or self.measured_at == math.inf:
             self.ewma = latency  # peak: a slower answer counts in full at once
         else:
-            recency = 1.0 - math.exp(-max(0.0, now - self.measured_at) / _DECAY)
-            self.ewma = current + (latency - current) * max(_STEP, recency)
+            self.ewma = current + (latency - current) * max(_STEP, 1.0 - decay)
         self.measured_at = now
 
 
@@ -140,8 +140,9 @@ class EndpointPool:
                 # Each with a probability inverse to the cube of its cost, rather than
                 # always the cheaper: with two endpoints the pair is always the same, and a
                 # strict comparison of noisy estimates would starve one of them.
-                a = (first.latency(now) * (first.in_flight + 1) + _FLOOR) ** 3
-                b = (second.latency(now) * (second.in_flight + 1) + _FLOOR) ** 3
+                a = first.latency(now) * (first.in_flight + 1) + _FLOOR
+                b = second.latency(now) * (second.in_flight + 1) + _FLOOR
+                a, b = a * a * a, b * b * b
                 chosen, other = (
                     (first, second) if runtime.rng.random() * (a + b) < b else (second, first)
                 )
