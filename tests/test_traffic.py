@@ -78,7 +78,7 @@ async def test_p2c_steers_away_from_a_slow_endpoint_async(
 ) -> None:
     slow, fast = two_servers
     # Far slower than ten concurrent answers from an in-process server on a busy machine.
-    slow.default = Respond(200, delay=0.3)
+    slow.default = Respond(200, delay=0.5)
     mesh = _mesh(endpoints=_endpoints(slow, fast))
     async with meshlib.wrap(httpx.AsyncClient(), mesh) as client:
         for _ in range(8):  # concurrent waves: in-flight counts weigh in too
