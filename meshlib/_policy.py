@@ -480,8 +480,9 @@ class Endpoints:
         addresses: ``host:port`` strings (IPv6 as ``[::1]:8080``; without a
             port, the destination's port); no duplicates, at least one.
         balance: ``"p2c"`` (two distinct healthy endpoints at random, the less
-            loaded wins: requests in flight weighted by peak-EWMA latency) or
-            ``"round_robin"``.
+            loaded most likely wins: requests in flight weighted by peak-EWMA
+            time to response headers; equal endpoints share evenly, see
+            docs/traffic.md) or ``"round_robin"``.
         ejection: outlier ejection, or None to keep every endpoint in.
     """
 
