@@ -9,7 +9,7 @@ import httpx
 from ._errors import ConfigError
 from ._mesh import Mesh
 from ._pipeline import AsyncTransport, Transport, _resolve
-from ._policy import STANDARD, Policy
+from ._policy import Policy
 from ._tls import TLS
 
 __all__ = ["AsyncClient", "Client", "wrap"]
@@ -18,10 +18,12 @@ C = TypeVar("C", httpx.Client, httpx.AsyncClient)
 
 
 @overload
-def wrap(client: httpx.Client, policy_or_mesh: Policy | Mesh = ...) -> httpx.Client: ...
+def wrap(client: httpx.Client, policy_or_mesh: Policy | Mesh | None = ...) -> httpx.Client: ...
 @overload
-def wrap(client: httpx.AsyncClient, policy_or_mesh: Policy | Mesh = ...) -> httpx.AsyncClient: ...
-def wrap(client: C, policy_or_mesh: Policy | Mesh = STANDARD) -> C:
+def wrap(
+    client: httpx.AsyncClient, policy_or_mesh: Policy | Mesh | None = ...
+) -> httpx.AsyncClient: ...
+def wrap(client: C, policy_or_mesh: Policy | Mesh | None = None) -> C:
     """Wrap every transport `client` uses (its default one and its mounts) and return it.
 
     The same client object comes back, with its limits, TLS settings and
@@ -29,12 +31,16 @@ def wrap(client: C, policy_or_mesh: Policy | Mesh = STANDARD) -> C:
 
     Args:
         client: an ``httpx.Client`` or ``httpx.AsyncClient``.
-        policy_or_mesh: a `Policy` (its state lives in the process-wide default
-            Mesh) or a `Mesh`.
+        policy_or_mesh: a `Mesh`; or a `Policy`, which wins over any Mesh's
+            policies for this client while its state (breakers, budgets) lives in
+            the process-wide default Mesh; or None (the default): the default
+            Mesh's own policies, those of the file ``$MESHLIB_CONFIG`` names
+            (followed for changes), else STANDARD.
 
     Raises:
         ConfigError: the client is already wrapped (stacked retries multiply
-            load), or the arguments have the wrong type.
+            load), the arguments have the wrong type, or the file
+            ``$MESHLIB_CONFIG`` names is missing or invalid.
     """
     _resolve(policy_or_mesh)  # validate before touching the client
     wrapper: Any  # Transport or AsyncTransport: the same steps for either kind of client
@@ -78,12 +84,12 @@ def _with_tls(owner: str, tls: TLS | None, kwargs: dict[str, Any]) -> dict[str, 
 
 
 def Client(
-    policy: Policy | Mesh = STANDARD, *, tls: TLS | None = None, **kwargs: Any
+    policy: Policy | Mesh | None = None, *, tls: TLS | None = None, **kwargs: Any
 ) -> httpx.Client:
     """Build an ``httpx.Client`` whose transports run `policy`'s layers.
 
     Args:
-        policy: a `Policy` or a `Mesh`.
+        policy: a `Policy` or a `Mesh`, or None, as for `wrap`.
         tls: a `TLS` whose client certificate and trust the client uses (its
             ``ssl_context()`` becomes httpx's ``verify``).
         **kwargs: passed to ``httpx.Client`` unchanged (base_url, limits, http2, ...).
@@ -95,7 +101,7 @@ def Client(
 
 
 def AsyncClient(
-    policy: Policy | Mesh = STANDARD, *, tls: TLS | None = None, **kwargs: Any
+    policy: Policy | Mesh | None = None, *, tls: TLS | None = None, **kwargs: Any
 ) -> httpx.AsyncClient:
     """Build an ``httpx.AsyncClient`` whose transports run `policy`'s layers.
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_VAR",
+    "MAX_CONFIG_BYTES",
     "MeshConfig",
     "config_from_env",
     "describe",
@@ -52,6 +53,10 @@ __all__ = [
 
 #: The environment variable that names the policy file.
 ENV_VAR = "MESHLIB_CONFIG"
+#: The largest policy document meshlib reads, refused before parsing when larger: a
+#: 1000-destination file is about 100 KiB, and a runaway one (50 MB took a minute and
+#: 2 GB to check) must not stall a reload poller.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 _TOP_LEVEL = ("default", "destinations")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -597,6 +602,8 @@ def parse_config(
             path of the field and the value.
     """
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise too_large(source, len(raw))
     if format is not None and format not in ("toml", "json"):
         raise ConfigError(f"{source}: format: expected 'toml', 'json' or None, got {format!r}")
     document = _document(raw, source, format or _format_of(source, raw))
@@ -658,12 +665,37 @@ def load_config(path: str | os.PathLike[str]) -> MeshConfig:
     """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as file:
-            data = file.read()
+        data = read_config_file(name)
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         raise ConfigError(f"{name}: cannot read the policy file: {reason}") from exc
     return parse_config(data, name)
+
+
+def too_large(source: str, size: int | None) -> ConfigError:
+    """Return the refusal of a policy document over `MAX_CONFIG_BYTES` (`size` if known)."""
+    have = f"{size} bytes" if size is not None else f"more than {MAX_CONFIG_BYTES} bytes"
+    return ConfigError(
+        f"{source}: the policy document is {have}, over the limit of {MAX_CONFIG_BYTES} "
+        f"bytes ({MAX_CONFIG_BYTES // 2**20} MiB)"
+    )
+
+
+def read_config_file(path: str) -> bytes:
+    """Return the bytes of the policy file at `path`, at most `MAX_CONFIG_BYTES` read.
+
+    Raises:
+        ConfigError: the file is larger than the limit (nothing more is read).
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > MAX_CONFIG_BYTES:
+            raise too_large(path, size)
+        data = file.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:  # grew after the size check, or not a regular file
+        raise too_large(path, None)
+    return data
 
 
 def config_from_env(var: str = ENV_VAR) -> MeshConfig | None:

@@ -20,6 +20,7 @@ __all__ = [
     "current_deadline",
     "deadline",
     "deadline_until",
+    "long_budget_header",
     "parse_budget_header",
     "remaining",
 ]
@@ -98,8 +99,31 @@ def deadline_until(at: float) -> Iterator[None]:
 
 
 _logger = logging.getLogger("meshlib")
-_GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+# The most digits the parser below accepts, and so the most the outbound side writes:
+# what a meshlib service sends, a meshlib service downstream must adopt.
+_MS_DIGITS = 12  # about 31 years in milliseconds
+_GRPC_DIGITS = 8  # gRPC's own limit
+#: The longest budget in the milliseconds header, and in grpc-timeout's "m" unit.
+MAX_BUDGET_MS = 10**_MS_DIGITS - 1
+MAX_GRPC_VALUE = 10**_GRPC_DIGITS - 1
+_GRPC_TIMEOUT = re.compile(rf"([0-9]{{1,{_GRPC_DIGITS}}})([HMSmun])")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_GRPC_KEY = GRPC_HEADER.encode("ascii")
+
+
+def long_budget_header(key: bytes, left: float) -> bytes:
+    """Return the header value for `left` seconds too long to write in milliseconds.
+
+    The milliseconds header is clamped to its longest value. ``grpc-timeout``
+    moves to the finest of seconds, minutes and hours that fits 8 digits,
+    rounded down (never more time than is left), else its longest value.
+    """
+    if key != _GRPC_KEY:
+        return b"%d" % min(left * 1000, MAX_BUDGET_MS)
+    for unit, seconds in ((b"S", 1.0), (b"M", 60.0), (b"H", 3600.0)):
+        if left / seconds <= MAX_GRPC_VALUE:
+            return b"%d%s" % (left / seconds, unit)
+    return b"%dH" % MAX_GRPC_VALUE
 
 
 def parse_budget_header(name: str, value: str) -> float | None:
@@ -115,7 +139,7 @@ def parse_budget_header(name: str, value: str) -> float | None:
         match = _GRPC_TIMEOUT.fullmatch(text)
         if match is not None:
             return int(match.group(1)) * _GRPC_UNITS[match.group(2)]
-    elif text.isascii() and text.isdigit() and len(text) <= 12:
+    elif text.isascii() and text.isdigit() and len(text) <= _MS_DIGITS:
         return int(text) / 1000
     _logger.debug(
         "ignoring malformed %s header %r",

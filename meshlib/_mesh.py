@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import threading
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +15,7 @@ from ._breaker import BreakerSnapshot, CircuitBreaker, TransitionHook
 from ._budget import RetryBudget
 from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
 from ._config import ENV_VAR, normalise_pattern
-from ._deadline import DEFAULT_HEADER, GRPC_HEADER
+from ._deadline import DEFAULT_HEADER, GRPC_HEADER, MAX_BUDGET_MS, MAX_GRPC_VALUE
 from ._errors import ConfigError
 from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Policy
 from ._propagation import inside_mesh, propagates
@@ -42,6 +43,7 @@ class Plan:
         "budget",
         "bulkhead",
         "deadline_key",
+        "deadline_max",
         "deadline_unit",
         "destination",
         "endpoints",
@@ -118,6 +120,8 @@ class Plan:
         # gRPC's needs its unit, every other name carries bare milliseconds.
         self.deadline_key = header.encode("ascii") if header and self.propagate else None
         self.deadline_unit = b"m" if header == GRPC_HEADER else b""
+        # The most milliseconds the inbound side accepts in that header.
+        self.deadline_max = MAX_GRPC_VALUE if header == GRPC_HEADER else MAX_BUDGET_MS
 
 
 def refuse_destination_layers(policy: Policy, where: str) -> None:
@@ -313,11 +317,12 @@ class Mesh:
     ) -> Mesh:
         """Build a Mesh from a TOML or JSON policy file, and follow its changes.
 
-        With `reload`, the file is checked every `interval` seconds (size,
-        modification time, then a hash of the content); a changed file that
-        validates replaces the policies at once, one that does not is refused
-        with one log line naming the file, the field and the value, and the
-        last good policies stay.
+        With `reload`, the file is checked every `interval` seconds (inode,
+        size, modification and change times, then a hash of the content); a
+        changed file that validates replaces the policies at once, one that
+        does not is refused with one log line naming the file, the field and
+        the value, and the last good policies stay. A relative `path` is made
+        absolute now: a later ``os.chdir`` does not change the file followed.
 
         Raises:
             ConfigError: the file is missing, unreadable or invalid now.
@@ -325,6 +330,7 @@ class Mesh:
         from ._config import load_config
         from ._sources import FileSource
 
+        path = os.path.abspath(path)
         config = load_config(path)
         mesh = cls(config.default, config.destinations, max_destinations=max_destinations)
         mesh._origin = config.source
@@ -504,9 +510,54 @@ class Mesh:
         self._sketches.clear()
 
 
-_default = Mesh()
+_default: Mesh | None = None
+_default_lock = threading.Lock()
 
 
 def default_mesh() -> Mesh:
-    """Return the process-wide Mesh used by clients wrapped with a bare Policy."""
-    return _default
+    """Return the process-wide Mesh: clients wrapped with a bare Policy, or none, use it.
+
+    Built on first use: from the file ``$MESHLIB_CONFIG`` names, followed for
+    changes (`Mesh.from_file`), when the variable is set; else with STANDARD
+    for every destination.
+
+    Raises:
+        ConfigError: the file the variable names is missing or invalid; it
+            names the variable and the file. Nothing is kept, so the next call
+            tries again.
+    """
+    mesh = _default
+    if mesh is None:
+        mesh = _build_default()
+    return mesh
+
+
+def _build_default() -> Mesh:
+    global _default
+    with _default_lock:
+        if _default is not None:  # another thread built it first
+            return _default
+        path = os.environ.get(ENV_VAR, "").strip()
+        if not path:
+            _default = Mesh()
+            return _default
+        try:
+            # A typo must not quietly mean STANDARD for every service: refuse it.
+            _default = Mesh.from_file(path)
+        except ConfigError as exc:
+            raise ConfigError(f"${ENV_VAR}={path}: {exc}") from exc
+        return _default
+
+
+def forget_default_mesh() -> None:
+    """Forget the process-wide Mesh's state, and the Mesh itself (for meshlib.testing).
+
+    Clients already wrapped keep their Mesh, with its state forgotten; the next
+    one builds a new Mesh, reading ``$MESHLIB_CONFIG`` again.
+    """
+    global _default
+    with _default_lock:
+        mesh, _default = _default, None
+    if mesh is not None:
+        mesh.reset()
+        mesh.close()

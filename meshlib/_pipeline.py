@@ -33,7 +33,7 @@ import anyio
 import httpx
 
 from ._breaker import CLOSED
-from ._deadline import DEADLINE_SLACK, current_deadline
+from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._headers import put_header
 from ._mesh import Mesh, Plan, default_mesh, refuse_destination_layers
@@ -65,7 +65,9 @@ _REPLAYABLE = httpx.ByteStream(b"")  # stands for any body that can be sent agai
 _LAYER_NAMES = [f.name for f in dataclasses.fields(Policy) if f.init]
 
 
-def _resolve(policy_or_mesh: Policy | Mesh) -> tuple[Mesh, Policy | None]:
+def _resolve(policy_or_mesh: Policy | Mesh | None) -> tuple[Mesh, Policy | None]:
+    if policy_or_mesh is None:  # the default Mesh's own policies ($MESHLIB_CONFIG's file)
+        return default_mesh(), None
     if isinstance(policy_or_mesh, Mesh):
         return policy_or_mesh, None
     if isinstance(policy_or_mesh, Policy):
@@ -121,14 +123,14 @@ def _inner_name(transport: object) -> str:
 class _Pipeline:
     """What both drivers share: the inner transport and where policies come from."""
 
-    def __init__(self, policy_or_mesh: Policy | Mesh = STANDARD) -> None:
+    def __init__(self, policy_or_mesh: Policy | Mesh | None = None) -> None:
         self.mesh, self.policy = _resolve(policy_or_mesh)
         self._last: Plan | None = None
 
     def __repr__(self) -> str:
         inner = _inner_name(getattr(self, "inner", None))
         if self.policy is None:
-            return f"<meshlib.{type(self).__name__} over {inner}, {self.mesh!r}>"
+            return f"<meshlib.{type(self).__name__} over {inner}, policies from {self.mesh!r}>"
         policy = "STANDARD" if self.policy == STANDARD else _layers_on(self.policy)
         return (
             f"<meshlib.{type(self).__name__} over {inner}, policy {policy}, state in {self.mesh!r}>"
@@ -281,7 +283,13 @@ def _prepare_attempt(
             raise deadline_exceeded(plan, request, "before sending")
         key = plan.deadline_key
         if key is not None:
-            put_header(request.headers, key, b"%d%s" % (left * 1000, plan.deadline_unit))
+            ms = left * 1000
+            budget = (
+                b"%d%s" % (ms, plan.deadline_unit)
+                if ms <= plan.deadline_max
+                else long_budget_header(key, left)  # never more digits than meshlib reads
+            )
+            put_header(request.headers, key, budget)
         if bound is None or left < bound:
             bound = left
     if bound is None:
@@ -541,14 +549,15 @@ class Transport(_Pipeline, httpx.BaseTransport):
 
     Args:
         transport: the transport that does the I/O, e.g. ``httpx.HTTPTransport()``.
-        policy: a `Policy` (state kept in the process-wide default Mesh) or a `Mesh`.
+        policy: a `Policy` (state kept in the process-wide default Mesh), a `Mesh`,
+            or None for the default Mesh's own policies (as for `wrap`).
 
     Raises:
         ConfigError: `transport` is not a sync transport (None, an async one) or
             is already a meshlib transport, or `policy` is neither a Policy nor a Mesh.
     """
 
-    def __init__(self, transport: httpx.BaseTransport, policy: Policy | Mesh = STANDARD) -> None:
+    def __init__(self, transport: httpx.BaseTransport, policy: Policy | Mesh | None = None) -> None:
         _refuse_inner("Transport", transport, asynchronous=False)
         super().__init__(policy)
         self.inner = transport
@@ -734,7 +743,8 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
 
     Args:
         transport: the transport that does the I/O, e.g. ``httpx.AsyncHTTPTransport()``.
-        policy: a `Policy` (state kept in the process-wide default Mesh) or a `Mesh`.
+        policy: a `Policy` (state kept in the process-wide default Mesh), a `Mesh`,
+            or None for the default Mesh's own policies (as for `wrap`).
 
     Raises:
         ConfigError: `transport` is not an async transport (None, a sync one) or
@@ -742,7 +752,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
     """
 
     def __init__(
-        self, transport: httpx.AsyncBaseTransport, policy: Policy | Mesh = STANDARD
+        self, transport: httpx.AsyncBaseTransport, policy: Policy | Mesh | None = None
     ) -> None:
         _refuse_inner("AsyncTransport", transport, asynchronous=True)
         super().__init__(policy)

@@ -220,7 +220,8 @@ class Retry:
             digits and ``!#$%&'*+-.^_`|~``), stored upper-cased; other requests are
             retried only on connection failures or when they carry an
             ``Idempotency-Key`` header.
-        retry_after_cap: the longest ``Retry-After`` honoured, in seconds.
+        retry_after_cap: the longest ``Retry-After`` honoured, in seconds; 0
+            ignores the header (the backoff applies, as for a value of zero).
         budget: the retry budget per destination, or None for no budget.
     """
 
@@ -582,8 +583,9 @@ class Endpoints:
         addresses: ``host:port`` strings (IPv6 as ``[::1]:8080``), each with
             its port; no duplicates, at least one.
         balance: ``"p2c"`` (two distinct healthy endpoints at random, the less
-            loaded wins: requests in flight weighted by peak-EWMA latency) or
-            ``"round_robin"``.
+            loaded most likely wins: requests in flight weighted by peak-EWMA
+            time to response headers; equal endpoints share evenly, see
+            docs/traffic.md) or ``"round_robin"``.
         ejection: outlier ejection, or None to keep every endpoint in.
     """
 

@@ -90,9 +90,9 @@ def parse_retry_after(value: str) -> float | None:
     """Return the wait a ``Retry-After`` header asks for, in seconds, or None.
 
     Accepts delay-seconds (ASCII digits only) and HTTP dates; a date in the
-    past means no wait. Anything else (garbage, a sign, non-ASCII digits, a
-    date out of range) gives None so the caller falls back to backoff; this
-    function never raises.
+    past gives 0.0, which `RetryState.next_wait` treats as no header at all.
+    Anything else (garbage, a sign, non-ASCII digits, a date out of range)
+    gives None so the caller falls back to backoff; this function never raises.
     """
     text = value.strip()
     if text.isascii() and text.isdigit():
@@ -152,13 +152,15 @@ class RetryState:
         Args:
             now: the clock's reading after the failed attempt.
             retry_after: the server's ``Retry-After`` in seconds, if it sent one;
-                it replaces the backoff, clamped to ``retry_after_cap``.
+                it replaces the backoff, clamped to ``retry_after_cap``. Zero (or a
+                date already past) and a cap of zero mean the backoff, jitter
+                included: a fleet told "now" must not retry at the same instant.
         """
         retry = self.retry
         if _stop_for(retry)(cast(RetryCallState, self)):
             self.stop_reason = "attempts"
             return None
-        if retry_after is not None:
+        if retry_after and retry.retry_after_cap > 0:
             wait = min(retry_after, retry.retry_after_cap)
         else:
             wait = self._backoff(retry.backoff)

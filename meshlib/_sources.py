@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
-from ._config import MeshConfig, parse_config
+from ._config import MAX_CONFIG_BYTES, MeshConfig, parse_config, read_config_file, too_large
 from ._errors import ConfigError
 from ._telemetry import logger
 
@@ -108,7 +108,13 @@ def _refuse(source: str, error: ConfigError) -> None:
 
 
 class FileSource(_Poller):
-    """Follow a policy file: size and mtime first, then a hash of the content."""
+    """Follow a policy file: its stat signature first, then a hash of the content.
+
+    The signature is the inode and device, size, mtime and ctime: a file
+    replaced by ``mv``, or rewritten by ``cp -p`` or ``rsync -t`` with its
+    mtime preserved, still differs in inode or ctime. `path` must be absolute
+    (`Mesh.from_file` resolves it), so a later ``os.chdir`` changes nothing.
+    """
 
     def __init__(
         self, mesh: Mesh, path: str | os.PathLike[str], digest: str, interval: float
@@ -118,15 +124,15 @@ class FileSource(_Poller):
         self._digest = self.version = digest
         # Unknown rather than read now: the file may have changed since `digest` was
         # taken, and the first poll's hash comparison costs one read.
-        self._stat: tuple[int, int] | None = None
+        self._stat: tuple[int, ...] | None = None
         self.start(mesh)
 
-    def _signature(self) -> tuple[int, int] | None:
+    def _signature(self) -> tuple[int, ...] | None:
         try:
             stat = os.stat(self.path)
         except OSError:
             return None
-        return stat.st_size, stat.st_mtime_ns
+        return stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
     def poll(self, mesh: Mesh) -> None:
         signature = self._signature()
@@ -134,10 +140,13 @@ class FileSource(_Poller):
             return
         self._stat = signature
         try:
-            with open(self.path, "rb") as file:
-                data = file.read()
+            data = read_config_file(self.path)
         except OSError as exc:
             self._fail(ConfigError(f"{self.path}: cannot read: {exc.strerror or exc}"))
+            return
+        except ConfigError as exc:  # too large: one line while it stays so, however it grows
+            self._digest = ""  # whatever it shrinks back to is read and applied
+            self._fail(exc, "too large")
             return
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:
@@ -174,17 +183,33 @@ class UrlSource(_Poller):
         self._etag: str | None = None
         self._digest: str | None = None
 
-    def _get(self) -> httpx.Response:
-        headers = {"If-None-Match": self._etag} if self._etag else {}
-        return self._client.get(self.url, headers=headers)
+    def _get(self) -> tuple[httpx.Response, bytes]:
+        """GET the document: the response and at most `MAX_CONFIG_BYTES` of its body.
 
-    def _parse(self, response: httpx.Response) -> MeshConfig | None:
+        Raises:
+            ConfigError: the body (or its Content-Length) is over the limit.
+        """
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        with self._client.stream("GET", self.url, headers=headers) as response:
+            if response.status_code != 200:
+                return response, b""  # a 304, or a refusal: the body does not matter
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_CONFIG_BYTES:
+                raise too_large(self.url, int(declared))
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_CONFIG_BYTES:
+                    raise too_large(self.url, None)
+        return response, bytes(body)
+
+    def _parse(self, answer: tuple[httpx.Response, bytes]) -> MeshConfig | None:
         """Return the new config, None when unchanged; raise ConfigError when bad."""
+        response, data = answer
         if response.status_code == 304:
             return None
         if response.status_code != 200:
             raise ConfigError(f"{self.url}: HTTP {response.status_code}")
-        data = response.content
         digest = hashlib.sha256(data).hexdigest()
         etag = response.headers.get("etag")
         if digest == self._digest:

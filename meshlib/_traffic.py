@@ -29,9 +29,20 @@ __all__ = [
     "route_target",
 ]
 
-# Peak-EWMA decay (Finagle, Linkerd): latencies older than this weigh e⁻¹ as much.
+# Peak EWMA (Finagle, Linkerd): an estimate weighs e⁻¹ as much for every 10 s it was not
+# refreshed, when it is read as when it is updated.
 _DECAY = 10.0
-# An endpoint with no measurement yet costs as if it answered in 1 ms.
+# A faster answer moves the estimate at least this far towards it: at a high request rate
+# the time weighting alone would keep one slow answer for seconds.
+_STEP = 0.5
+# An idle endpoint that p2c passes over for one measured more recently keeps this much of
+# its estimate: only an answer can correct an estimate, so a stale one must not keep the
+# endpoint from getting any.
+_PASSED_OVER = 0.8
+# Added to both costs when p2c compares them: differences of a few milliseconds between
+# replicas are mostly scheduling noise, not load.
+_FLOOR = 0.005
+# An endpoint not measured yet is estimated at 1 ms; its first answer replaces that.
 _UNMEASURED = 0.001
 
 
@@ -53,8 +64,8 @@ class Endpoint:
         self.host = host
         self.port = port
         self.in_flight = 0
-        self.ewma = 0.0
-        self.measured_at = 0.0
+        self.ewma = _UNMEASURED
+        self.measured_at = math.inf  # never: the first answer replaces the estimate
         self.failures_in_a_row = 0
         self.ejections = 0
         self.ejected_until = -math.inf
@@ -64,9 +75,19 @@ class Endpoint:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
-    def cost(self) -> float:
-        """Peak-EWMA latency × (requests in flight + 1): lower is better."""
-        return (self.ewma or _UNMEASURED) * (self.in_flight + 1)
+    def latency(self, now: float) -> float:
+        """Return the peak-EWMA time to response headers, decayed for its age at `now`."""
+        return self.ewma * math.exp(-max(0.0, now - self.measured_at) / _DECAY)
+
+    def measure(self, latency: float, now: float) -> None:
+        """Fold one attempt's time to response headers into the estimate."""
+        decay = math.exp(-max(0.0, now - self.measured_at) / _DECAY)
+        current = self.ewma * decay
+        if latency >= current or self.measured_at == math.inf:
+            self.ewma = latency  # peak: a slower answer counts in full at once
+        else:
+            self.ewma = current + (latency - current) * max(_STEP, 1.0 - decay)
+        self.measured_at = now
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +141,17 @@ class EndpointPool:
                 self._next += 1
             else:
                 first, second = runtime.rng.sample(candidates, 2)
-                chosen = first if first.cost() <= second.cost() else second
+                # Each with a probability inverse to the cube of its cost, rather than
+                # always the cheaper: with two endpoints the pair is always the same, and a
+                # strict comparison of noisy estimates would starve one of them.
+                a = first.latency(now) * (first.in_flight + 1) + _FLOOR
+                b = second.latency(now) * (second.in_flight + 1) + _FLOOR
+                a, b = a * a * a, b * b * b
+                chosen, other = (
+                    (first, second) if runtime.rng.random() * (a + b) < b else (second, first)
+                )
+                if other.in_flight == 0 and other.measured_at < chosen.measured_at:
+                    other.ewma *= _PASSED_OVER
             chosen.in_flight += 1
             return chosen
 
@@ -130,13 +161,7 @@ class EndpointPool:
             endpoint.in_flight -= 1
             if failed is None:
                 return
-            # Peak EWMA: jump up to a slow answer at once, decay down slowly.
-            if latency > endpoint.ewma:
-                endpoint.ewma = latency
-            else:
-                weight = math.exp(-(now - endpoint.measured_at) / _DECAY)
-                endpoint.ewma = endpoint.ewma * weight + latency * (1 - weight)
-            endpoint.measured_at = now
+            endpoint.measure(latency, now)
             if not failed:
                 endpoint.failures_in_a_row = 0
                 return
@@ -159,7 +184,7 @@ class EndpointPool:
                 EndpointSnapshot(
                     e.address,
                     e.in_flight,
-                    e.ewma,
+                    0.0 if e.measured_at == math.inf else e.latency(now),
                     e.failures_in_a_row,
                     e.ejected_until > now,
                     e.ejections,

@@ -2,7 +2,7 @@
 
 - `set_testing` removes backoff waits (a switch, also a context manager).
 - `FakeClock`, `use_clock` and `use_random` make timing and jitter exact.
-- `reset` forgets the process-wide per-destination state.
+- `reset` forgets the process-wide default Mesh and its per-destination state.
 - `FaultServer` is a real HTTP server on 127.0.0.1 that injects faults.
 """
 
@@ -16,7 +16,7 @@ from types import TracebackType
 import anyio
 
 from ._faultserver import Chaos, Close, Drip, FaultServer, Hang, RecordedRequest, Reset, Respond
-from ._mesh import default_mesh
+from ._mesh import forget_default_mesh
 from ._runtime import Clock, runtime
 
 __all__ = [
@@ -118,5 +118,11 @@ def use_random(rng: random.Random) -> Iterator[random.Random]:
 
 
 def reset() -> None:
-    """Forget the process-wide default Mesh's per-destination state (retry budgets)."""
-    default_mesh().reset()
+    """Forget the process-wide default Mesh: its per-destination state, and the Mesh.
+
+    Clients wrapped before keep their Mesh, with its breakers, budgets and
+    bulkheads forgotten. The next client wrapped without a Mesh builds a new
+    default one, so it reads ``$MESHLIB_CONFIG`` again (a test may set it with
+    ``monkeypatch.setenv``). A bad file is reported then, never by `reset`.
+    """
+    forget_default_mesh()

@@ -243,9 +243,16 @@ def test_retry_after_replaces_the_backoff(rng: random.Random, clock: FakeClock) 
     assert state.next_wait(clock.now(), retry_after=7.0) == 7.0
 
 
-def test_retry_after_zero_means_no_wait(rng: random.Random, clock: FakeClock) -> None:
+def test_retry_after_zero_means_the_backoff(rng: random.Random, clock: FakeClock) -> None:
+    # API.md section 4: zero (or a date already past) falls back to the backoff.
     retry = Retry(attempts=3, backoff=Backoff(base=0.5, cap=1.0, jitter="none"), budget=None)
-    assert RetryState(retry, None, None).next_wait(clock.now(), retry_after=0.0) == 0.0
+    assert RetryState(retry, None, None).next_wait(clock.now(), retry_after=0.0) == 0.5
+
+
+def test_a_retry_after_cap_of_zero_ignores_the_header(rng: random.Random, clock: FakeClock) -> None:
+    backoff = Backoff(base=0.5, cap=1.0, jitter="none")
+    retry = Retry(attempts=3, backoff=backoff, retry_after_cap=0, budget=None)
+    assert RetryState(retry, None, None).next_wait(clock.now(), retry_after=7.0) == 0.5
 
 
 @pytest.mark.parametrize("asked", [31.0, 3600.0, math.inf])

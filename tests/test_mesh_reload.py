@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 import meshlib
+import meshlib.testing
+from meshlib._config import MAX_CONFIG_BYTES, parse_config
 
 pytestmark = pytest.mark.usefixtures("no_waits")
 
@@ -210,6 +212,7 @@ class _Office:
 
     def __init__(self, document: str) -> None:
         self.document = document
+        self.send_length = True  # False: the body runs until the connection closes
         self.fetches = 0
         self.not_modified = 0
         office = self
@@ -227,7 +230,8 @@ class _Office:
                 self.send_response(200)
                 self.send_header("ETag", etag)
                 self.send_header("Content-Type", "application/toml")
-                self.send_header("Content-Length", str(len(body)))
+                if office.send_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -326,6 +330,232 @@ def test_a_mesh_from_a_url_names_it_in_its_repr() -> None:
             assert repr(mesh) == (
                 f"<meshlib.Mesh from {office.url}, followed: 1 destination (payments.internal)>"
             )
+        finally:
+            mesh.close()
+    finally:
+        office.stop()
+
+
+def _polled_once(mesh: meshlib.Mesh) -> None:
+    # The first poll records the file's signature; a change made before it would be
+    # caught by the content hash alone.
+    source = mesh._source
+    _until(lambda: source._stat is not None)
+
+
+def _keep_mtime(path: Path, mtime_ns: int) -> None:
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_a_file_moved_in_with_the_same_size_and_mtime_is_applied(
+    mesh: meshlib.Mesh, policy_file: Path
+) -> None:
+    # `mv` of a file made by `cp -p` or `rsync -t`: a new inode, the old mtime and size.
+    _polled_once(mesh)
+    before = policy_file.stat()
+    replacement = policy_file.with_suffix(".new")
+    replacement.write_text(POLICY_B)
+    assert replacement.stat().st_size == before.st_size
+    _keep_mtime(replacement, before.st_mtime_ns)
+    os.replace(replacement, policy_file)
+    assert policy_file.stat().st_mtime_ns == before.st_mtime_ns
+    _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+
+
+def test_a_file_rewritten_in_place_with_its_mtime_kept_is_applied(
+    mesh: meshlib.Mesh, policy_file: Path
+) -> None:
+    # `cp -p new mesh.toml` onto the file: the same inode, size and mtime; a new ctime.
+    _polled_once(mesh)
+    before = policy_file.stat()
+    with open(policy_file, "r+") as file:
+        file.write(POLICY_B)
+    _keep_mtime(policy_file, before.st_mtime_ns)
+    after = policy_file.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+
+
+def test_a_relative_path_still_reloads_after_chdir(
+    policy_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(policy_file.parent)
+    mesh = meshlib.Mesh.from_file("mesh.toml", interval=0.05)
+    try:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)  # the process moves on; the file it follows does not
+        _write(policy_file, POLICY_B)
+        _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+    finally:
+        mesh.close()
+
+
+# The process-wide default Mesh follows $MESHLIB_CONFIG
+
+
+def _attempts_of(client: httpx.Client) -> int:
+    before = len(_SENT)
+    client.get("http://orders.internal/")
+    return len(_SENT) - before
+
+
+_SENT: list[httpx.Request] = []
+
+
+def _always_503(request: httpx.Request) -> httpx.Response:
+    _SENT.append(request)
+    return httpx.Response(503)
+
+
+def test_wrap_follows_the_file_meshlib_config_names(
+    monkeypatch: pytest.MonkeyPatch, policy_file: Path
+) -> None:
+    monkeypatch.setenv("MESHLIB_CONFIG", str(policy_file))
+    meshlib.testing.reset()  # as a fresh process: the default Mesh is built on first use
+    with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(_always_503))) as client:
+        assert _attempts_of(client) == 2  # the file's [default], not STANDARD's 3
+        _write(policy_file, POLICY_B)
+        default = meshlib.default_mesh()
+        _until(
+            lambda: default.default.retry is not None and default.default.retry.attempts == 4, 5.0
+        )
+        assert _attempts_of(client) == 4  # the same client, the edited file
+
+
+def test_an_explicit_policy_wins_and_shares_the_default_mesh_state(
+    monkeypatch: pytest.MonkeyPatch, policy_file: Path
+) -> None:
+    policy_file.write_text(POLICY_A + '\n[destinations."orders.internal"]\nretry = false\n')
+    monkeypatch.setenv("MESHLIB_CONFIG", str(policy_file))
+    meshlib.testing.reset()
+    explicit = meshlib.Policy(
+        retry=meshlib.Retry(attempts=3, budget=None), breaker=meshlib.Breaker(consecutive=50)
+    )
+    transport = httpx.MockTransport(_always_503)
+    with (
+        meshlib.wrap(httpx.Client(transport=transport), explicit) as mine,
+        meshlib.wrap(httpx.Client(transport=transport)) as followed,
+    ):
+        assert _attempts_of(mine) == 3  # the policy given to wrap, not the file's
+        assert _attempts_of(followed) == 1  # the file's destination table: no retries
+    default = meshlib.default_mesh()
+    assert default.destinations["orders.internal"].retry is None  # built from the file
+    (breaker,) = default.breakers()  # the explicit policy's state lives in it
+    assert breaker.destination == "http://orders.internal:80"
+
+
+@pytest.mark.parametrize("content", [None, "[default]\nretry = { attempts = 0 }\n"])
+def test_a_missing_or_bad_meshlib_config_file_is_refused_at_first_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None
+) -> None:
+    named = tmp_path / "mesh-typo.toml"
+    if content is not None:
+        named.write_text(content)
+    monkeypatch.setenv("MESHLIB_CONFIG", str(named))
+    meshlib.testing.reset()  # never raises: nothing is read until a client needs it
+    for _ in range(2):  # not remembered: each use says so again
+        with pytest.raises(meshlib.ConfigError, match=r"MESHLIB_CONFIG.*mesh-typo\.toml") as raised:
+            meshlib.wrap(httpx.Client())
+        with pytest.raises(meshlib.ConfigError, match=r"MESHLIB_CONFIG"):
+            meshlib.wrap(httpx.Client(), meshlib.Policy())  # its state would live there
+    if content is not None:
+        assert "attempts" in str(raised.value)
+    named.write_text(POLICY_A)  # fixed: the next client takes it
+    with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(_always_503))) as client:
+        assert _attempts_of(client) == 2
+
+
+def test_without_meshlib_config_wrap_means_standard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MESHLIB_CONFIG", raising=False)
+    meshlib.testing.reset()
+    with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(_always_503))) as client:
+        assert _attempts_of(client) == meshlib.STANDARD.retry.attempts  # type: ignore[union-attr]
+    assert meshlib.default_mesh().default == meshlib.STANDARD
+
+
+# A policy document has a size limit, refused before parsing
+
+
+LIMIT = MAX_CONFIG_BYTES
+
+
+def _oversized(policy: str = POLICY_A) -> str:
+    # Valid TOML: only its size is wrong, so nothing but the limit can refuse it.
+    padding = "# " + "x" * 1021 + "\n"
+    return policy + padding * (LIMIT // len(padding) + 1)
+
+
+def _refused_for_size(message: str, source: str, size: int | None) -> bool:
+    named_size = str(size) if size is not None else f"more than {LIMIT}"
+    return source in message and named_size in message and f"limit of {LIMIT} bytes" in message
+
+
+def test_the_limit_is_far_above_a_thousand_destinations() -> None:
+    fleet = "".join(
+        f'[destinations."svc-{n}.internal"]\ntimeout = {{ total = {1 + n % 30} }}\n'
+        for n in range(1000)
+    )
+    assert len(fleet) * 20 < LIMIT  # a thousand destinations, twenty times over
+
+
+def test_an_oversized_file_is_refused_by_from_file_and_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshlib._cli import main
+
+    path = tmp_path / "huge.toml"
+    path.write_text(_oversized())
+    size = path.stat().st_size
+    with pytest.raises(meshlib.ConfigError) as raised:
+        meshlib.Mesh.from_file(path)
+    assert _refused_for_size(str(raised.value), str(path), size)
+    assert main(["check", str(path)]) == 1
+    assert _refused_for_size(capsys.readouterr().err, str(path), size)
+    with pytest.raises(meshlib.ConfigError, match=f"limit of {LIMIT} bytes"):
+        parse_config(_oversized(), "<stdin>")  # a document given whole, too
+
+
+def test_a_followed_file_that_grows_too_large_keeps_the_last_good_policy(
+    mesh: meshlib.Mesh, policy_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="meshlib"):
+        _write(policy_file, _oversized(POLICY_B))
+        _until(lambda: any(r.meshlib_event == "config_rejected" for r in caplog.records))  # type: ignore[attr-defined]
+        with open(policy_file, "a") as file:  # it keeps growing: still one line
+            file.write("# more\n" * 1000)
+        time.sleep(0.3)
+    refusals = [r for r in caplog.records if getattr(r, "meshlib_event", "") == "config_rejected"]
+    assert len(refusals) == 1
+    assert _refused_for_size(refusals[0].getMessage(), str(policy_file), len(_oversized(POLICY_B)))
+    assert _attempts(mesh) == 2  # the last good policy
+    _write(policy_file, POLICY_B)  # back under the limit: applied
+    _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+
+
+@pytest.mark.network
+def test_an_oversized_remote_document_is_refused() -> None:
+    office = _Office(_oversized())
+    try:
+        with pytest.raises(meshlib.ConfigError) as raised:
+            meshlib.Mesh.from_url(office.url)
+        assert _refused_for_size(str(raised.value), office.url, len(office.document))
+        office.send_length = False  # no Content-Length: the body itself is cut at the limit
+        with pytest.raises(meshlib.ConfigError) as raised:
+            meshlib.Mesh.from_url(office.url)
+        assert _refused_for_size(str(raised.value), office.url, None)
+        office.send_length = True
+        office.document = POLICY_A
+        mesh = meshlib.Mesh.from_url(office.url, interval=0.05)
+        try:
+            office.document = _oversized(POLICY_B)
+            time.sleep(0.3)  # several polls, each refused
+            assert mesh.default.retry is not None
+            assert mesh.default.retry.attempts == 2
         finally:
             mesh.close()
     finally:

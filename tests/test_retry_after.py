@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import ssl
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import meshlib
+import meshlib.testing
 from meshlib import Retry
 from meshlib._retry import (
     body_is_replayable,
@@ -20,6 +22,9 @@ from meshlib._retry import (
     parse_retry_after,
     request_is_idempotent,
 )
+from meshlib.testing import FakeClock
+
+from .helpers import Script, send
 
 URL = "http://orders.internal/items"
 
@@ -254,3 +259,53 @@ def test_unsupported_protocol_is_never_retried() -> None:
     request = httpx.Request("GET", "ftp://orders.internal/items")
     error = httpx.UnsupportedProtocol("no ftp", request=request)
     assert not retryable(error, request, Retry())
+
+
+# --- Retry-After that means "no wait": the backoff, with its jitter ----------------------
+
+
+def _past_date() -> str:
+    return format_datetime(datetime.now(UTC) - timedelta(minutes=5), usegmt=True)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("header", "cap"),
+    [("0", 30.0), ("000", 30.0), ("past", 30.0), ("5", 0.0), ("past", 0.0)],
+    ids=["zero", "zeros", "date-past", "cap-0", "cap-0-date-past"],
+)
+def test_a_no_wait_retry_after_waits_the_jittered_backoff(
+    mode: str, header: str, cap: float, clock: FakeClock
+) -> None:
+    policy = meshlib.Policy(retry=Retry(attempts=2, retry_after_cap=cap, budget=None))
+    value = _past_date() if header == "past" else header
+    waits = []
+    for headers in ({}, {"Retry-After": value}):
+        clock.sleeps.clear()
+        # The same draws each time: the wait with the header must be the wait without it.
+        with meshlib.testing.use_random(random.Random(7)):
+            script = Script(httpx.Response(503, headers=headers))
+            assert send(mode, script, policy).status_code == 200
+        assert script.count == 2
+        waits.append(list(clock.sleeps))
+    without, with_header = waits
+    assert len(without) == 1
+    assert 0 < without[0] <= 0.05  # full jitter over the first backoff
+    assert with_header == without
+
+
+def test_the_jitter_spreads_a_fleet_told_to_retry_now(clock: FakeClock) -> None:
+    policy = meshlib.Policy(retry=Retry(attempts=2, budget=None), breaker=None)
+    for _ in range(20):
+        send("sync", Script(httpx.Response(503, headers={"Retry-After": "0"})), policy)
+    assert len(clock.sleeps) == 20
+    assert len(set(clock.sleeps)) == 20  # twenty clients, twenty different instants
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_retry_after_cap_of_zero_ignores_a_long_header(mode: str, clock: FakeClock) -> None:
+    policy = meshlib.Policy(retry=Retry(attempts=2, retry_after_cap=0, budget=None))
+    script = Script(httpx.Response(429, headers={"Retry-After": "3600"}))
+    assert send(mode, script, policy).status_code == 200
+    assert len(clock.sleeps) == 1
+    assert 0 < clock.sleeps[0] <= 0.05  # the backoff, not the header's hour nor no wait

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import random
 import statistics
 import time
@@ -76,13 +77,106 @@ async def test_p2c_steers_away_from_a_slow_endpoint_async(
     two_servers: tuple[FaultServer, FaultServer],
 ) -> None:
     slow, fast = two_servers
-    slow.default = Respond(200, delay=0.1)
+    # Far slower than ten concurrent answers from an in-process server on a busy machine.
+    slow.default = Respond(200, delay=0.5)
     mesh = _mesh(endpoints=_endpoints(slow, fast))
     async with meshlib.wrap(httpx.AsyncClient(), mesh) as client:
         for _ in range(8):  # concurrent waves: in-flight counts weigh in too
             await asyncio.gather(*(client.get("http://orders.internal/") for _ in range(10)))
     # The first wave splits by load alone; once measured, the slow one is avoided.
     assert fast.request_count > 0.8 * 80
+
+
+@pytest.fixture
+def three_servers() -> Iterator[tuple[FaultServer, FaultServer, FaultServer]]:
+    with FaultServer() as first, FaultServer() as second, FaultServer() as third:
+        yield first, second, third
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("balance", ["p2c", "round_robin"])
+def test_two_equal_endpoints_share_sequential_calls(
+    two_servers: tuple[FaultServer, FaultServer], balance: str
+) -> None:
+    # The first call to each pays a TCP connect; neither may be locked out by it.
+    mesh = _mesh(endpoints=_endpoints(*two_servers, balance=balance))
+    with meshlib.wrap(httpx.Client(), mesh) as client:
+        for _ in range(200):
+            client.get("http://orders.internal/")
+    counts = sorted(s.request_count for s in two_servers)
+    assert sum(counts) == 200
+    assert counts[0] >= 80  # within 40/60
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("balance", ["p2c", "round_robin"])
+def test_three_equal_endpoints_each_get_a_fair_share(
+    three_servers: tuple[FaultServer, FaultServer, FaultServer], balance: str
+) -> None:
+    mesh = _mesh(endpoints=_endpoints(*three_servers, balance=balance))
+    with meshlib.wrap(httpx.Client(), mesh) as client:
+        for _ in range(200):
+            client.get("http://orders.internal/")
+    assert min(s.request_count for s in three_servers) >= 200 / 5
+
+
+@pytest.mark.network
+@pytest.mark.anyio
+async def test_two_equal_endpoints_share_concurrent_calls(
+    two_servers: tuple[FaultServer, FaultServer],
+) -> None:
+    mesh = _mesh(endpoints=_endpoints(*two_servers))
+    async with meshlib.wrap(httpx.AsyncClient(), mesh) as client:
+        for _ in range(20):
+            await asyncio.gather(*(client.get("http://orders.internal/") for _ in range(10)))
+    assert min(s.request_count for s in two_servers) >= 80
+
+
+def test_a_stale_slow_estimate_does_not_lock_an_endpoint_out() -> None:
+    from meshlib._traffic import EndpointPool
+
+    # Both answer in 1 ms, but "a" paid a 50 ms connect first: its estimate starts high,
+    # and with two endpoints every draw compares the same pair.
+    pool = EndpointPool(meshlib.Endpoints(["a:80", "b:80"]), 80, "orders")
+    first = pool.pick(0.0)
+    pool.done(first, False, 0.05 if first.host == "a" else 0.001, 0.0)
+    seen: collections.Counter[str] = collections.Counter([first.host])
+    for n in range(1, 200):
+        now = n * 0.001
+        chosen = pool.pick(now)
+        seen[chosen.host] += 1
+        if chosen.host == "a" and seen["a"] == 1:
+            pool.done(chosen, False, 0.05, now)
+        else:
+            pool.done(chosen, False, 0.001, now)
+    assert min(seen["a"], seen["b"]) >= 80
+
+
+def test_an_endpoint_estimate_decays_with_time() -> None:
+    from meshlib._traffic import EndpointPool
+
+    pool = EndpointPool(meshlib.Endpoints(["a:80", "b:80"]), 80, "orders")
+    chosen = pool.pick(0.0)
+    assert [e.latency for e in pool.snapshot(0.0)] == [0.0, 0.0]  # not measured yet
+    pool.done(chosen, False, 0.05, 0.0)
+    (measured,) = [e for e in pool.snapshot(10.0) if e.latency]
+    assert measured.latency == pytest.approx(0.05 / math.e)  # read 10 s later, not refreshed
+    pool.done(pool.pick(20.0, avoid=chosen), False, 0.01, 20.0)
+    assert sorted(e.latency for e in pool.snapshot(20.0)) == pytest.approx([0.05 / math.e**2, 0.01])
+
+
+def test_p2c_sends_clearly_less_to_a_measured_slower_endpoint() -> None:
+    from meshlib._traffic import EndpointPool
+
+    pool = EndpointPool(meshlib.Endpoints(["slow:80", "fast:80"]), 80, "orders")
+    seen: collections.Counter[str] = collections.Counter()
+    for n in range(1000):
+        now = n * 0.002
+        chosen = pool.pick(now)
+        seen[chosen.host] += 1
+        pool.done(chosen, False, 0.03 if chosen.host == "slow" else 0.001, now)
+    assert seen["slow"] < 0.15 * 1000  # 30 times slower: still tried now and then
+    assert seen["slow"] > 0
 
 
 @pytest.mark.network

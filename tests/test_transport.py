@@ -473,9 +473,14 @@ def test_a_transport_of_both_kinds_is_taken_by_either() -> None:
 
 
 def test_a_transport_s_repr_names_its_inner_transport_and_policy() -> None:
-    transport = meshlib.Transport(httpx.HTTPTransport())
+    transport = meshlib.Transport(httpx.HTTPTransport(), meshlib.STANDARD)
     assert repr(transport) == (
         "<meshlib.Transport over httpx.HTTPTransport, policy STANDARD, state in "
+        "<meshlib.Mesh (the process-wide default) from code: 0 destinations>>"
+    )
+    # No policy: the default Mesh's own (what $MESHLIB_CONFIG names, else STANDARD).
+    assert repr(meshlib.Transport(httpx.HTTPTransport())) == (
+        "<meshlib.Transport over httpx.HTTPTransport, policies from "
         "<meshlib.Mesh (the process-wide default) from code: 0 destinations>>"
     )
     atransport = meshlib.AsyncTransport(httpx.AsyncHTTPTransport(), QUICK.replace(tracing=None))
@@ -485,7 +490,7 @@ def test_a_transport_s_repr_names_its_inner_transport_and_policy() -> None:
     )
     mesh = meshlib.Mesh(destinations={"payments.internal": QUICK})
     assert repr(meshlib.Transport(httpx.MockTransport(Script()), mesh)) == (
-        "<meshlib.Transport over httpx.MockTransport, "
+        "<meshlib.Transport over httpx.MockTransport, policies from "
         "<meshlib.Mesh from code: 1 destination (payments.internal)>>"
     )
 
