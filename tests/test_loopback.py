@@ -161,10 +161,10 @@ def test_without_a_budget_every_call_tries_three_times(
 
 @pytest.mark.anyio
 async def test_cancelling_a_call_to_a_hung_server_propagates(server: FaultServer) -> None:
-    server.default = Hang(5.0)
+    server.default = Hang(60.0)
     async with meshlib.wrap(httpx.AsyncClient(base_url=server.url)) as client:
         task = asyncio.ensure_future(client.get("/orders"))
-        for _ in range(400):  # until the request is in the server's hands (2 s at most)
+        for _ in range(6000):  # until the request is in the server's hands (30 s at most)
             if server.request_count:
                 break
             await asyncio.sleep(0.005)
