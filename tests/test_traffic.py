@@ -59,7 +59,7 @@ def test_p2c_steers_away_from_a_slow_endpoint(
     two_servers: tuple[FaultServer, FaultServer],
 ) -> None:
     slow, fast = two_servers
-    slow.default = Respond(200, delay=0.03)
+    slow.default = Respond(200, delay=0.2)  # far beyond what load adds to the fast one
     mesh = _mesh(endpoints=_endpoints(slow, fast))
     with meshlib.wrap(httpx.Client(), mesh) as client:
         for _ in range(150):
@@ -77,7 +77,9 @@ async def test_p2c_steers_away_from_a_slow_endpoint_async(
     two_servers: tuple[FaultServer, FaultServer],
 ) -> None:
     slow, fast = two_servers
-    slow.default = Respond(200, delay=0.1)
+    # Ten in flight on the fast one must still cost less than one on the slow one, however
+    # much a loaded machine adds to the fast one's latency.
+    slow.default = Respond(200, delay=2.0)
     mesh = _mesh(endpoints=_endpoints(slow, fast))
     async with meshlib.wrap(httpx.AsyncClient(), mesh) as client:
         for _ in range(8):  # concurrent waves: in-flight counts weigh in too
