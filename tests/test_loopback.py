@@ -75,8 +75,10 @@ def test_retry_after_from_a_real_server(server: FaultServer, clock: FakeClock) -
 
 
 def test_a_hung_attempt_is_cut_and_retried(server: FaultServer) -> None:
-    server.enqueue(Hang(5.0))
-    policy = FAST.replace(timeout=meshlib.Timeout(total=3.0, attempt=0.2))
+    # The retry must answer within the attempt's 1 s, even on a loaded machine; uncut, the
+    # hang would outlast the whole 10 s.
+    server.enqueue(Hang(30.0))
+    policy = FAST.replace(timeout=meshlib.Timeout(total=10.0, attempt=1.0))
     with meshlib.wrap(httpx.Client(base_url=server.url), policy) as client:
         assert client.get("/orders").status_code == 200
     assert server.request_count == 2
