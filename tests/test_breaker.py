@@ -19,6 +19,9 @@ from meshlib.testing import FakeClock
 
 LABEL = "http://orders.internal:80"
 T0 = 100.0
+# How long a thread may take to start or finish before the test calls it stuck. Only a
+# failing run waits this long; a loaded 2-core machine can take seconds to start 100 threads.
+PATIENCE = 30.0
 
 
 def breaker(hook: object = None, **settings: object) -> CircuitBreaker:
@@ -453,7 +456,7 @@ def test_the_hook_runs_outside_the_lock_and_may_read_the_breaker() -> None:
 
     worker = threading.Thread(target=drive, daemon=True)
     worker.start()
-    worker.join(timeout=5.0)
+    worker.join(timeout=PATIENCE)
     assert not worker.is_alive(), "the hook deadlocked on the breaker's lock"
     assert seen == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
@@ -470,7 +473,7 @@ def test_a_hundred_threads_get_exactly_probes_tickets() -> None:
     lock = threading.Lock()
 
     def call() -> None:
-        barrier.wait(timeout=10.0)
+        barrier.wait(timeout=PATIENCE)
         ticket = cb.admit(T0 + 5.0)  # the open period is over: the first goes half-open
         with lock:
             tickets.append(ticket)
@@ -479,7 +482,7 @@ def test_a_hundred_threads_get_exactly_probes_tickets() -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=10.0)
+        thread.join(timeout=PATIENCE)
     assert len(tickets) == 100
     granted = [t for t in tickets if t is not None]
     assert len(granted) == 3
@@ -514,7 +517,7 @@ def test_concurrent_records_are_all_counted() -> None:
     barrier = threading.Barrier(8)
 
     def record_many(index: int) -> None:
-        barrier.wait(timeout=10.0)
+        barrier.wait(timeout=PATIENCE)
         for i in range(500):
             cb.record(0, (i + index) % 2 == 0, T0)
 
@@ -522,7 +525,7 @@ def test_concurrent_records_are_all_counted() -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=10.0)
+        thread.join(timeout=PATIENCE)
     snap = cb.snapshot(T0)
     assert (snap.state, snap.calls, snap.failures) == (CLOSED, 4000, 2000)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -17,6 +18,9 @@ from .helpers import URL, Script, send
 pytestmark = pytest.mark.usefixtures("rng")
 
 MODES = ["sync", "async"]
+# The longest a test waits for a thread or task to get where it is going. Only a failing
+# run waits this long.
+PATIENCE = 30.0
 NO_RETRY = meshlib.Policy(retry=None, breaker=meshlib.Breaker(min_calls=4, failure_ratio=0.5))
 TRIP_ON_2 = meshlib.Policy(
     retry=meshlib.Retry(attempts=3, budget=None),
@@ -27,6 +31,14 @@ TRIP_ON_2 = meshlib.Policy(
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds; fail after PATIENCE seconds."""
+    limit = time.monotonic() + PATIENCE
+    while not condition():
+        assert time.monotonic() < limit, "the condition never came true"
+        time.sleep(0.001)
 
 
 def _state(destination: str = "http://orders.internal:80") -> str:
@@ -188,10 +200,15 @@ def test_transitions_reach_the_hook_and_the_log(
 def test_a_full_bulkhead_rejects_at_once_and_frees_slots_on_every_exit() -> None:
     policy = meshlib.Policy(retry=None, bulkhead=meshlib.Bulkhead(max_concurrent=2))
     release = asyncio.Event()
+    holding: list[httpx.Request] = []
+    both_hold = asyncio.Event()
 
     async def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/boom":
             raise httpx.ConnectError("refused")
+        holding.append(request)
+        if len(holding) == 2:
+            both_hold.set()
         await release.wait()
         return httpx.Response(200)
 
@@ -200,7 +217,7 @@ def test_a_full_bulkhead_rejects_at_once_and_frees_slots_on_every_exit() -> None
         async with meshlib.wrap(httpx.AsyncClient(transport=transport), policy) as client:
             first = asyncio.ensure_future(client.get(URL))
             second = asyncio.ensure_future(client.get(URL))
-            await asyncio.sleep(0.01)
+            await asyncio.wait_for(both_hold.wait(), PATIENCE)  # both slots are taken
             with pytest.raises(meshlib.BulkheadFull) as caught:
                 await client.get(URL)
             assert caught.value.destination == "http://orders.internal:80"
@@ -227,22 +244,26 @@ def test_a_queued_call_waits_for_a_slot() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         order.append(request.url.path)
         if request.url.path == "/first":
-            gate.wait(5)
+            gate.wait(PATIENCE)
         return httpx.Response(200)
+
+    def queued() -> int:
+        return sum(b.queued for b in meshlib.default_mesh().bulkheads())
 
     with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(handler)), policy) as client:
         first = threading.Thread(target=client.get, args=("http://orders.internal/first",))
         first.start()
-        while not order:
-            time.sleep(0.001)
+        _wait_until(lambda: order == ["/first"])  # the one slot is taken
         second = threading.Thread(target=client.get, args=("http://orders.internal/second",))
         second.start()
-        time.sleep(0.05)
+        _wait_until(lambda: queued() == 1)  # and the one place in the queue
         with pytest.raises(meshlib.BulkheadFull):  # one running, one queued: no more room
             client.get("http://orders.internal/third")
         gate.set()
-        first.join(5)
-        second.join(5)
+        first.join(PATIENCE)
+        second.join(PATIENCE)
+        assert not first.is_alive()
+        assert not second.is_alive()
     assert order == ["/first", "/second"]
 
 
@@ -253,11 +274,16 @@ def test_a_queued_call_gives_up_at_its_deadline() -> None:
         bulkhead=meshlib.Bulkhead(max_concurrent=1, max_queued=5),
     )
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(0.5)
-        return httpx.Response(200)
-
     async def go() -> float:
+        holding = asyncio.Event()
+        release = asyncio.Event()
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            # The busy call keeps its slot until the queued one is over (10 s at most).
+            holding.set()
+            await asyncio.wait_for(release.wait(), 10.0)
+            return httpx.Response(200)
+
         transport = httpx.MockTransport(handler)
         async with meshlib.wrap(httpx.AsyncClient(transport=transport), policy) as client:
             busy = asyncio.ensure_future(
@@ -268,47 +294,88 @@ def test_a_queued_call_gives_up_at_its_deadline() -> None:
                     },
                 )
             )
-            await asyncio.sleep(0.01)
+            await asyncio.wait_for(holding.wait(), PATIENCE)
             started = time.monotonic()
             with pytest.raises(meshlib.DeadlineExceeded):
                 await client.get(URL)
             waited = time.monotonic() - started
+            release.set()
             await busy
             return waited
 
-    assert 0.05 <= asyncio.run(go()) < 0.3
+    # At its 0.1 s deadline, not when the slot comes free (10 s): the margin covers a
+    # loaded 2-core machine waking the event loop late.
+    assert 0.05 <= asyncio.run(go()) < 1.1
 
 
 # Real sockets
 
 
+# Real sockets under a transport that holds every call until all 50 are inside it: a lock
+# held across calls would let only one in, and the barrier would break after PATIENCE.
+CONCURRENT = 50
+
+
+class _AllAtOnce(httpx.BaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport(limits=httpx.Limits(max_connections=CONCURRENT))
+        self.barrier = threading.Barrier(CONCURRENT, timeout=PATIENCE)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.barrier.wait()
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _AllAtOnceAsync(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=CONCURRENT))
+        self.inside = 0
+        self.all_inside = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.inside += 1
+        if self.inside == CONCURRENT:
+            self.all_inside.set()
+        await asyncio.wait_for(self.all_inside.wait(), PATIENCE)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @pytest.mark.network
 def test_no_lock_is_held_across_calls_sync(server: FaultServer) -> None:
-    server.default = Respond(200, delay=0.2)
-    limits = httpx.Limits(max_connections=50)
-    with meshlib.wrap(httpx.Client(base_url=server.url, limits=limits)) as client:
-        started = time.monotonic()
-        threads = [threading.Thread(target=client.get, args=("/slow",)) for _ in range(50)]
+    statuses: list[int] = []
+    failures: list[BaseException] = []
+
+    def call(client: httpx.Client) -> None:
+        try:
+            statuses.append(client.get("/orders").status_code)
+        except BaseException as exc:
+            failures.append(exc)
+
+    with meshlib.wrap(httpx.Client(base_url=server.url, transport=_AllAtOnce())) as client:
+        threads = [threading.Thread(target=call, args=(client,)) for _ in range(CONCURRENT)]
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(5)
-        elapsed = time.monotonic() - started
-    assert server.request_count == 50
-    assert elapsed < 0.8  # about 0.2 s: calls overlap; a lock across calls would take 10 s
+            thread.join(2 * PATIENCE)
+    assert failures == []
+    assert statuses == [200] * CONCURRENT
+    assert server.request_count == CONCURRENT
 
 
 @pytest.mark.network
 @pytest.mark.anyio
 async def test_no_lock_is_held_across_calls_async(server: FaultServer) -> None:
-    server.default = Respond(200, delay=0.2)
-    limits = httpx.Limits(max_connections=50)
-    async with meshlib.wrap(httpx.AsyncClient(base_url=server.url, limits=limits)) as client:
-        started = time.monotonic()
-        responses = await asyncio.gather(*(client.get("/slow") for _ in range(50)))
-        elapsed = time.monotonic() - started
-    assert all(r.status_code == 200 for r in responses)
-    assert elapsed < 0.8
+    transport = _AllAtOnceAsync()
+    async with meshlib.wrap(httpx.AsyncClient(base_url=server.url, transport=transport)) as c:
+        responses = await asyncio.gather(*(c.get("/orders") for _ in range(CONCURRENT)))
+    assert [r.status_code for r in responses] == [200] * CONCURRENT
+    assert server.request_count == CONCURRENT
 
 
 @pytest.mark.network
@@ -361,14 +428,16 @@ def test_resilient_uses_breaker_and_bulkhead_by_key(clock: FakeClock) -> None:
 async def test_resilient_async_bulkhead() -> None:
     policy = meshlib.Policy(retry=None, bulkhead=meshlib.Bulkhead(max_concurrent=1))
     gate = asyncio.Event()
+    inside = asyncio.Event()
 
     @meshlib.resilient(on=ConnectionError, policy=policy)
     async def work() -> str:
+        inside.set()
         await gate.wait()
         return "done"
 
     first = asyncio.ensure_future(work())
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(inside.wait(), PATIENCE)  # the one slot is taken
     with pytest.raises(meshlib.BulkheadFull):
         await work()
     gate.set()

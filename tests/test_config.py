@@ -699,9 +699,10 @@ def test_a_thousand_destinations_parse_in_well_under_a_second() -> None:
             f"bulkhead = {{ max_concurrent = {n + 1} }}",
         ]
     data = "\n".join(lines).encode()
-    started = time.perf_counter()
+    # CPU time of this thread, not wall time, so that a loaded machine does not count.
+    started = time.thread_time()
     config = parse_config(data, "fleet.toml")
-    elapsed = time.perf_counter() - started
+    elapsed = time.thread_time() - started
     assert len(config.destinations) == 1000
     assert config.destinations["svc-999.internal"].bulkhead == Bulkhead(max_concurrent=1000)
     assert elapsed < 1.0, f"{elapsed:.3f}s"

@@ -238,15 +238,18 @@ def test_a_deadline_cut_off_is_an_event_on_the_caller(otel: Telemetry) -> None:
 
 
 def test_a_cancelled_attempt_still_ends_its_span(otel: Telemetry) -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
     async def go() -> None:
+        sent = asyncio.Event()
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            sent.set()
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
         transport = httpx.MockTransport(handler)
         async with meshlib.wrap(httpx.AsyncClient(transport=transport), otel.policy) as client:
             task = asyncio.ensure_future(client.get(URL))
-            await asyncio.sleep(0.01)
+            await asyncio.wait_for(sent.wait(), 30)  # the attempt is under way
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

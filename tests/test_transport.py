@@ -306,16 +306,20 @@ def test_keyboard_interrupt_propagates_at_once(mode: str) -> None:
 
 
 def test_cancellation_during_backoff_propagates() -> None:
+    backing_off: list[asyncio.Event] = []
+
     class Blocking(FakeClock):
         async def asleep(self, seconds: float) -> None:
+            backing_off[0].set()
             await asyncio.sleep(3600)
 
     async def go() -> int:
+        backing_off.append(asyncio.Event())
         script = Script(503)
         transport = httpx.MockTransport(script)
         async with meshlib.wrap(httpx.AsyncClient(transport=transport)) as client:
             task = asyncio.ensure_future(client.get(URL))
-            await asyncio.sleep(0.01)  # the attempt fails at once; the backoff then blocks
+            await asyncio.wait_for(backing_off[0].wait(), 30)  # the attempt failed: backoff
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -328,17 +332,20 @@ def test_cancellation_during_backoff_propagates() -> None:
 def test_cancellation_of_the_attempt_propagates_and_is_not_retried() -> None:
     calls = 0
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
     async def go() -> None:
+        inside = asyncio.Event()
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            nonlocal calls
+            calls += 1
+            inside.set()
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
         transport = httpx.MockTransport(handler)
         async with meshlib.wrap(httpx.AsyncClient(transport=transport)) as client:
             task = asyncio.ensure_future(client.get(URL))
-            await asyncio.sleep(0.01)  # the handler is now blocked in its sleep
+            await asyncio.wait_for(inside.wait(), 30)  # the handler is blocked in its sleep
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
