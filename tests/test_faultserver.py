@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trustme
 
-from meshlib._faultserver import (
+from meshlib.testing.faults import (
     Chaos,
     Close,
     Drip,
