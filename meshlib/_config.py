@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import sys
 import tomllib
 import types
 import typing
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
-from ._policy import Policy, did_you_mean, is_host
+from ._policy import SECONDS_EXPECTED, Policy, did_you_mean, is_duration, is_host
 
 if TYPE_CHECKING:
     from ._mesh import Mesh
@@ -60,21 +61,12 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 _TOP_LEVEL = ("default", "destinations")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_SETTINGS_MESSAGE = re.compile(r"(\w+)\.(\w+): (.*)", re.DOTALL)
 _TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # The validators speak Python; a file says ``false`` and writes durations as strings.
-_FILE_WORDS = (
-    ("seconds (float or timedelta)", 'a duration (seconds, or a string such as "2s")'),
-    (" or None, got", " or false, got"),
-    (", got None", ", got null"),
-    (", got False", ", got false"),
-    (", got True", ", got true"),
-)
-# Fields typed ``float`` that are shares, ratios or rates rather than durations: a
-# string such as "2s" is not accepted for them.
-_NOT_DURATION_WORDS = ("ratio", "share", "rate", "per_second", "weight", "abort", "delayed")
+_FILE_SECONDS = 'a duration (seconds, or a string such as "2s")'
+_FILE_CONSTANTS: dict[object, str] = {None: "null", False: "false", True: "true"}
 
 
 # -- durations ---------------------------------------------------------------------
@@ -148,7 +140,7 @@ def _is_settings_class(hint: object) -> bool:
     return hint.__module__.startswith("meshlib.") and "__init__" in vars(hint)
 
 
-def _setting(name: str, hint: object, required: bool) -> _Setting:
+def _setting(name: str, hint: object, required: bool, duration: bool) -> _Setting:
     members: tuple[object, ...] = (hint,)
     if typing.get_origin(hint) is typing.Annotated:
         members = (typing.get_args(hint)[0],)
@@ -156,7 +148,7 @@ def _setting(name: str, hint: object, required: bool) -> _Setting:
         members = typing.get_args(members[0])
     optional = type(None) in members
     table: type | None = None
-    many = takes_float = takes_bool = takes_str = False
+    many = takes_bool = takes_str = False
     for member in members:
         origin = typing.get_origin(member)
         if origin is Literal:
@@ -169,13 +161,10 @@ def _setting(name: str, hint: object, required: bool) -> _Setting:
         elif _is_settings_class(member):
             assert isinstance(member, type)
             table = member
-        elif member is float:
-            takes_float = True
         elif member is bool:
             takes_bool = True
         elif member is str or member is _UNKNOWN:
             takes_str = True
-    duration = takes_float and not any(word in name for word in _NOT_DURATION_WORDS)
     in_file = hint is not Any
     return _Setting(name, required, table, many, optional, duration, takes_bool, takes_str, in_file)
 
@@ -206,7 +195,8 @@ def _read_settings(cls: type) -> dict[str, _Setting]:
             required = (
                 spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
             )
-            found[spec.name] = _setting(spec.name, hints.get(spec.name, _UNKNOWN), required)
+            hint = hints.get(spec.name, _UNKNOWN)
+            found[spec.name] = _setting(spec.name, hint, required, is_duration(spec))
         return found
     for parameter in list(inspect.signature(cls).parameters.values()):
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
@@ -214,8 +204,9 @@ def _read_settings(cls: type) -> dict[str, _Setting]:
         if parameter.name.startswith("_") or parameter.kind is parameter.POSITIONAL_ONLY:
             continue
         required = parameter.default is parameter.empty
+        # A class that is not a dataclass has no field metadata: no durations.
         found[parameter.name] = _setting(
-            parameter.name, hints.get(parameter.name, _UNKNOWN), required
+            parameter.name, hints.get(parameter.name, _UNKNOWN), required, False
         )
     return found
 
@@ -240,6 +231,13 @@ def _pattern_path(pattern: str) -> str:
     return f"destinations.{json.dumps(pattern, ensure_ascii=False)}"
 
 
+def _spell(value: object) -> str:
+    """Render a value a validator was given as the file would spell its constants."""
+    if isinstance(value, bool) or value is None:
+        return _FILE_CONSTANTS[value]
+    return repr(value)
+
+
 def _show(value: object) -> str:
     """Render a value from the file as the file would spell it."""
     if isinstance(value, bool):
@@ -261,10 +259,8 @@ class _Reader:
     def __init__(self, source: str) -> None:
         self.source = source
 
-    def error(self, path: str, message: str) -> ConfigError:
-        return ConfigError(
-            f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}"
-        )
+    def error(self, path: str, message: str, value: object = ConfigError.NO_VALUE) -> ConfigError:
+        return ConfigError(message, where=self.source, field=path or None, value=value)
 
     def build(self, cls: type, table: Mapping[str, Any], path: str) -> Any:
         """Return ``cls(**table)`` with nested tables built and durations read."""
@@ -311,17 +307,22 @@ class _Reader:
         path: str,
         written: Mapping[str, str],
     ) -> ConfigError:
-        """Turn ``Retry.attempts: expected ...`` into ``source: path.attempts: expected ...``."""
-        message = str(exc)
-        found = _SETTINGS_MESSAGE.fullmatch(message)
-        if found is None or found[1] != owner or found[2] not in settings:
-            return self.error(path, message)
-        name, problem = found[2], found[3]
+        """Move a validator's error on ``Retry.attempts`` to ``path.attempts`` of the file."""
+        found, _, name = (exc.field or "").partition(".")
+        if found != owner or name not in settings:
+            return self.error(path, str(exc), exc.value)
+        problem, expected = exc.reason, exc.expected
+        if expected is not None:  # say it as the file does
+            if expected.startswith(SECONDS_EXPECTED):
+                expected = _FILE_SECONDS + expected.removeprefix(SECONDS_EXPECTED)
+            if expected.endswith(" or None"):
+                expected = expected.removesuffix(" or None") + " or false"
+            problem = f"expected {expected}, got {_spell(exc.value)}"
         if name in written:  # the value in the message is the converted one
             problem += f" (written {written[name]})"
-        for python, spelled in _FILE_WORDS:  # say it as the file does
-            problem = problem.replace(python, spelled)
-        return self.error(_join(path, name), problem)
+        return ConfigError(
+            problem, where=self.source, field=_join(path, name), value=exc.value, expected=expected
+        )
 
     def value(self, setting: _Setting, value: Any, path: str, written: dict[str, str]) -> Any:
         if isinstance(value, bool) and not setting.takes_bool:
@@ -338,7 +339,9 @@ class _Reader:
             if not setting.many and isinstance(value, dict):
                 return self.build(setting.table, value, path)
             if not (setting.duration or setting.takes_str or value is None):
-                raise self.error(path, f"expected {self.expected(setting)}, got {_show(value)}")
+                raise self.error(
+                    path, f"expected {self.expected(setting)}, got {_show(value)}", value
+                )
         if setting.duration and isinstance(value, str):
             seconds = parse_duration(value)
             if seconds is not None:
@@ -349,6 +352,7 @@ class _Reader:
                     path,
                     "expected a duration: a number of seconds or a string such as "
                     f'"250ms", "2s" or "1m", got {_show(value)}',
+                    value,
                 )
         if isinstance(value, list):
             return tuple(value)  # hashable, order and duplicates kept for the validator
@@ -357,7 +361,7 @@ class _Reader:
     def table_of(self, cls: type, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise self.error(
-                path, f"expected a table of {cls.__name__} settings, got {_show(value)}"
+                path, f"expected a table of {cls.__name__} settings, got {_show(value)}", value
             )
         return self.build(cls, value, path)
 
@@ -374,7 +378,7 @@ class _Reader:
     def layers(self, table: Any, path: str) -> tuple[dict[str, Any], frozenset[str]]:
         """Return the layers a ``[default]`` or destination table names, built."""
         if not isinstance(table, dict):
-            raise self.error(path, f"expected a table of layers, got {_show(table)}")
+            raise self.error(path, f"expected a table of layers, got {_show(table)}", table)
         settings = _layers()
         built: dict[str, Any] = {}
         for name, value in table.items():
@@ -445,7 +449,7 @@ def _pattern_problem(text: str) -> str | None:
     return None
 
 
-def normalise_pattern(pattern: str, where: str = "pattern") -> str:
+def normalise_pattern(pattern: str, field: str = "pattern", *, where: str | None = None) -> str:
     """Return `pattern` as a Mesh compares it: lower case, no trailing dot before ``:port``.
 
     Two patterns of one file that normalise alike are refused: the Mesh would keep one.
@@ -453,12 +457,18 @@ def normalise_pattern(pattern: str, where: str = "pattern") -> str:
 
     Raises:
         ConfigError: the pattern can never match a request's destination (a URL, a
-            path, spaces, a port that is not one); the message starts with `where`.
+            path, spaces, a port that is not one), naming `field` (and `where`, the file).
     """
     text = pattern.strip().lower()
     problem = _pattern_problem(text)
     if problem is not None:
-        raise ConfigError(f"{where}: expected {problem}, got {pattern!r}")
+        raise ConfigError(
+            f"expected {problem}, got {pattern!r}",
+            where=where,
+            field=field,
+            value=pattern,
+            expected=problem,
+        )
     host, colon, port = text.rpartition(":")
     if colon and port.isdigit() and not host.endswith("]") and ":" not in host:
         return f"{host.rstrip('.')}:{port}"
@@ -548,35 +558,44 @@ def _document(data: bytes, source: str, format: str) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from exc
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", where=source) from exc
     text = text.removeprefix("\ufeff")
     if format == "json":
         try:
             return json.loads(text, object_pairs_hook=_no_duplicates)
         except json.JSONDecodeError as exc:
             raise ConfigError(
-                f"{source}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+                f"invalid JSON: {exc.msg}", where=source, line=exc.lineno, column=exc.colno
             ) from exc
         except _DuplicateKey as exc:
-            raise ConfigError(f"{source}: invalid JSON: duplicate key {exc.args[0]!r}") from exc
+            raise ConfigError(
+                f"invalid JSON: duplicate key {exc.args[0]!r}", where=source, value=exc.args[0]
+            ) from exc
         except RecursionError as exc:
-            raise ConfigError(f"{source}: invalid JSON: nested too deeply") from exc
+            raise ConfigError("invalid JSON: nested too deeply", where=source) from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        where = _TOML_WHERE.search(message)
-        if where is None:
-            raise ConfigError(f"{source}: invalid TOML: {message}") from exc
-        if where[1] is None:
-            line, column = text.count("\n") + 1, len(text.rsplit("\n", 1)[-1]) + 1
-        else:
-            line, column = int(where[1]), int(where[2])
+        line, column, reason = _toml_position(exc, text)
         raise ConfigError(
-            f"{source}, line {line}, column {column}: invalid TOML: {message[: where.start()]}"
+            f"invalid TOML: {reason}", where=source, line=line, column=column
         ) from exc
     except RecursionError as exc:
-        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from exc
+        raise ConfigError("invalid TOML: nested too deeply", where=source) from exc
+
+
+def _toml_position(exc: tomllib.TOMLDecodeError, text: str) -> tuple[int | None, int | None, str]:
+    """Return the line, column and reason of a TOML error (None, None when it has no place)."""
+    if sys.version_info >= (3, 14):  # tomllib gives the parts
+        return exc.lineno, exc.colno, exc.msg
+    # Before 3.14 tomllib gives its message only, the place at its end.
+    message = str(exc)
+    where = _TOML_WHERE.search(message)
+    if where is None:
+        return None, None, message
+    if where[1] is None:  # "end of document"
+        return text.count("\n") + 1, len(text.rsplit("\n", 1)[-1]) + 1, message[: where.start()]
+    return int(where[1]), int(where[2]), message[: where.start()]
 
 
 def parse_config(
@@ -605,12 +624,18 @@ def parse_config(
     if len(raw) > MAX_CONFIG_BYTES:
         raise too_large(source, len(raw))
     if format is not None and format not in ("toml", "json"):
-        raise ConfigError(f"{source}: format: expected 'toml', 'json' or None, got {format!r}")
+        raise ConfigError(
+            f"expected 'toml', 'json' or None, got {format!r}",
+            where=source,
+            field="format",
+            value=format,
+            expected="'toml', 'json' or None",
+        )
     document = _document(raw, source, format or _format_of(source, raw))
     reader = _Reader(source)
     if not isinstance(document, dict):
         raise reader.error(
-            "", f"expected a table with {' and '.join(_TOP_LEVEL)}, got {_show(document)}"
+            "", f"expected a table with {' and '.join(_TOP_LEVEL)}, got {_show(document)}", document
         )
     for key in document:
         if key not in _TOP_LEVEL:
@@ -630,7 +655,9 @@ def parse_config(
     default = reader.policy(None, layers, "default")
     table = document.get("destinations", {})
     if not isinstance(table, dict):
-        raise reader.error("destinations", f"expected a table of patterns, got {_show(table)}")
+        raise reader.error(
+            "destinations", f"expected a table of patterns, got {_show(table)}", table
+        )
     destinations: dict[str, Policy] = {}
     named: dict[str | None, frozenset[str]] = {None: named_default}
     seen: dict[str, str] = {}
@@ -638,7 +665,7 @@ def parse_config(
         path = _pattern_path(pattern)
         if not pattern.strip():
             raise reader.error(path, "expected a host pattern, got an empty one")
-        normal = normalise_pattern(pattern, f"{reader.source}: {path}")
+        normal = normalise_pattern(pattern, path, where=reader.source)
         same = seen.setdefault(normal, pattern)
         if same != pattern:
             raise reader.error(
@@ -668,7 +695,7 @@ def load_config(path: str | os.PathLike[str]) -> MeshConfig:
         data = read_config_file(name)
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
-        raise ConfigError(f"{name}: cannot read the policy file: {reason}") from exc
+        raise ConfigError(f"cannot read the policy file: {reason}", where=name) from exc
     return parse_config(data, name)
 
 
@@ -676,8 +703,9 @@ def too_large(source: str, size: int | None) -> ConfigError:
     """Return the refusal of a policy document over `MAX_CONFIG_BYTES` (`size` if known)."""
     have = f"{size} bytes" if size is not None else f"more than {MAX_CONFIG_BYTES} bytes"
     return ConfigError(
-        f"{source}: the policy document is {have}, over the limit of {MAX_CONFIG_BYTES} "
-        f"bytes ({MAX_CONFIG_BYTES // 2**20} MiB)"
+        f"the policy document is {have}, over the limit of {MAX_CONFIG_BYTES} "
+        f"bytes ({MAX_CONFIG_BYTES // 2**20} MiB)",
+        where=source,
     )
 
 
@@ -710,7 +738,15 @@ def config_from_env(var: str = ENV_VAR) -> MeshConfig | None:
     try:
         return load_config(path)
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (named by ${var})") from exc
+        raise ConfigError(
+            f"{exc.reason} (named by ${var})",
+            where=exc.where,
+            field=exc.field,
+            value=exc.value,
+            expected=exc.expected,
+            line=exc.line,
+            column=exc.column,
+        ) from exc
 
 
 # -- describe ----------------------------------------------------------------------------

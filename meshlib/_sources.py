@@ -34,7 +34,13 @@ class _Poller:
     def __init__(self, where: str, interval: float) -> None:
         name = f"meshlib-config {where}"
         if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
-            raise ConfigError(f"{name}: interval: expected seconds > 0, got {interval!r}")
+            raise ConfigError(
+                f"expected seconds > 0, got {interval!r}",
+                where=name,
+                field="interval",
+                value=interval,
+                expected="seconds > 0",
+            )
         self.where = where
         self.interval = float(interval)
         self._failing: str | None = None  # the refusal logged last, until a good update
@@ -142,7 +148,7 @@ class FileSource(_Poller):
         try:
             data = read_config_file(self.path)
         except OSError as exc:
-            self._fail(ConfigError(f"{self.path}: cannot read: {exc.strerror or exc}"))
+            self._fail(ConfigError(f"cannot read: {exc.strerror or exc}", where=self.path))
             return
         except ConfigError as exc:  # too large: one line while it stays so, however it grows
             self._digest = ""  # whatever it shrinks back to is read and applied
@@ -154,7 +160,7 @@ class FileSource(_Poller):
         self._digest = digest  # the same bad content is refused once, not every poll
         if not data.strip():
             # Most likely caught between an editor's truncate and its write.
-            self._fail(ConfigError(f"{self.path}: the file is empty"))
+            self._fail(ConfigError("the file is empty", where=self.path))
             return
         try:
             config = parse_config(data, self.path)
@@ -209,7 +215,7 @@ class UrlSource(_Poller):
         if response.status_code == 304:
             return None
         if response.status_code != 200:
-            raise ConfigError(f"{self.url}: HTTP {response.status_code}")
+            raise ConfigError(f"HTTP {response.status_code}", where=self.url)
         digest = hashlib.sha256(data).hexdigest()
         etag = response.headers.get("etag")
         if digest == self._digest:
@@ -229,7 +235,7 @@ class UrlSource(_Poller):
             config = self._parse(self._get())
         except httpx.HTTPError as exc:
             self.close()
-            raise ConfigError(f"{self.url}: cannot fetch: {exc}") from exc
+            raise ConfigError(f"cannot fetch: {exc}", where=self.url) from exc
         except ConfigError:
             self.close()
             raise
@@ -245,7 +251,7 @@ class UrlSource(_Poller):
             config = self._parse(self._get())
         except httpx.HTTPError as exc:
             # Resets and refusals alike: one state, "cannot fetch", until it answers.
-            error = ConfigError(f"{self.url}: cannot fetch: {type(exc).__name__}: {exc}")
+            error = ConfigError(f"cannot fetch: {type(exc).__name__}: {exc}", where=self.url)
             self._fail(error, "cannot fetch")
             return
         except ConfigError as exc:
