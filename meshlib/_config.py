@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import math
 import os
 import re
 import sys
@@ -28,28 +27,27 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
-from ._policy import SECONDS_EXPECTED, Policy, did_you_mean, is_duration, is_host
-
-if TYPE_CHECKING:
-    from ._mesh import Mesh
+from ._patterns import normalise_pattern, refuse_destination_layers
+from ._policy import SECONDS_EXPECTED, Policy, did_you_mean, is_duration
 
 __all__ = [
     "ENV_VAR",
     "MAX_CONFIG_BYTES",
     "MeshConfig",
-    "config_from_env",
-    "describe",
     "format_duration",
+    "layer_settings",
     "load_config",
-    "explain",
-    "normalise_pattern",
     "parse_config",
     "parse_duration",
-    "plural",
+    "pattern_path",
+    "read_config_file",
+    "settings_of",
+    "too_large",
+    "trim_number",
 ]
 
 #: The environment variable that names the policy file.
@@ -97,15 +95,15 @@ def format_duration(seconds: float) -> str:
     if seconds == 0:
         return "0s"
     if seconds < 1:
-        return f"{_trim(seconds * 1000)}ms"
+        return f"{trim_number(seconds * 1000)}ms"
     if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{_trim(seconds / 3600)}h"
+        return f"{trim_number(seconds / 3600)}h"
     if seconds >= 60 and seconds % 60 == 0:
-        return f"{_trim(seconds / 60)}m"
-    return f"{_trim(seconds)}s"
+        return f"{trim_number(seconds / 60)}m"
+    return f"{trim_number(seconds)}s"
 
 
-def _trim(number: float) -> str:
+def trim_number(number: float) -> str:
     return f"{number:.3f}".rstrip("0").rstrip(".")
 
 
@@ -172,7 +170,7 @@ def _setting(name: str, hint: object, required: bool, duration: bool) -> _Settin
 _SETTINGS: dict[type, dict[str, _Setting]] = {}
 
 
-def _settings(cls: type) -> dict[str, _Setting]:
+def settings_of(cls: type) -> dict[str, _Setting]:
     """Return the keyword arguments `cls` takes, public ones only, in declaration order."""
     found = _SETTINGS.get(cls)
     if found is None:
@@ -211,8 +209,8 @@ def _read_settings(cls: type) -> dict[str, _Setting]:
     return found
 
 
-def _layers() -> dict[str, _Setting]:
-    return _settings(Policy)
+def layer_settings() -> dict[str, _Setting]:
+    return settings_of(Policy)
 
 
 # -- paths and errors ------------------------------------------------------------------
@@ -226,7 +224,7 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{_key(name)}" if path else _key(name)
 
 
-def _pattern_path(pattern: str) -> str:
+def pattern_path(pattern: str) -> str:
     # Patterns are always quoted: they are written so in a table header.
     return f"destinations.{json.dumps(pattern, ensure_ascii=False)}"
 
@@ -264,7 +262,7 @@ class _Reader:
 
     def build(self, cls: type, table: Mapping[str, Any], path: str) -> Any:
         """Return ``cls(**table)`` with nested tables built and durations read."""
-        settings = _settings(cls)
+        settings = settings_of(cls)
         kwargs: dict[str, Any] = {}
         written: dict[str, str] = {}
         for name, value in table.items():
@@ -293,7 +291,7 @@ class _Reader:
         try:
             return cls(**kwargs)
         except ConfigError as exc:
-            raise self.relocate(exc, cls.__name__, _settings(cls), path, written) from exc
+            raise self.relocate(exc, cls.__name__, settings_of(cls), path, written) from exc
         except (TypeError, ValueError) as exc:
             # A constructor that does not validate a type itself (an unhashable value, a
             # comparison between a number and a string): still one line, still the path.
@@ -379,7 +377,7 @@ class _Reader:
         """Return the layers a ``[default]`` or destination table names, built."""
         if not isinstance(table, dict):
             raise self.error(path, f"expected a table of layers, got {_show(table)}", table)
-        settings = _layers()
+        settings = layer_settings()
         built: dict[str, Any] = {}
         for name, value in table.items():
             setting = settings.get(name)
@@ -397,84 +395,9 @@ class _Reader:
         try:
             return Policy(**layers) if base is None else base.replace(**layers)
         except ConfigError as exc:
-            raise self.relocate(exc, "Policy", _layers(), path, {}) from exc
+            raise self.relocate(exc, "Policy", layer_settings(), path, {}) from exc
         except (TypeError, ValueError) as exc:
             raise self.error(path, f"invalid policy: {exc}") from exc
-
-
-# -- patterns --------------------------------------------------------------------------
-
-
-# What a glob may hold besides a host name's characters; a [...] class may hold anything.
-_GLOB_HOST = re.compile(r"[a-z0-9_.*?-]+")
-_GLOB_CLASS = re.compile(r"\[[^\]]*\]")
-_GLOB_PORT = re.compile(r"[0-9*?]+")
-
-
-def _pattern_problem(text: str) -> str | None:
-    """Return why the stripped, lowercased pattern `text` can never match, or None."""
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        return f"a host, not a URL (write {rest.partition('/')[0]!r}, without {scheme + '://'!r})"
-    if "/" in text:
-        return f"a host, not a path (write {text.partition('/')[0]!r})"
-    if any(c.isspace() for c in text):
-        return "a host without spaces"
-    if not text.isascii():
-        return "an ASCII host (write an internationalised name in its IDNA form, 'xn--...')"
-    port: str | None
-    if text.startswith("[") and ":" in text.partition("]")[0]:
-        literal, bracket, rest = text[1:].partition("]")
-        if not (bracket and is_host(literal)):  # with a ":", is_host wants an IPv6 address
-            return "an IPv6 address in brackets, such as '[::1]' or '[::1]:8080'"
-        if rest and not rest.startswith(":"):
-            return "'[IPv6]' or '[IPv6]:port'"
-        host, port = literal, rest[1:] if rest else None
-    elif text.count(":") > 1:
-        if not is_host(text):  # an IPv6 address without its brackets still matches
-            return "one ':' before the port (IPv6 addresses in brackets: '[::1]:8080')"
-        host, port = text, None
-    else:
-        host, colon, port_text = text.partition(":")
-        port = port_text if colon else None
-        if not host:
-            return "a host before the port"
-        if not _GLOB_HOST.fullmatch(_GLOB_CLASS.sub("a", host)):
-            return "a host name: letters, digits, '-', '_' and dots, or a glob ('*', '?', '[...]')"
-    if port is not None:
-        if not _GLOB_PORT.fullmatch(port):
-            return "a port between 1 and 65535 after ':'"
-        if port.isdigit() and not 0 < int(port) < 65536:
-            return "a port between 1 and 65535"
-    return None
-
-
-def normalise_pattern(pattern: str, field: str = "pattern", *, where: str | None = None) -> str:
-    """Return `pattern` as a Mesh compares it: lower case, no trailing dot before ``:port``.
-
-    Two patterns of one file that normalise alike are refused: the Mesh would keep one.
-    The same rules apply to patterns in code and in files.
-
-    Raises:
-        ConfigError: the pattern can never match a request's destination (a URL, a
-            path, spaces, a port that is not one), naming `field` (and `where`, the file).
-    """
-    text = pattern.strip().lower()
-    problem = _pattern_problem(text)
-    if problem is not None:
-        raise ConfigError(
-            f"expected {problem}, got {pattern!r}",
-            where=where,
-            field=field,
-            value=pattern,
-            expected=problem,
-        )
-    host, colon, port = text.rpartition(":")
-    if colon and port.isdigit() and not host.endswith("]") and ":" not in host:
-        return f"{host.rstrip('.')}:{port}"
-    if colon and port.isdigit() and host.endswith("]"):
-        return f"{host}:{port}"  # an IPv6 literal with a port: [::1]:8080
-    return text.rstrip(".")
 
 
 # -- the document ----------------------------------------------------------------------
@@ -522,9 +445,9 @@ class MeshConfig:
         own = self.named.get(pattern, frozenset()) if pattern is not None else frozenset()
         default = self.named.get(None, frozenset())
         origins: dict[str, str] = {}
-        for layer in _layers():
+        for layer in layer_settings():
             if layer in own and pattern is not None:
-                origins[layer] = _pattern_path(pattern)
+                origins[layer] = pattern_path(pattern)
             elif layer in default:
                 origins[layer] = "default"
             else:
@@ -645,14 +568,8 @@ def parse_config(
                 f"{did_you_mean(key, list(_TOP_LEVEL))}",
             )
     layers, named_default = reader.layers(document.get("default", {}), "default")
-    for layer in ("endpoints", "routes"):
-        if layer in layers:
-            raise reader.error(
-                f"default.{layer}",
-                f'{layer} belong to a destination ([destinations."HOST"]), not to '
-                "[default], which applies to every host",
-            )
     default = reader.policy(None, layers, "default")
+    refuse_destination_layers(default, "default", where=source)
     table = document.get("destinations", {})
     if not isinstance(table, dict):
         raise reader.error(
@@ -662,7 +579,7 @@ def parse_config(
     named: dict[str | None, frozenset[str]] = {None: named_default}
     seen: dict[str, str] = {}
     for pattern, layer_table in table.items():
-        path = _pattern_path(pattern)
+        path = pattern_path(pattern)
         if not pattern.strip():
             raise reader.error(path, "expected a host pattern, got an empty one")
         normal = normalise_pattern(pattern, path, where=reader.source)
@@ -670,7 +587,7 @@ def parse_config(
         if same != pattern:
             raise reader.error(
                 path,
-                f"the same pattern as {_pattern_path(same)} "
+                f"the same pattern as {pattern_path(same)} "
                 "(patterns ignore case, surrounding spaces and a trailing dot)",
             )
         layers, named[pattern] = reader.layers(layer_table, path)
@@ -724,246 +641,3 @@ def read_config_file(path: str) -> bytes:
     if len(data) > MAX_CONFIG_BYTES:  # grew after the size check, or not a regular file
         raise too_large(path, None)
     return data
-
-
-def config_from_env(var: str = ENV_VAR) -> MeshConfig | None:
-    """Load the policy file the environment variable `var` names; None when it is unset or empty.
-
-    Raises:
-        ConfigError: the file it names cannot be read or is invalid.
-    """
-    path = os.environ.get(var, "").strip()
-    if not path:
-        return None
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise ConfigError(
-            f"{exc.reason} (named by ${var})",
-            where=exc.where,
-            field=exc.field,
-            value=exc.value,
-            expected=exc.expected,
-            line=exc.line,
-            column=exc.column,
-        ) from exc
-
-
-# -- describe ----------------------------------------------------------------------------
-
-
-def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    """Return ``"1 destination"`` or ``"3 destinations"``: a count with its noun agreed.
-
-    Args:
-        count: how many.
-        noun: the singular.
-        nouns: the plural, when it is not `noun` + ``s`` (``"retries"``).
-    """
-    return f"{count} {noun}" if count == 1 else f"{count} {nouns or noun + 's'}"
-
-
-def _codes(codes: frozenset[int]) -> str:
-    ordered = sorted(codes)
-    runs: list[str] = []
-    start = 0
-    for index, code in enumerate(ordered):
-        if index + 1 < len(ordered) and ordered[index + 1] == code + 1:
-            continue  # inside a run
-        first = ordered[start]
-        runs.append(str(code) if first == code else f"{first}-{code}")
-        start = index + 1
-    return ", ".join(runs) or "none"
-
-
-def _percent(share: float) -> str:
-    return f"{_trim(share * 100)}%"
-
-
-def _retry(retry: Any) -> str:
-    backoff = retry.backoff
-    budget = retry.budget
-    if budget is None:
-        spend = "no retry budget"
-    else:
-        spend = (
-            f"budget {_percent(budget.ratio)} of calls + {_trim(budget.min_per_second)}/s "
-            f"over {format_duration(budget.ttl)}"
-        )
-    attempts = plural(retry.attempts, "attempt")
-    return (
-        f"{attempts}; backoff {backoff.jitter} jitter {format_duration(backoff.base)}"
-        f"..{format_duration(backoff.cap)}; on status {_codes(retry.on_status)}"
-        f" for {', '.join(sorted(retry.methods))}; Retry-After up to "
-        f"{format_duration(retry.retry_after_cap)}; {spend}"
-    )
-
-
-def _timeout(timeout: Any) -> str:
-    total = "no total" if timeout.total is None else f"total {format_duration(timeout.total)}"
-    attempt = (
-        "no per-attempt bound"
-        if timeout.attempt is None
-        else f"attempt {format_duration(timeout.attempt)}"
-    )
-    header = "no deadline header" if timeout.header is None else f"header {timeout.header}"
-    return f"{total}, {attempt}; {header}"
-
-
-def _breaker(breaker: Any) -> str:
-    trips = (
-        f"opens at {_percent(breaker.failure_ratio)} failures of >= {breaker.min_calls} calls "
-        f"over {format_duration(breaker.window)}"
-    )
-    if getattr(breaker, "consecutive", None) is not None:
-        trips += f" or {breaker.consecutive} in a row"
-    open_for = f"open {format_duration(breaker.open_for)}"
-    if getattr(breaker, "max_open_for", None) is not None:
-        open_for += f" doubling up to {format_duration(breaker.max_open_for)}"
-    probes = plural(breaker.probes, "probe")
-    return f"{trips}; {open_for}; {probes}; failures: {_codes(breaker.on_status)}"
-
-
-def _bulkhead(bulkhead: Any) -> str:
-    queue = "no queue" if bulkhead.max_queued == 0 else f"{bulkhead.max_queued} queued"
-    return f"{bulkhead.max_concurrent} in flight, {queue}"
-
-
-def _tracing(tracing: Any) -> str:
-    targets = ", ".join(tracing.propagate_to) or "nowhere"
-    headers = ", ".join(tracing.capture_headers) or "none"
-    custom = [
-        name
-        for name in ("tracer_provider", "meter_provider")
-        if getattr(tracing, name, None) is not None
-    ]
-    providers = f"own {' and '.join(custom)}" if custom else "global providers"
-    return (
-        f"context to {targets}; {plural(len(tracing.redact_query), 'query name')} redacted; "
-        f"headers captured: {headers}; {providers}"
-    )
-
-
-def _routes(routes: Any) -> str:
-    """Render routes in the order they are tried: what each takes, then ``-> where``."""
-    shown: list[str] = []
-    for route in routes:
-        takes: list[str] = []
-        if route.headers:
-            takes.append(", ".join(f"{name}: {value}" for name, value in route.headers))
-        if route.weight is not None:
-            share = _percent(route.weight)
-            if route.headers:
-                share += " of those"
-            if route.sticky is not None:
-                share += f" (sticky on {route.sticky})"
-            takes.append(share)
-        shown.append(f"{' '.join(takes) or 'every request'} -> {route.to}")
-    return "; ".join(shown) or "none"
-
-
-def _is_record(value: Any) -> bool:
-    return dataclasses.is_dataclass(value) and not isinstance(value, type)
-
-
-def _generic(value: Any) -> str:
-    """Render a layer this module has no words for: ``name value`` per setting."""
-    if not _is_record(value):
-        return _plain(value)
-    parts: list[str] = []
-    for name, setting in _settings(type(value)).items():
-        if not setting.in_file:
-            continue
-        item = getattr(value, name, None)
-        if item is None:
-            shown = "off"
-        elif setting.duration and isinstance(item, int | float) and not isinstance(item, bool):
-            shown = format_duration(item) if math.isfinite(item) else repr(item)
-        elif _is_record(item):
-            shown = f"({_generic(item)})"
-        elif isinstance(item, tuple) and item and all(map(_is_record, item)):
-            shown = "[" + "; ".join(f"({_generic(v)})" for v in item) + "]"
-        else:
-            shown = _plain(item)
-        parts.append(f"{name} {shown}")
-    return ", ".join(parts)
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, frozenset | set):
-        if all(isinstance(v, int) for v in value):
-            return _codes(frozenset(value))
-        return ", ".join(sorted(map(str, value)))
-    if isinstance(value, tuple | list):
-        return ", ".join(map(str, value))
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
-
-
-_DESCRIBERS = {
-    "retry": _retry,
-    "timeout": _timeout,
-    "breaker": _breaker,
-    "bulkhead": _bulkhead,
-    "tracing": _tracing,
-    "routes": _routes,
-}
-
-
-def describe(policy: Policy, origins: Mapping[str, str] | None = None) -> str:
-    """Return a readable rendering of `policy`: one line per layer, ``off`` when None.
-
-    Args:
-        policy: the policy to show.
-        origins: per layer, where it came from (`MeshConfig.layer_origins`), shown as
-            ``(from ...)`` at the end of its line.
-    """
-    layers = list(_layers())
-    width = max(map(len, layers))
-    lines: list[str] = []
-    for name in layers:
-        value = getattr(policy, name, None)
-        if value is None:
-            text = "off"
-        else:
-            render = _DESCRIBERS.get(name, _generic)
-            try:
-                text = render(value)
-            except Exception:  # a layer this release does not know how to spell
-                text = repr(value)
-        if origins is not None and name in origins:
-            text += f"  (from {origins[name]})"
-        lines.append(f"{name.ljust(width)}  {text}")
-    return "\n".join(lines)
-
-
-def explain(
-    config: MeshConfig, host: str, port: int | None = None, *, mesh: Mesh | None = None
-) -> str:
-    """Return what ``meshlib explain`` shows for `host` (and `port`) under `config`.
-
-    The first line names the table that applies, ``destinations."PATTERN"`` (as the file
-    writes it) or ``default``; then `describe`'s lines for the effective policy,
-    indented, each with the table its layer comes from. The pattern is the one
-    `Mesh.pattern_for` picks, so this always agrees with what requests get.
-
-    Args:
-        config: a parsed policy file.
-        host: the destination's host (an IPv6 literal without brackets).
-        port: its port; None matches ``host`` and globs only, never ``host:port``.
-        mesh: the Mesh built from `config`, if there is one; else one is built.
-    """
-    if mesh is None:
-        from ._mesh import Mesh
-
-        mesh = Mesh(config.default, config.destinations)
-    found = mesh.pattern_for(host, port)
-    written = {normalise_pattern(p): p for p in config.destinations}
-    pattern = None if found is None else written.get(found, found)
-    shown = f"[{host}]" if ":" in host else host
-    target = shown if port is None else f"{shown}:{port}"
-    where = "default" if pattern is None else _pattern_path(pattern)
-    policy = mesh.policy_for(host, port)
-    lines = describe(policy, config.layer_origins(pattern)).splitlines()
-    return "\n".join([f"{target} -> {where}", *(f"  {line}" for line in lines)])

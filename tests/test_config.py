@@ -28,16 +28,14 @@ from meshlib._config import (
     ENV_VAR,
     MeshConfig,
     _Reader,
-    _settings,
-    config_from_env,
-    describe,
-    explain,
     format_duration,
     load_config,
-    normalise_pattern,
     parse_config,
     parse_duration,
+    settings_of,
 )
+from meshlib._explain import describe, explain
+from meshlib._patterns import normalise_pattern
 from meshlib._policy import DURATION, Tracing
 
 # Every setting of every layer, in the file and in Python.
@@ -177,7 +175,7 @@ def test_the_full_file_names_every_setting_of_every_layer() -> None:
     written = json.dumps(FULL_JSON)
     for layer in ("retry", "timeout", "breaker", "bulkhead", "tracing"):
         for cls in (type(getattr(FULL_DEFAULT, layer)), Backoff, Budget):
-            for name, setting in _settings(cls).items():
+            for name, setting in settings_of(cls).items():
                 if setting.in_file:
                     assert f'"{name}"' in written, (cls.__name__, name)
 
@@ -909,35 +907,45 @@ def test_load_config_names_a_file_it_cannot_read(tmp_path: Path) -> None:
         load_config(tmp_path)
 
 
-def test_config_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mesh_from_env_is_the_one_environment_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
-    assert config_from_env() is None
+    assert Mesh.from_env() is None
     monkeypatch.setenv(ENV_VAR, "  ")
-    assert config_from_env() is None
+    assert Mesh.from_env() is None
     path = tmp_path / "mesh.json"
     path.write_text(json.dumps(FULL_JSON))
     monkeypatch.setenv(ENV_VAR, str(path))
-    config = config_from_env()
-    assert config is not None
-    assert config.source == str(path)
-    assert config == parse(FULL_TOML)
+    mesh = Mesh.from_env(reload=False)
+    assert mesh is not None
+    expected = parse(FULL_TOML)
+    assert mesh.default == expected.default
+    assert dict(mesh.destinations) == {
+        normalise_pattern(p): policy for p, policy in expected.destinations.items()
+    }
     monkeypatch.setenv("OTHER_MESH", str(path))
-    assert config_from_env("OTHER_MESH") == config
+    other = Mesh.from_env("OTHER_MESH", reload=False)
+    assert other is not None
+    assert other.default == mesh.default
 
 
-def test_config_from_env_names_the_variable_when_the_file_is_bad(
+def test_mesh_from_env_names_the_variable_when_the_file_is_bad(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "mesh.toml"
     path.write_text("[default]\nretry = { attempts = 0 }\n")
     monkeypatch.setenv(ENV_VAR, str(path))
     with pytest.raises(ConfigError) as raised:
-        config_from_env()
-    assert str(raised.value).startswith(f"{path}: default.retry.attempts: expected an int >= 1")
-    assert str(raised.value).endswith("(named by $MESHLIB_CONFIG)")
+        Mesh.from_env(reload=False)
+    assert str(raised.value).startswith(
+        f"$MESHLIB_CONFIG={path}: default.retry.attempts: expected an int >= 1"
+    )
+    assert raised.value.where == f"$MESHLIB_CONFIG={path}"
+    assert (raised.value.field, raised.value.value) == ("default.retry.attempts", 0)
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "gone.toml"))
-    with pytest.raises(ConfigError, match=r"gone\.toml: cannot read .*\$MESHLIB_CONFIG"):
-        config_from_env()
+    with pytest.raises(ConfigError, match=r"^\$MESHLIB_CONFIG=.*gone\.toml: cannot read "):
+        Mesh.from_env(reload=False)
 
 
 # -- patterns ------------------------------------------------------------------------------
@@ -1072,7 +1080,7 @@ def test_describe_says_off_and_shows_where_layers_come_from() -> None:
 
 
 def test_describe_renders_layers_it_does_not_know_by_their_fields() -> None:
-    from meshlib._config import _generic
+    from meshlib._explain import _generic
 
     hedge = _Hedge(delay=0.02, legs=(_Leg("a", 0.5),))
     assert _generic(hedge) == "delay 20ms, max_extra 1, legs [(to a, weight 0.5, headers off)]"
