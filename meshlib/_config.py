@@ -7,24 +7,25 @@ A destination's layer replaces the default's whole, as `Policy.replace` does; th
 layers it does not name come from ``[default]``, and the layers ``[default]`` does not
 name come from `STANDARD`.
 
-The schema is read off the dataclasses themselves (`dataclasses.fields` and their type
-hints), so a layer added to `Policy` is accepted here as soon as it exists, when its
-settings are plain keyword tables. Every problem is a `ConfigError` naming the source,
-the path of the field in the file and the value.
+The schema is read off the dataclasses themselves (`meshlib._schema`), so a layer added
+to `Policy` is accepted here as soon as it exists, when its settings are plain keyword
+tables. Every problem is a `ConfigError` naming the source, the path of the field in
+the file and the value.
+
+Near 500 lines because the reader and the document are one job: the reader's errors
+carry the paths the document gives them, and splitting them would only pass those
+paths across a module boundary.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import re
 import sys
 import tomllib
 import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,22 +33,18 @@ from urllib.parse import urlsplit
 
 from ._errors import ConfigError
 from ._patterns import normalise_pattern, refuse_destination_layers
-from ._policy import SECONDS_EXPECTED, Policy, did_you_mean, is_duration
+from ._policy import SECONDS_EXPECTED, Policy, did_you_mean
+from ._schema import Setting, layer_settings, parse_duration, settings_of
 
 __all__ = [
     "ENV_VAR",
     "MAX_CONFIG_BYTES",
     "MeshConfig",
-    "format_duration",
-    "layer_settings",
     "load_config",
     "parse_config",
-    "parse_duration",
     "pattern_path",
     "read_config_file",
-    "settings_of",
     "too_large",
-    "trim_number",
 ]
 
 #: The environment variable that names the policy file.
@@ -60,157 +57,9 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 _TOP_LEVEL = ("default", "destinations")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # The validators speak Python; a file says ``false`` and writes durations as strings.
 _FILE_SECONDS = 'a duration (seconds, or a string such as "2s")'
 _FILE_CONSTANTS: dict[object, str] = {None: "null", False: "false", True: "true"}
-
-
-# -- durations ---------------------------------------------------------------------
-
-
-def parse_duration(text: str) -> float | None:
-    """Return the seconds a duration string stands for, or None if it is not one.
-
-    A duration string is one or more ``<number><unit>`` parts, units ``h``, ``m``,
-    ``s`` and ``ms``: ``"250ms"``, ``"2s"``, ``"1.5m"``, ``"1m30s"``. A bare number
-    in a string (``"30"``) is not a duration string: write the number itself.
-    """
-    position, seconds, end = 0, 0.0, len(text.rstrip())
-    while position < end:
-        part = _DURATION_PART.match(text, position)
-        if part is None:
-            return None
-        seconds += float(part[1]) * _UNIT_SECONDS[part[2]]
-        position = part.end()
-    return seconds if position else None
-
-
-def format_duration(seconds: float) -> str:
-    """Return `seconds` the way an operator writes it: ``50ms``, ``2.5s``, ``5m``, ``1h``.
-
-    The result reads back with `parse_duration`.
-    """
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        return f"{trim_number(seconds * 1000)}ms"
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{trim_number(seconds / 3600)}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{trim_number(seconds / 60)}m"
-    return f"{trim_number(seconds)}s"
-
-
-def trim_number(number: float) -> str:
-    return f"{number:.3f}".rstrip("0").rstrip(".")
-
-
-# -- the schema, read off the classes ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Setting:
-    """How the file writes one keyword argument of a layer (or of a nested value)."""
-
-    name: str
-    required: bool
-    table: type | None  # a settings class whose value is written as a table
-    many: bool  # a tuple of `table` values, written as an array of tables
-    optional: bool  # None is allowed: ``false`` in a file (or JSON's null)
-    duration: bool  # seconds; strings such as "250ms" are accepted too
-    takes_bool: bool
-    takes_str: bool
-    in_file: bool  # False for Python objects (``Any``), which a file cannot spell
-
-
-# The hint of a setting whose type could not be resolved: its value is passed as is.
-_UNKNOWN = object()
-
-
-def _is_settings_class(hint: object) -> bool:
-    """Tell whether values of `hint` are written as tables: a dataclass, or a meshlib class."""
-    if not isinstance(hint, type):
-        return False
-    if dataclasses.is_dataclass(hint):
-        return True
-    return hint.__module__.startswith("meshlib.") and "__init__" in vars(hint)
-
-
-def _setting(name: str, hint: object, required: bool, duration: bool) -> _Setting:
-    members: tuple[object, ...] = (hint,)
-    if typing.get_origin(hint) is typing.Annotated:
-        members = (typing.get_args(hint)[0],)
-    if typing.get_origin(members[0]) in (typing.Union, types.UnionType):
-        members = typing.get_args(members[0])
-    optional = type(None) in members
-    table: type | None = None
-    many = takes_bool = takes_str = False
-    for member in members:
-        origin = typing.get_origin(member)
-        if origin is Literal:
-            takes_str = takes_str or any(isinstance(v, str) for v in typing.get_args(member))
-            takes_bool = takes_bool or any(isinstance(v, bool) for v in typing.get_args(member))
-        elif origin is tuple:
-            args = typing.get_args(member)
-            if len(args) == 2 and args[1] is Ellipsis and _is_settings_class(args[0]):
-                table, many = args[0], True
-        elif _is_settings_class(member):
-            assert isinstance(member, type)
-            table = member
-        elif member is bool:
-            takes_bool = True
-        elif member is str or member is _UNKNOWN:
-            takes_str = True
-    in_file = hint is not Any
-    return _Setting(name, required, table, many, optional, duration, takes_bool, takes_str, in_file)
-
-
-_SETTINGS: dict[type, dict[str, _Setting]] = {}
-
-
-def settings_of(cls: type) -> dict[str, _Setting]:
-    """Return the keyword arguments `cls` takes, public ones only, in declaration order."""
-    found = _SETTINGS.get(cls)
-    if found is None:
-        # Two threads may both read a class the first time: the same answer, no harm.
-        found = _SETTINGS[cls] = _read_settings(cls)
-    return found
-
-
-def _read_settings(cls: type) -> dict[str, _Setting]:
-    target: Any = cls if dataclasses.is_dataclass(cls) else vars(cls).get("__init__", cls)
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # a hint that names something only a type checker imports
-        hints = {}
-    found: dict[str, _Setting] = {}
-    if dataclasses.is_dataclass(cls):
-        for spec in dataclasses.fields(cls):
-            if not spec.init or spec.name.startswith("_"):
-                continue
-            required = (
-                spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
-            )
-            hint = hints.get(spec.name, _UNKNOWN)
-            found[spec.name] = _setting(spec.name, hint, required, is_duration(spec))
-        return found
-    for parameter in list(inspect.signature(cls).parameters.values()):
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        if parameter.name.startswith("_") or parameter.kind is parameter.POSITIONAL_ONLY:
-            continue
-        required = parameter.default is parameter.empty
-        # A class that is not a dataclass has no field metadata: no durations.
-        found[parameter.name] = _setting(
-            parameter.name, hints.get(parameter.name, _UNKNOWN), required, False
-        )
-    return found
-
-
-def layer_settings() -> dict[str, _Setting]:
-    return settings_of(Policy)
 
 
 # -- paths and errors ------------------------------------------------------------------
@@ -301,7 +150,7 @@ class _Reader:
         self,
         exc: ConfigError,
         owner: str,
-        settings: Mapping[str, _Setting],
+        settings: Mapping[str, Setting],
         path: str,
         written: Mapping[str, str],
     ) -> ConfigError:
@@ -322,7 +171,7 @@ class _Reader:
             problem, where=self.source, field=_join(path, name), value=exc.value, expected=expected
         )
 
-    def value(self, setting: _Setting, value: Any, path: str, written: dict[str, str]) -> Any:
+    def value(self, setting: Setting, value: Any, path: str, written: dict[str, str]) -> Any:
         if isinstance(value, bool) and not setting.takes_bool:
             if value is False and setting.optional:
                 return None
@@ -364,7 +213,7 @@ class _Reader:
         return self.build(cls, value, path)
 
     @staticmethod
-    def expected(setting: _Setting) -> str:
+    def expected(setting: Setting) -> str:
         assert setting.table is not None
         name = setting.table.__name__
         if setting.many:

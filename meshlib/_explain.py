@@ -11,16 +11,10 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from ._config import (
-    MeshConfig,
-    format_duration,
-    layer_settings,
-    pattern_path,
-    settings_of,
-    trim_number,
-)
+from ._config import MeshConfig, pattern_path
 from ._patterns import PolicyTable, normalise_pattern
 from ._policy import Policy
+from ._schema import format_duration, layer_settings, settings_of, trim_number
 
 __all__ = ["describe", "explain", "plural"]
 

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ._config import format_duration, parse_duration, settings_of
 from ._explain import describe
 from ._policy import NEVER_RECORDED, SENSITIVE_QUERY, Policy
 from ._runtime import runtime
+from ._schema import format_duration, parse_duration, settings_of
 from ._sketch import SKETCH
 from ._telemetry import redact_url
 

@@ -28,15 +28,13 @@ from meshlib._config import (
     ENV_VAR,
     MeshConfig,
     _Reader,
-    format_duration,
     load_config,
     parse_config,
-    parse_duration,
-    settings_of,
 )
 from meshlib._explain import describe, explain
 from meshlib._patterns import normalise_pattern
 from meshlib._policy import DURATION, Tracing
+from meshlib._schema import format_duration, parse_duration, settings_of
 
 # Every setting of every layer, in the file and in Python.
 FULL_TOML = """\
