@@ -36,6 +36,7 @@ from ._policy import (
 )
 from ._tls import TLS
 from ._traffic import EndpointSnapshot
+from ._version import __version__ as __version__
 
 __all__ = [
     "STANDARD",
@@ -72,5 +73,3 @@ __all__ = [
     "resilient",
     "wrap",
 ]
-
-__version__ = "0.1.0.dev0"

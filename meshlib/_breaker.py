@@ -7,8 +7,8 @@ half-open ──(every probe succeeds)──▶ closed
 half-open ──(a probe fails)──▶ open (for longer, when max_open_for allows)
 ```
 
-Calls are admitted with a ticket: 0 for an ordinary call while closed, the
-half-open episode's number for a probe. An outcome is recorded against its
+Calls are admitted with a `Ticket`: `ORDINARY` (0) for a call while closed, the
+half-open episode's number (1 and up) for a probe. An outcome is recorded against its
 ticket, so a slow call admitted before a trip cannot close the breaker, and
 a probe that is cancelled gives its slot back (`release`).
 """
@@ -23,11 +23,25 @@ from ._policy import Breaker
 from ._runtime import runtime
 from ._window import WindowCounts
 
-__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "BreakerSnapshot", "CircuitBreaker"]
+__all__ = [
+    "CLOSED",
+    "HALF_OPEN",
+    "OPEN",
+    "ORDINARY",
+    "BreakerSnapshot",
+    "BreakerState",
+    "CircuitBreaker",
+    "Ticket",
+]
 
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
+
+#: What `BreakerState.admit` hands a call it lets through, to record its outcome with.
+Ticket = int
+#: The ticket of a call admitted while closed; a probe's is its half-open episode (>= 1).
+ORDINARY: Ticket = 0
 
 
 #: Called with (destination, old state, new state) after each transition.
@@ -58,7 +72,7 @@ class BreakerSnapshot:
     since: float = 0.0
 
 
-class CircuitBreaker:
+class BreakerState:
     """One destination's breaker; thread-safe, never holds its lock across a call."""
 
     __slots__ = (
@@ -86,7 +100,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self.state = CLOSED  # read without the lock on the success path; written under it
         self.on_status = settings.on_status
-        self._counts = WindowCounts(settings.window)  # first: calls, second: failures
+        self._counts = WindowCounts(settings.window)  # events: failures
         self._in_a_row = 0
         self._trips = 0
         self._open_until = 0.0
@@ -95,14 +109,14 @@ class CircuitBreaker:
         self.episode = 0  # numbers half-open episodes; probe tickets carry it
         self.changed_at = runtime.clock.now()  # when `state` last changed (monotonic)
 
-    def admit(self, now: float) -> int | None:
+    def admit(self, now: float) -> Ticket | None:
         """Return a ticket if a call may start now, or None if the breaker rejects it."""
         if self.state is CLOSED:  # the common case, read without the lock
-            return 0
+            return ORDINARY
         transition = None
         with self._lock:
             if self.state is CLOSED:
-                return 0
+                return ORDINARY
             if self.state is OPEN:
                 if now < self._open_until:
                     return None
@@ -122,28 +136,28 @@ class CircuitBreaker:
         """Return the seconds until an open breaker admits a probe (0 when not open)."""
         return max(0.0, self._open_until - now) if self.state is OPEN else 0.0
 
-    def record(self, ticket: int, failed: bool, now: float) -> None:
+    def record(self, ticket: Ticket, failed: bool, now: float) -> None:
         """Record the outcome of a call admitted with `ticket` (`now`: when it started or ended)."""
-        if ticket == 0 and not failed:  # the common case: a success while closed
+        if ticket == ORDINARY and not failed:  # the common case: a success while closed
             counts = self._counts
             lock = self._lock
             lock.acquire()  # rather than `with`: half the cost, on every request
             try:
                 if self.state is CLOSED:
-                    counts.first[counts.newest if now < counts.ends else counts.slot(now)] += 1
+                    counts.calls[counts.newest if now < counts.ends else counts.slot(now)] += 1
                     self._in_a_row = 0
             finally:
                 lock.release()
             return
         transition = None
         with self._lock:
-            if ticket == 0:
+            if ticket == ORDINARY:
                 if self.state is not CLOSED:
                     return  # admitted before a trip: the breaker has moved on
                 slot = self._counts.slot(now)
-                self._counts.first[slot] += 1
+                self._counts.calls[slot] += 1
                 if failed:
-                    self._counts.second[slot] += 1
+                    self._counts.events[slot] += 1
                     self._in_a_row += 1
                     if self._should_trip():
                         transition = self._trip(now)
@@ -159,9 +173,9 @@ class CircuitBreaker:
                         transition = self._close(now)
         self._announce(transition)
 
-    def release(self, ticket: int) -> None:
+    def release(self, ticket: Ticket) -> None:
         """Give back a probe's slot without an outcome (the call was cancelled)."""
-        if ticket == 0:
+        if ticket == ORDINARY:
             return
         with self._lock:
             if ticket == self.episode and self.state is HALF_OPEN:
@@ -174,7 +188,7 @@ class CircuitBreaker:
             calls, failures = (
                 counts.totals(now)
                 if self.state is CLOSED
-                else (sum(counts.first), sum(counts.second))
+                else (sum(counts.calls), sum(counts.events))
             )
             return BreakerSnapshot(
                 destination=self.label,
@@ -192,7 +206,7 @@ class CircuitBreaker:
         settings = self.settings
         if settings.consecutive is not None and self._in_a_row >= settings.consecutive:
             return True
-        calls, failures = sum(self._counts.first), sum(self._counts.second)
+        calls, failures = sum(self._counts.calls), sum(self._counts.events)
         # Divide rather than multiply: 14/25 equals the literal 0.56, 0.56*25 exceeds 14.
         return calls >= settings.min_calls and failures / calls >= settings.failure_ratio
 
@@ -224,3 +238,7 @@ class CircuitBreaker:
         # Outside the lock: a hook may log, export metrics or read the breaker.
         if transition is not None and self._hook is not None:
             self._hook(self.label, *transition)
+
+
+#: The name `_mesh` and `_pipeline` still use, until their rewrite (issue 14) renames it.
+CircuitBreaker = BreakerState

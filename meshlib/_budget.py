@@ -7,10 +7,10 @@ import threading
 from ._policy import Budget
 from ._window import WindowCounts
 
-__all__ = ["RetryBudget"]
+__all__ = ["BudgetState", "RetryBudget"]
 
 
-class RetryBudget:
+class BudgetState:
     """Count calls and retries over a sliding window and ration retries.
 
     A retry is allowed while ``retries + 1 <= ratio * calls + min_per_second * ttl``
@@ -23,7 +23,7 @@ class RetryBudget:
     def __init__(self, settings: Budget) -> None:
         self.settings = settings
         self._reserve = settings.min_per_second * settings.ttl
-        self._counts = WindowCounts(settings.ttl)  # first: calls, second: retries
+        self._counts = WindowCounts(settings.ttl)  # events: retries
         self._lock = threading.Lock()
 
     def deposit(self, now: float) -> None:
@@ -33,7 +33,7 @@ class RetryBudget:
         # acquire/release rather than `with`: half the cost, on every request.
         lock.acquire()
         try:
-            counts.first[counts.newest if now < counts.ends else counts.slot(now)] += 1
+            counts.calls[counts.newest if now < counts.ends else counts.slot(now)] += 1
         finally:
             lock.release()
 
@@ -42,13 +42,17 @@ class RetryBudget:
         counts = self._counts
         with self._lock:
             slot = counts.slot(now)
-            calls, retries = sum(counts.first), sum(counts.second)
+            calls, retries = sum(counts.calls), sum(counts.events)
             if retries + 1 > self.settings.ratio * calls + self._reserve:
                 return False
-            counts.second[slot] += 1
+            counts.events[slot] += 1
             return True
 
     def snapshot(self, now: float) -> tuple[int, int]:
         """Return (calls, retries) counted in the current window."""
         with self._lock:
             return self._counts.totals(now)
+
+
+#: The name `_mesh` and `_retry` still use, until their rewrite (issue 14) renames it.
+RetryBudget = BudgetState

@@ -22,7 +22,7 @@ import anyio.lowlevel
 
 from ._policy import Bulkhead
 
-__all__ = ["BulkheadSnapshot", "ConcurrencyLimit"]
+__all__ = ["BulkheadSnapshot", "BulkheadState", "ConcurrencyLimit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class _Waiter:
             anyio.from_thread.run_sync(event.set, token=self.token)  # type: ignore[arg-type]
 
 
-class ConcurrencyLimit:
+class BulkheadState:
     """One destination's slots; thread-safe, never holds its lock across a call."""
 
     __slots__ = ("__weakref__", "_limit", "_lock", "_waiters", "in_flight", "label", "settings")
@@ -208,3 +208,7 @@ class ConcurrencyLimit:
             self.release()
             return False
         return True
+
+
+#: The name `_mesh` and `_pipeline` still use, until their rewrite (issue 14) renames it.
+ConcurrencyLimit = BulkheadState

@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import httpx
 
-if TYPE_CHECKING:
-    from ._config import MeshConfig
+from ._config import MeshConfig, load_config, parse_config
+from ._demo import run_demo
+from ._errors import ConfigError
+from ._explain import explain, plural
+from ._mesh import Mesh
+from ._policy import is_host
+from ._state import Destination
+from ._version import __version__
+from .admin import _status_command
 
 __all__ = ["main"]
 
@@ -27,8 +33,6 @@ def _version() -> str:
     try:
         return version("meshlib")
     except PackageNotFoundError:  # run from a source tree that was never installed
-        from . import __version__
-
         return __version__
 
 
@@ -79,12 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--json", action="store_true", help="print /status.json as served")
     args = parser.parse_args(argv)
     if args.command == "status":
-        from .admin import _status_command
-
         return _status_command(args.url, args.json)
     if args.command == "demo":
-        from ._demo import run_demo
-
         return run_demo()
     if args.command == "check":
         if args.files.count(STDIN) > 1:
@@ -102,8 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _load(name: str) -> MeshConfig:
     """Read the policy document `name` names: a file, or standard input for ``-``."""
-    from ._config import load_config, parse_config
-
     if name == STDIN:
         # The format comes from the content: a TOML document cannot start with "{".
         return parse_config(sys.stdin.buffer.read(), STDIN_SOURCE)
@@ -111,10 +109,6 @@ def _load(name: str) -> MeshConfig:
 
 
 def _check(files: Sequence[str]) -> int:
-    from ._config import plural
-    from ._errors import ConfigError
-    from ._mesh import Mesh
-
     status = 0
     for name in files:
         try:
@@ -135,13 +129,9 @@ def _destination(text: str) -> tuple[str, int | None]:
     Raises:
         ValueError: `text` is none of those, or names a host no request can have.
     """
-    from ._policy import is_host
-
     text = text.strip()
     port: int | None
     if "://" in text:
-        from ._state import Destination
-
         try:
             destination = Destination.of(httpx.URL(text))
         except httpx.InvalidURL as exc:
@@ -175,10 +165,6 @@ def _destination(text: str) -> tuple[str, int | None]:
 
 
 def _explain(file: str, host: str, port: int | None) -> int:
-    from ._config import explain
-    from ._errors import ConfigError
-    from ._mesh import Mesh
-
     try:
         config = _load(file)
         mesh = Mesh(config.default, config.destinations)

@@ -7,48 +7,44 @@ A destination's layer replaces the default's whole, as `Policy.replace` does; th
 layers it does not name come from ``[default]``, and the layers ``[default]`` does not
 name come from `STANDARD`.
 
-The schema is read off the dataclasses themselves (`dataclasses.fields` and their type
-hints), so a layer added to `Policy` is accepted here as soon as it exists, when its
-settings are plain keyword tables. Every problem is a `ConfigError` naming the source,
-the path of the field in the file and the value.
+The schema is read off the dataclasses themselves (`meshlib._schema`), so a layer added
+to `Policy` is accepted here as soon as it exists, when its settings are plain keyword
+tables. Every problem is a `ConfigError` naming the source, the path of the field in
+the file and the value.
+
+Near 500 lines because the reader and the document are one job: the reader's errors
+carry the paths the document gives them, and splitting them would only pass those
+paths across a module boundary.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import inspect
 import json
-import math
 import os
 import re
+import sys
 import tomllib
 import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
-from ._policy import Policy, did_you_mean, is_host
-
-if TYPE_CHECKING:
-    from ._mesh import Mesh
+from ._patterns import normalise_pattern, refuse_destination_layers
+from ._policy import SECONDS_EXPECTED, Policy, did_you_mean
+from ._schema import Setting, layer_settings, parse_duration, settings_of
 
 __all__ = [
     "ENV_VAR",
     "MAX_CONFIG_BYTES",
     "MeshConfig",
-    "config_from_env",
-    "describe",
-    "format_duration",
     "load_config",
-    "explain",
-    "normalise_pattern",
     "parse_config",
-    "parse_duration",
-    "plural",
+    "pattern_path",
+    "read_config_file",
+    "too_large",
 ]
 
 #: The environment variable that names the policy file.
@@ -60,168 +56,10 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 _TOP_LEVEL = ("default", "destinations")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_SETTINGS_MESSAGE = re.compile(r"(\w+)\.(\w+): (.*)", re.DOTALL)
 _TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # The validators speak Python; a file says ``false`` and writes durations as strings.
-_FILE_WORDS = (
-    ("seconds (float or timedelta)", 'a duration (seconds, or a string such as "2s")'),
-    (" or None, got", " or false, got"),
-    (", got None", ", got null"),
-    (", got False", ", got false"),
-    (", got True", ", got true"),
-)
-# Fields typed ``float`` that are shares, ratios or rates rather than durations: a
-# string such as "2s" is not accepted for them.
-_NOT_DURATION_WORDS = ("ratio", "share", "rate", "per_second", "weight", "abort", "delayed")
-
-
-# -- durations ---------------------------------------------------------------------
-
-
-def parse_duration(text: str) -> float | None:
-    """Return the seconds a duration string stands for, or None if it is not one.
-
-    A duration string is one or more ``<number><unit>`` parts, units ``h``, ``m``,
-    ``s`` and ``ms``: ``"250ms"``, ``"2s"``, ``"1.5m"``, ``"1m30s"``. A bare number
-    in a string (``"30"``) is not a duration string: write the number itself.
-    """
-    position, seconds, end = 0, 0.0, len(text.rstrip())
-    while position < end:
-        part = _DURATION_PART.match(text, position)
-        if part is None:
-            return None
-        seconds += float(part[1]) * _UNIT_SECONDS[part[2]]
-        position = part.end()
-    return seconds if position else None
-
-
-def format_duration(seconds: float) -> str:
-    """Return `seconds` the way an operator writes it: ``50ms``, ``2.5s``, ``5m``, ``1h``.
-
-    The result reads back with `parse_duration`.
-    """
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        return f"{_trim(seconds * 1000)}ms"
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{_trim(seconds / 3600)}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{_trim(seconds / 60)}m"
-    return f"{_trim(seconds)}s"
-
-
-def _trim(number: float) -> str:
-    return f"{number:.3f}".rstrip("0").rstrip(".")
-
-
-# -- the schema, read off the classes ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Setting:
-    """How the file writes one keyword argument of a layer (or of a nested value)."""
-
-    name: str
-    required: bool
-    table: type | None  # a settings class whose value is written as a table
-    many: bool  # a tuple of `table` values, written as an array of tables
-    optional: bool  # None is allowed: ``false`` in a file (or JSON's null)
-    duration: bool  # seconds; strings such as "250ms" are accepted too
-    takes_bool: bool
-    takes_str: bool
-    in_file: bool  # False for Python objects (``Any``), which a file cannot spell
-
-
-# The hint of a setting whose type could not be resolved: its value is passed as is.
-_UNKNOWN = object()
-
-
-def _is_settings_class(hint: object) -> bool:
-    """Tell whether values of `hint` are written as tables: a dataclass, or a meshlib class."""
-    if not isinstance(hint, type):
-        return False
-    if dataclasses.is_dataclass(hint):
-        return True
-    return hint.__module__.startswith("meshlib.") and "__init__" in vars(hint)
-
-
-def _setting(name: str, hint: object, required: bool) -> _Setting:
-    members: tuple[object, ...] = (hint,)
-    if typing.get_origin(hint) is typing.Annotated:
-        members = (typing.get_args(hint)[0],)
-    if typing.get_origin(members[0]) in (typing.Union, types.UnionType):
-        members = typing.get_args(members[0])
-    optional = type(None) in members
-    table: type | None = None
-    many = takes_float = takes_bool = takes_str = False
-    for member in members:
-        origin = typing.get_origin(member)
-        if origin is Literal:
-            takes_str = takes_str or any(isinstance(v, str) for v in typing.get_args(member))
-            takes_bool = takes_bool or any(isinstance(v, bool) for v in typing.get_args(member))
-        elif origin is tuple:
-            args = typing.get_args(member)
-            if len(args) == 2 and args[1] is Ellipsis and _is_settings_class(args[0]):
-                table, many = args[0], True
-        elif _is_settings_class(member):
-            assert isinstance(member, type)
-            table = member
-        elif member is float:
-            takes_float = True
-        elif member is bool:
-            takes_bool = True
-        elif member is str or member is _UNKNOWN:
-            takes_str = True
-    duration = takes_float and not any(word in name for word in _NOT_DURATION_WORDS)
-    in_file = hint is not Any
-    return _Setting(name, required, table, many, optional, duration, takes_bool, takes_str, in_file)
-
-
-_SETTINGS: dict[type, dict[str, _Setting]] = {}
-
-
-def _settings(cls: type) -> dict[str, _Setting]:
-    """Return the keyword arguments `cls` takes, public ones only, in declaration order."""
-    found = _SETTINGS.get(cls)
-    if found is None:
-        # Two threads may both read a class the first time: the same answer, no harm.
-        found = _SETTINGS[cls] = _read_settings(cls)
-    return found
-
-
-def _read_settings(cls: type) -> dict[str, _Setting]:
-    target: Any = cls if dataclasses.is_dataclass(cls) else vars(cls).get("__init__", cls)
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # a hint that names something only a type checker imports
-        hints = {}
-    found: dict[str, _Setting] = {}
-    if dataclasses.is_dataclass(cls):
-        for spec in dataclasses.fields(cls):
-            if not spec.init or spec.name.startswith("_"):
-                continue
-            required = (
-                spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
-            )
-            found[spec.name] = _setting(spec.name, hints.get(spec.name, _UNKNOWN), required)
-        return found
-    for parameter in list(inspect.signature(cls).parameters.values()):
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        if parameter.name.startswith("_") or parameter.kind is parameter.POSITIONAL_ONLY:
-            continue
-        required = parameter.default is parameter.empty
-        found[parameter.name] = _setting(
-            parameter.name, hints.get(parameter.name, _UNKNOWN), required
-        )
-    return found
-
-
-def _layers() -> dict[str, _Setting]:
-    return _settings(Policy)
+_FILE_SECONDS = 'a duration (seconds, or a string such as "2s")'
+_FILE_CONSTANTS: dict[object, str] = {None: "null", False: "false", True: "true"}
 
 
 # -- paths and errors ------------------------------------------------------------------
@@ -235,9 +73,16 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{_key(name)}" if path else _key(name)
 
 
-def _pattern_path(pattern: str) -> str:
+def pattern_path(pattern: str) -> str:
     # Patterns are always quoted: they are written so in a table header.
     return f"destinations.{json.dumps(pattern, ensure_ascii=False)}"
+
+
+def _spell(value: object) -> str:
+    """Render a value a validator was given as the file would spell its constants."""
+    if isinstance(value, bool) or value is None:
+        return _FILE_CONSTANTS[value]
+    return repr(value)
 
 
 def _show(value: object) -> str:
@@ -261,14 +106,12 @@ class _Reader:
     def __init__(self, source: str) -> None:
         self.source = source
 
-    def error(self, path: str, message: str) -> ConfigError:
-        return ConfigError(
-            f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}"
-        )
+    def error(self, path: str, message: str, value: object = ConfigError.NO_VALUE) -> ConfigError:
+        return ConfigError(message, where=self.source, field=path or None, value=value)
 
     def build(self, cls: type, table: Mapping[str, Any], path: str) -> Any:
         """Return ``cls(**table)`` with nested tables built and durations read."""
-        settings = _settings(cls)
+        settings = settings_of(cls)
         kwargs: dict[str, Any] = {}
         written: dict[str, str] = {}
         for name, value in table.items():
@@ -297,7 +140,7 @@ class _Reader:
         try:
             return cls(**kwargs)
         except ConfigError as exc:
-            raise self.relocate(exc, cls.__name__, _settings(cls), path, written) from exc
+            raise self.relocate(exc, cls.__name__, settings_of(cls), path, written) from exc
         except (TypeError, ValueError) as exc:
             # A constructor that does not validate a type itself (an unhashable value, a
             # comparison between a number and a string): still one line, still the path.
@@ -307,23 +150,28 @@ class _Reader:
         self,
         exc: ConfigError,
         owner: str,
-        settings: Mapping[str, _Setting],
+        settings: Mapping[str, Setting],
         path: str,
         written: Mapping[str, str],
     ) -> ConfigError:
-        """Turn ``Retry.attempts: expected ...`` into ``source: path.attempts: expected ...``."""
-        message = str(exc)
-        found = _SETTINGS_MESSAGE.fullmatch(message)
-        if found is None or found[1] != owner or found[2] not in settings:
-            return self.error(path, message)
-        name, problem = found[2], found[3]
+        """Move a validator's error on ``Retry.attempts`` to ``path.attempts`` of the file."""
+        found, _, name = (exc.field or "").partition(".")
+        if found != owner or name not in settings:
+            return self.error(path, str(exc), exc.value)
+        problem, expected = exc.reason, exc.expected
+        if expected is not None:  # say it as the file does
+            if expected.startswith(SECONDS_EXPECTED):
+                expected = _FILE_SECONDS + expected.removeprefix(SECONDS_EXPECTED)
+            if expected.endswith(" or None"):
+                expected = expected.removesuffix(" or None") + " or false"
+            problem = f"expected {expected}, got {_spell(exc.value)}"
         if name in written:  # the value in the message is the converted one
             problem += f" (written {written[name]})"
-        for python, spelled in _FILE_WORDS:  # say it as the file does
-            problem = problem.replace(python, spelled)
-        return self.error(_join(path, name), problem)
+        return ConfigError(
+            problem, where=self.source, field=_join(path, name), value=exc.value, expected=expected
+        )
 
-    def value(self, setting: _Setting, value: Any, path: str, written: dict[str, str]) -> Any:
+    def value(self, setting: Setting, value: Any, path: str, written: dict[str, str]) -> Any:
         if isinstance(value, bool) and not setting.takes_bool:
             if value is False and setting.optional:
                 return None
@@ -338,7 +186,9 @@ class _Reader:
             if not setting.many and isinstance(value, dict):
                 return self.build(setting.table, value, path)
             if not (setting.duration or setting.takes_str or value is None):
-                raise self.error(path, f"expected {self.expected(setting)}, got {_show(value)}")
+                raise self.error(
+                    path, f"expected {self.expected(setting)}, got {_show(value)}", value
+                )
         if setting.duration and isinstance(value, str):
             seconds = parse_duration(value)
             if seconds is not None:
@@ -349,6 +199,7 @@ class _Reader:
                     path,
                     "expected a duration: a number of seconds or a string such as "
                     f'"250ms", "2s" or "1m", got {_show(value)}',
+                    value,
                 )
         if isinstance(value, list):
             return tuple(value)  # hashable, order and duplicates kept for the validator
@@ -357,12 +208,12 @@ class _Reader:
     def table_of(self, cls: type, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise self.error(
-                path, f"expected a table of {cls.__name__} settings, got {_show(value)}"
+                path, f"expected a table of {cls.__name__} settings, got {_show(value)}", value
             )
         return self.build(cls, value, path)
 
     @staticmethod
-    def expected(setting: _Setting) -> str:
+    def expected(setting: Setting) -> str:
         assert setting.table is not None
         name = setting.table.__name__
         if setting.many:
@@ -374,8 +225,8 @@ class _Reader:
     def layers(self, table: Any, path: str) -> tuple[dict[str, Any], frozenset[str]]:
         """Return the layers a ``[default]`` or destination table names, built."""
         if not isinstance(table, dict):
-            raise self.error(path, f"expected a table of layers, got {_show(table)}")
-        settings = _layers()
+            raise self.error(path, f"expected a table of layers, got {_show(table)}", table)
+        settings = layer_settings()
         built: dict[str, Any] = {}
         for name, value in table.items():
             setting = settings.get(name)
@@ -393,78 +244,9 @@ class _Reader:
         try:
             return Policy(**layers) if base is None else base.replace(**layers)
         except ConfigError as exc:
-            raise self.relocate(exc, "Policy", _layers(), path, {}) from exc
+            raise self.relocate(exc, "Policy", layer_settings(), path, {}) from exc
         except (TypeError, ValueError) as exc:
             raise self.error(path, f"invalid policy: {exc}") from exc
-
-
-# -- patterns --------------------------------------------------------------------------
-
-
-# What a glob may hold besides a host name's characters; a [...] class may hold anything.
-_GLOB_HOST = re.compile(r"[a-z0-9_.*?-]+")
-_GLOB_CLASS = re.compile(r"\[[^\]]*\]")
-_GLOB_PORT = re.compile(r"[0-9*?]+")
-
-
-def _pattern_problem(text: str) -> str | None:
-    """Return why the stripped, lowercased pattern `text` can never match, or None."""
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        return f"a host, not a URL (write {rest.partition('/')[0]!r}, without {scheme + '://'!r})"
-    if "/" in text:
-        return f"a host, not a path (write {text.partition('/')[0]!r})"
-    if any(c.isspace() for c in text):
-        return "a host without spaces"
-    if not text.isascii():
-        return "an ASCII host (write an internationalised name in its IDNA form, 'xn--...')"
-    port: str | None
-    if text.startswith("[") and ":" in text.partition("]")[0]:
-        literal, bracket, rest = text[1:].partition("]")
-        if not (bracket and is_host(literal)):  # with a ":", is_host wants an IPv6 address
-            return "an IPv6 address in brackets, such as '[::1]' or '[::1]:8080'"
-        if rest and not rest.startswith(":"):
-            return "'[IPv6]' or '[IPv6]:port'"
-        host, port = literal, rest[1:] if rest else None
-    elif text.count(":") > 1:
-        if not is_host(text):  # an IPv6 address without its brackets still matches
-            return "one ':' before the port (IPv6 addresses in brackets: '[::1]:8080')"
-        host, port = text, None
-    else:
-        host, colon, port_text = text.partition(":")
-        port = port_text if colon else None
-        if not host:
-            return "a host before the port"
-        if not _GLOB_HOST.fullmatch(_GLOB_CLASS.sub("a", host)):
-            return "a host name: letters, digits, '-', '_' and dots, or a glob ('*', '?', '[...]')"
-    if port is not None:
-        if not _GLOB_PORT.fullmatch(port):
-            return "a port between 1 and 65535 after ':'"
-        if port.isdigit() and not 0 < int(port) < 65536:
-            return "a port between 1 and 65535"
-    return None
-
-
-def normalise_pattern(pattern: str, where: str = "pattern") -> str:
-    """Return `pattern` as a Mesh compares it: lower case, no trailing dot before ``:port``.
-
-    Two patterns of one file that normalise alike are refused: the Mesh would keep one.
-    The same rules apply to patterns in code and in files.
-
-    Raises:
-        ConfigError: the pattern can never match a request's destination (a URL, a
-            path, spaces, a port that is not one); the message starts with `where`.
-    """
-    text = pattern.strip().lower()
-    problem = _pattern_problem(text)
-    if problem is not None:
-        raise ConfigError(f"{where}: expected {problem}, got {pattern!r}")
-    host, colon, port = text.rpartition(":")
-    if colon and port.isdigit() and not host.endswith("]") and ":" not in host:
-        return f"{host.rstrip('.')}:{port}"
-    if colon and port.isdigit() and host.endswith("]"):
-        return f"{host}:{port}"  # an IPv6 literal with a port: [::1]:8080
-    return text.rstrip(".")
 
 
 # -- the document ----------------------------------------------------------------------
@@ -512,9 +294,9 @@ class MeshConfig:
         own = self.named.get(pattern, frozenset()) if pattern is not None else frozenset()
         default = self.named.get(None, frozenset())
         origins: dict[str, str] = {}
-        for layer in _layers():
+        for layer in layer_settings():
             if layer in own and pattern is not None:
-                origins[layer] = _pattern_path(pattern)
+                origins[layer] = pattern_path(pattern)
             elif layer in default:
                 origins[layer] = "default"
             else:
@@ -548,35 +330,44 @@ def _document(data: bytes, source: str, format: str) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from exc
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", where=source) from exc
     text = text.removeprefix("\ufeff")
     if format == "json":
         try:
             return json.loads(text, object_pairs_hook=_no_duplicates)
         except json.JSONDecodeError as exc:
             raise ConfigError(
-                f"{source}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+                f"invalid JSON: {exc.msg}", where=source, line=exc.lineno, column=exc.colno
             ) from exc
         except _DuplicateKey as exc:
-            raise ConfigError(f"{source}: invalid JSON: duplicate key {exc.args[0]!r}") from exc
+            raise ConfigError(
+                f"invalid JSON: duplicate key {exc.args[0]!r}", where=source, value=exc.args[0]
+            ) from exc
         except RecursionError as exc:
-            raise ConfigError(f"{source}: invalid JSON: nested too deeply") from exc
+            raise ConfigError("invalid JSON: nested too deeply", where=source) from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        where = _TOML_WHERE.search(message)
-        if where is None:
-            raise ConfigError(f"{source}: invalid TOML: {message}") from exc
-        if where[1] is None:
-            line, column = text.count("\n") + 1, len(text.rsplit("\n", 1)[-1]) + 1
-        else:
-            line, column = int(where[1]), int(where[2])
+        line, column, reason = _toml_position(exc, text)
         raise ConfigError(
-            f"{source}, line {line}, column {column}: invalid TOML: {message[: where.start()]}"
+            f"invalid TOML: {reason}", where=source, line=line, column=column
         ) from exc
     except RecursionError as exc:
-        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from exc
+        raise ConfigError("invalid TOML: nested too deeply", where=source) from exc
+
+
+def _toml_position(exc: tomllib.TOMLDecodeError, text: str) -> tuple[int | None, int | None, str]:
+    """Return the line, column and reason of a TOML error (None, None when it has no place)."""
+    if sys.version_info >= (3, 14):  # tomllib gives the parts
+        return exc.lineno, exc.colno, exc.msg
+    # Before 3.14 tomllib gives its message only, the place at its end.
+    message = str(exc)
+    where = _TOML_WHERE.search(message)
+    if where is None:
+        return None, None, message
+    if where[1] is None:  # "end of document"
+        return text.count("\n") + 1, len(text.rsplit("\n", 1)[-1]) + 1, message[: where.start()]
+    return int(where[1]), int(where[2]), message[: where.start()]
 
 
 def parse_config(
@@ -605,12 +396,18 @@ def parse_config(
     if len(raw) > MAX_CONFIG_BYTES:
         raise too_large(source, len(raw))
     if format is not None and format not in ("toml", "json"):
-        raise ConfigError(f"{source}: format: expected 'toml', 'json' or None, got {format!r}")
+        raise ConfigError(
+            f"expected 'toml', 'json' or None, got {format!r}",
+            where=source,
+            field="format",
+            value=format,
+            expected="'toml', 'json' or None",
+        )
     document = _document(raw, source, format or _format_of(source, raw))
     reader = _Reader(source)
     if not isinstance(document, dict):
         raise reader.error(
-            "", f"expected a table with {' and '.join(_TOP_LEVEL)}, got {_show(document)}"
+            "", f"expected a table with {' and '.join(_TOP_LEVEL)}, got {_show(document)}", document
         )
     for key in document:
         if key not in _TOP_LEVEL:
@@ -620,30 +417,26 @@ def parse_config(
                 f"{did_you_mean(key, list(_TOP_LEVEL))}",
             )
     layers, named_default = reader.layers(document.get("default", {}), "default")
-    for layer in ("endpoints", "routes"):
-        if layer in layers:
-            raise reader.error(
-                f"default.{layer}",
-                f'{layer} belong to a destination ([destinations."HOST"]), not to '
-                "[default], which applies to every host",
-            )
     default = reader.policy(None, layers, "default")
+    refuse_destination_layers(default, "default", where=source)
     table = document.get("destinations", {})
     if not isinstance(table, dict):
-        raise reader.error("destinations", f"expected a table of patterns, got {_show(table)}")
+        raise reader.error(
+            "destinations", f"expected a table of patterns, got {_show(table)}", table
+        )
     destinations: dict[str, Policy] = {}
     named: dict[str | None, frozenset[str]] = {None: named_default}
     seen: dict[str, str] = {}
     for pattern, layer_table in table.items():
-        path = _pattern_path(pattern)
+        path = pattern_path(pattern)
         if not pattern.strip():
             raise reader.error(path, "expected a host pattern, got an empty one")
-        normal = normalise_pattern(pattern, f"{reader.source}: {path}")
+        normal = normalise_pattern(pattern, path, where=reader.source)
         same = seen.setdefault(normal, pattern)
         if same != pattern:
             raise reader.error(
                 path,
-                f"the same pattern as {_pattern_path(same)} "
+                f"the same pattern as {pattern_path(same)} "
                 "(patterns ignore case, surrounding spaces and a trailing dot)",
             )
         layers, named[pattern] = reader.layers(layer_table, path)
@@ -668,7 +461,7 @@ def load_config(path: str | os.PathLike[str]) -> MeshConfig:
         data = read_config_file(name)
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
-        raise ConfigError(f"{name}: cannot read the policy file: {reason}") from exc
+        raise ConfigError(f"cannot read the policy file: {reason}", where=name) from exc
     return parse_config(data, name)
 
 
@@ -676,8 +469,9 @@ def too_large(source: str, size: int | None) -> ConfigError:
     """Return the refusal of a policy document over `MAX_CONFIG_BYTES` (`size` if known)."""
     have = f"{size} bytes" if size is not None else f"more than {MAX_CONFIG_BYTES} bytes"
     return ConfigError(
-        f"{source}: the policy document is {have}, over the limit of {MAX_CONFIG_BYTES} "
-        f"bytes ({MAX_CONFIG_BYTES // 2**20} MiB)"
+        f"the policy document is {have}, over the limit of {MAX_CONFIG_BYTES} "
+        f"bytes ({MAX_CONFIG_BYTES // 2**20} MiB)",
+        where=source,
     )
 
 
@@ -696,238 +490,3 @@ def read_config_file(path: str) -> bytes:
     if len(data) > MAX_CONFIG_BYTES:  # grew after the size check, or not a regular file
         raise too_large(path, None)
     return data
-
-
-def config_from_env(var: str = ENV_VAR) -> MeshConfig | None:
-    """Load the policy file the environment variable `var` names; None when it is unset or empty.
-
-    Raises:
-        ConfigError: the file it names cannot be read or is invalid.
-    """
-    path = os.environ.get(var, "").strip()
-    if not path:
-        return None
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} (named by ${var})") from exc
-
-
-# -- describe ----------------------------------------------------------------------------
-
-
-def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    """Return ``"1 destination"`` or ``"3 destinations"``: a count with its noun agreed.
-
-    Args:
-        count: how many.
-        noun: the singular.
-        nouns: the plural, when it is not `noun` + ``s`` (``"retries"``).
-    """
-    return f"{count} {noun}" if count == 1 else f"{count} {nouns or noun + 's'}"
-
-
-def _codes(codes: frozenset[int]) -> str:
-    ordered = sorted(codes)
-    runs: list[str] = []
-    start = 0
-    for index, code in enumerate(ordered):
-        if index + 1 < len(ordered) and ordered[index + 1] == code + 1:
-            continue  # inside a run
-        first = ordered[start]
-        runs.append(str(code) if first == code else f"{first}-{code}")
-        start = index + 1
-    return ", ".join(runs) or "none"
-
-
-def _percent(share: float) -> str:
-    return f"{_trim(share * 100)}%"
-
-
-def _retry(retry: Any) -> str:
-    backoff = retry.backoff
-    budget = retry.budget
-    if budget is None:
-        spend = "no retry budget"
-    else:
-        spend = (
-            f"budget {_percent(budget.ratio)} of calls + {_trim(budget.min_per_second)}/s "
-            f"over {format_duration(budget.ttl)}"
-        )
-    attempts = plural(retry.attempts, "attempt")
-    return (
-        f"{attempts}; backoff {backoff.jitter} jitter {format_duration(backoff.base)}"
-        f"..{format_duration(backoff.cap)}; on status {_codes(retry.on_status)}"
-        f" for {', '.join(sorted(retry.methods))}; Retry-After up to "
-        f"{format_duration(retry.retry_after_cap)}; {spend}"
-    )
-
-
-def _timeout(timeout: Any) -> str:
-    total = "no total" if timeout.total is None else f"total {format_duration(timeout.total)}"
-    attempt = (
-        "no per-attempt bound"
-        if timeout.attempt is None
-        else f"attempt {format_duration(timeout.attempt)}"
-    )
-    header = "no deadline header" if timeout.header is None else f"header {timeout.header}"
-    return f"{total}, {attempt}; {header}"
-
-
-def _breaker(breaker: Any) -> str:
-    trips = (
-        f"opens at {_percent(breaker.failure_ratio)} failures of >= {breaker.min_calls} calls "
-        f"over {format_duration(breaker.window)}"
-    )
-    if getattr(breaker, "consecutive", None) is not None:
-        trips += f" or {breaker.consecutive} in a row"
-    open_for = f"open {format_duration(breaker.open_for)}"
-    if getattr(breaker, "max_open_for", None) is not None:
-        open_for += f" doubling up to {format_duration(breaker.max_open_for)}"
-    probes = plural(breaker.probes, "probe")
-    return f"{trips}; {open_for}; {probes}; failures: {_codes(breaker.on_status)}"
-
-
-def _bulkhead(bulkhead: Any) -> str:
-    queue = "no queue" if bulkhead.max_queued == 0 else f"{bulkhead.max_queued} queued"
-    return f"{bulkhead.max_concurrent} in flight, {queue}"
-
-
-def _tracing(tracing: Any) -> str:
-    targets = ", ".join(tracing.propagate_to) or "nowhere"
-    headers = ", ".join(tracing.capture_headers) or "none"
-    custom = [
-        name
-        for name in ("tracer_provider", "meter_provider")
-        if getattr(tracing, name, None) is not None
-    ]
-    providers = f"own {' and '.join(custom)}" if custom else "global providers"
-    return (
-        f"context to {targets}; {plural(len(tracing.redact_query), 'query name')} redacted; "
-        f"headers captured: {headers}; {providers}"
-    )
-
-
-def _routes(routes: Any) -> str:
-    """Render routes in the order they are tried: what each takes, then ``-> where``."""
-    shown: list[str] = []
-    for route in routes:
-        takes: list[str] = []
-        if route.headers:
-            takes.append(", ".join(f"{name}: {value}" for name, value in route.headers))
-        if route.weight is not None:
-            share = _percent(route.weight)
-            if route.headers:
-                share += " of those"
-            if route.sticky is not None:
-                share += f" (sticky on {route.sticky})"
-            takes.append(share)
-        shown.append(f"{' '.join(takes) or 'every request'} -> {route.to}")
-    return "; ".join(shown) or "none"
-
-
-def _is_record(value: Any) -> bool:
-    return dataclasses.is_dataclass(value) and not isinstance(value, type)
-
-
-def _generic(value: Any) -> str:
-    """Render a layer this module has no words for: ``name value`` per setting."""
-    if not _is_record(value):
-        return _plain(value)
-    parts: list[str] = []
-    for name, setting in _settings(type(value)).items():
-        if not setting.in_file:
-            continue
-        item = getattr(value, name, None)
-        if item is None:
-            shown = "off"
-        elif setting.duration and isinstance(item, int | float) and not isinstance(item, bool):
-            shown = format_duration(item) if math.isfinite(item) else repr(item)
-        elif _is_record(item):
-            shown = f"({_generic(item)})"
-        elif isinstance(item, tuple) and item and all(map(_is_record, item)):
-            shown = "[" + "; ".join(f"({_generic(v)})" for v in item) + "]"
-        else:
-            shown = _plain(item)
-        parts.append(f"{name} {shown}")
-    return ", ".join(parts)
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, frozenset | set):
-        if all(isinstance(v, int) for v in value):
-            return _codes(frozenset(value))
-        return ", ".join(sorted(map(str, value)))
-    if isinstance(value, tuple | list):
-        return ", ".join(map(str, value))
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
-
-
-_DESCRIBERS = {
-    "retry": _retry,
-    "timeout": _timeout,
-    "breaker": _breaker,
-    "bulkhead": _bulkhead,
-    "tracing": _tracing,
-    "routes": _routes,
-}
-
-
-def describe(policy: Policy, origins: Mapping[str, str] | None = None) -> str:
-    """Return a readable rendering of `policy`: one line per layer, ``off`` when None.
-
-    Args:
-        policy: the policy to show.
-        origins: per layer, where it came from (`MeshConfig.layer_origins`), shown as
-            ``(from ...)`` at the end of its line.
-    """
-    layers = list(_layers())
-    width = max(map(len, layers))
-    lines: list[str] = []
-    for name in layers:
-        value = getattr(policy, name, None)
-        if value is None:
-            text = "off"
-        else:
-            render = _DESCRIBERS.get(name, _generic)
-            try:
-                text = render(value)
-            except Exception:  # a layer this release does not know how to spell
-                text = repr(value)
-        if origins is not None and name in origins:
-            text += f"  (from {origins[name]})"
-        lines.append(f"{name.ljust(width)}  {text}")
-    return "\n".join(lines)
-
-
-def explain(
-    config: MeshConfig, host: str, port: int | None = None, *, mesh: Mesh | None = None
-) -> str:
-    """Return what ``meshlib explain`` shows for `host` (and `port`) under `config`.
-
-    The first line names the table that applies, ``destinations."PATTERN"`` (as the file
-    writes it) or ``default``; then `describe`'s lines for the effective policy,
-    indented, each with the table its layer comes from. The pattern is the one
-    `Mesh.pattern_for` picks, so this always agrees with what requests get.
-
-    Args:
-        config: a parsed policy file.
-        host: the destination's host (an IPv6 literal without brackets).
-        port: its port; None matches ``host`` and globs only, never ``host:port``.
-        mesh: the Mesh built from `config`, if there is one; else one is built.
-    """
-    if mesh is None:
-        from ._mesh import Mesh
-
-        mesh = Mesh(config.default, config.destinations)
-    found = mesh.pattern_for(host, port)
-    written = {normalise_pattern(p): p for p in config.destinations}
-    pattern = None if found is None else written.get(found, found)
-    shown = f"[{host}]" if ":" in host else host
-    target = shown if port is None else f"{shown}:{port}"
-    where = "default" if pattern is None else _pattern_path(pattern)
-    policy = mesh.policy_for(host, port)
-    lines = describe(policy, config.layer_origins(pattern)).splitlines()
-    return "\n".join([f"{target} -> {where}", *(f"  {line}" for line in lines)])

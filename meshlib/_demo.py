@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 import httpx
 
 from ._client import wrap
-from ._config import plural
 from ._deadline import deadline
 from ._errors import MeshError
-from ._faultserver import Behaviour, FaultServer, Hang, Reset, Respond
+from ._explain import plural
 from ._mesh import Mesh
 from ._policy import Backoff, Breaker, Bulkhead, Hedge, Policy, Retry, Route, Timeout
 from .testing import use_random
+from .testing.faults import Behaviour, FaultServer, Hang, Reset, Respond
 
 __all__ = ["run_demo"]
 

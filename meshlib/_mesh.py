@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import threading
-import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,13 +12,18 @@ import httpx
 from ._breaker import BreakerSnapshot, CircuitBreaker, TransitionHook
 from ._budget import RetryBudget
 from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
-from ._config import ENV_VAR, normalise_pattern
+from ._config import ENV_VAR, MeshConfig, load_config
 from ._deadline import DEFAULT_HEADER, GRPC_HEADER, MAX_BUDGET_MS, MAX_GRPC_VALUE
 from ._errors import ConfigError
+
+# refuse_destination_layers is imported from here by _pipeline (until its rewrite).
+from ._patterns import PolicyTable
+from ._patterns import refuse_destination_layers as refuse_destination_layers
 from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Policy
 from ._propagation import inside_mesh, propagates
 from ._runtime import runtime
 from ._sketch import LatencySketch
+from ._sources import FileSource, UrlSource
 from ._state import BoundedMap, Destination, SharedState
 from ._telemetry import Reporter, log_breaker, logger, telemetry_for, watch_breakers
 from ._traffic import EndpointPool, EndpointSnapshot, LatencyWindow
@@ -124,89 +127,6 @@ class Plan:
         self.deadline_max = MAX_GRPC_VALUE if header == GRPC_HEADER else MAX_BUDGET_MS
 
 
-def refuse_destination_layers(policy: Policy, where: str) -> None:
-    """Raise ConfigError if a policy that applies to every destination has endpoints or routes.
-
-    Endpoints and routes describe one destination: as a default they would send
-    every host's requests to the same addresses.
-    """
-    for layer in ("endpoints", "routes"):
-        if getattr(policy, layer) is not None:
-            raise ConfigError(
-                f"{where}.{layer}: endpoints and routes belong to a destination "
-                f'(Mesh(destinations={{...}}) or [destinations."HOST"]), '
-                f"not to a default policy; got {getattr(policy, layer)!r}"
-            )
-
-
-class PolicyTable:
-    """An immutable map from destination patterns to policies, swapped whole on reload.
-
-    Precedence: ``host:port``, then ``host``, then the longest matching glob,
-    else the default.
-    """
-
-    __slots__ = ("default", "destinations", "globs")
-
-    def __init__(self, default: Policy, destinations: Mapping[str, Policy] | None) -> None:
-        if not isinstance(default, Policy):
-            raise ConfigError(f"Mesh.default: expected a meshlib.Policy, got {default!r}")
-        refuse_destination_layers(default, "Mesh.default")
-        if destinations is not None and not isinstance(destinations, Mapping):
-            raise ConfigError(
-                "Mesh.destinations: expected a mapping of host pattern to meshlib.Policy, "
-                f"got {type(destinations).__name__}"
-            )
-        table: dict[str, Policy] = {}
-        given: dict[str, str] = {}
-        for pattern, policy in (destinations or {}).items():
-            if not isinstance(pattern, str) or not pattern.strip():
-                raise ConfigError(f"Mesh.destinations: expected a host pattern, got {pattern!r}")
-            if not isinstance(policy, Policy):
-                raise ConfigError(
-                    f"Mesh.destinations[{pattern!r}]: expected a meshlib.Policy, got {policy!r}"
-                )
-            normal = normalise_pattern(pattern, f"Mesh.destinations[{pattern!r}]")
-            same = given.setdefault(normal, pattern)
-            if same != pattern:
-                raise ConfigError(
-                    f"Mesh.destinations[{pattern!r}]: the same pattern as {same!r} (patterns "
-                    "ignore case, surrounding spaces and a trailing dot); one would be lost"
-                )
-            table[normal] = policy
-        self.default = default
-        self.destinations: Mapping[str, Policy] = types.MappingProxyType(table)
-        # Longest first; sorted() is stable, so equal lengths keep the file's order.
-        # A leading "[" is an IPv6 literal ([::1]:8080), not a glob's character class.
-        self.globs = sorted(
-            (p for p in table if "*" in p or "?" in p or "[" in p[1:]), key=len, reverse=True
-        )
-
-    def pattern_for(self, host: str, port: int | None = None) -> str | None:
-        """Return the pattern that decides `host`'s policy, or None for the default."""
-        host = host.lower().rstrip(".").strip("[]")
-        named = f"[{host}]" if ":" in host else host  # IPv6 literals are written bracketed
-        with_port = f"{named}:{port}" if port is not None else None
-        destinations = self.destinations
-        if with_port is not None and with_port in destinations:
-            return with_port
-        if host in destinations:
-            return host
-        if named in destinations:
-            return named
-        for pattern in self.globs:
-            if fnmatch.fnmatchcase(host, pattern) or (
-                with_port is not None and fnmatch.fnmatchcase(with_port, pattern)
-            ):
-                return pattern
-        return None
-
-    def policy_for(self, host: str, port: int | None = None) -> Policy:
-        """Return the policy that applies to `host` (and `port`)."""
-        pattern = self.pattern_for(host, port)
-        return self.default if pattern is None else self.destinations[pattern]
-
-
 class Mesh:
     """Map destinations to policies and hold their shared state.
 
@@ -306,6 +226,10 @@ class Mesh:
         self._table = table
         self.generation += 1
 
+    def _apply_config(self, config: MeshConfig) -> None:
+        """Take a new policy document from a source (the callback sources report to)."""
+        self.update(config.default, config.destinations)
+
     @classmethod
     def from_file(
         cls,
@@ -327,22 +251,42 @@ class Mesh:
         Raises:
             ConfigError: the file is missing, unreadable or invalid now.
         """
-        from ._config import load_config
-        from ._sources import FileSource
-
         path = os.path.abspath(path)
         config = load_config(path)
         mesh = cls(config.default, config.destinations, max_destinations=max_destinations)
         mesh._origin = config.source
         if reload:
-            mesh._source = FileSource(mesh, path, config.digest, interval)
+            mesh._source = FileSource(mesh._apply_config, path, config.digest, interval)
         return mesh
 
     @classmethod
     def from_env(cls, variable: str = ENV_VAR, **kwargs: Any) -> Mesh | None:
-        """Build a Mesh from the file the environment variable names, or None when unset."""
+        """Build a Mesh from the file the environment variable names, or None when unset.
+
+        Unset, empty and blank are alike. `kwargs` go to `from_file`.
+
+        Raises:
+            ConfigError: the file is missing, unreadable or invalid now; its `where`
+                names the variable and the file: ``$MESHLIB_CONFIG=/etc/mesh.toml``.
+        """
         path = os.environ.get(variable, "").strip()
-        return cls.from_file(path, **kwargs) if path else None
+        if not path:
+            return None
+        try:
+            return cls.from_file(path, **kwargs)
+        except ConfigError as exc:
+            named = f"${variable}={path}"
+            if exc.where != os.path.abspath(path):
+                raise ConfigError(str(exc), where=named) from exc
+            raise ConfigError(
+                exc.reason,
+                where=named,
+                field=exc.field,
+                value=exc.value,
+                expected=exc.expected,
+                line=exc.line,
+                column=exc.column,
+            ) from exc
 
     @classmethod
     def from_url(
@@ -366,8 +310,6 @@ class Mesh:
         Raises:
             ConfigError: the first fetch fails or the document is invalid.
         """
-        from ._sources import UrlSource
-
         source = UrlSource(url, interval, timeout, headers or {}, verify)
         config = source.fetch_first()  # closes the source itself when it fails
         try:
@@ -377,7 +319,7 @@ class Mesh:
             raise
         mesh._origin = config.source
         if reload:
-            source.follow(mesh)
+            source.follow(mesh._apply_config)
             mesh._source = source
         else:
             source.close()
@@ -537,15 +479,8 @@ def _build_default() -> Mesh:
     with _default_lock:
         if _default is not None:  # another thread built it first
             return _default
-        path = os.environ.get(ENV_VAR, "").strip()
-        if not path:
-            _default = Mesh()
-            return _default
-        try:
-            # A typo must not quietly mean STANDARD for every service: refuse it.
-            _default = Mesh.from_file(path)
-        except ConfigError as exc:
-            raise ConfigError(f"${ENV_VAR}={path}: {exc}") from exc
+        # A typo must not quietly mean STANDARD for every service: from_env refuses it.
+        _default = Mesh.from_env() or Mesh()
         return _default
 
 

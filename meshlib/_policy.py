@@ -2,6 +2,10 @@
 
 A `Policy` holds one value per layer; ``None`` switches a layer off. Every
 field of every layer has a default, and ``Policy()`` equals `STANDARD`.
+
+Every layer's value in one module, over 800 lines: each class is short, but carries its
+validation and a docstring users read; one place lets a reader compare the layers and
+lets the policy file's schema (`meshlib._schema`) find them all.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import functools
 import ipaddress
 import math
 import re
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -82,8 +87,9 @@ def _unknown_name(owner: str, kind: str, name: str, choices: list[str]) -> Confi
     """Return the error for a keyword `owner` does not take, naming the closest choice."""
     listed = "layers" if kind == "layer" else "allowed"
     return ConfigError(
-        f"{owner}: unknown {kind} {name!r}; {listed}: {', '.join(choices)}"
-        f"{did_you_mean(name, choices)}"
+        f"unknown {kind} {name!r}; {listed}: {', '.join(choices)}{did_you_mean(name, choices)}",
+        field=owner,
+        value=name,
     )
 
 
@@ -112,8 +118,26 @@ def _known_keywords(kind: str) -> Callable[[type[T]], type[T]]:
     return decorate
 
 
+#: The metadata of a field that holds seconds: a policy file may write it as a duration
+#: string (``"250ms"``, ``"2s"``), and ``meshlib explain`` shows it as one.
+DURATION: Mapping[str, bool] = types.MappingProxyType({"duration": True})
+
+#: What `duration` says a field takes; the file reader spells it the file's way.
+SECONDS_EXPECTED = "seconds (float or timedelta)"
+
+
+def is_duration(spec: dataclasses.Field[Any]) -> bool:
+    """Return whether the dataclass field `spec` holds seconds (it carries `DURATION`)."""
+    return bool(spec.metadata.get("duration", False))
+
+
 def _fail(owner: str, name: str, value: object, expected: str) -> ConfigError:
-    return ConfigError(f"{owner}.{name}: expected {expected}, got {value!r}")
+    return ConfigError(
+        f"expected {expected}, got {value!r}",
+        field=f"{owner}.{name}",
+        value=value,
+        expected=expected,
+    )
 
 
 def duration(
@@ -132,7 +156,7 @@ def duration(
     elif isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        kind = "seconds (float or timedelta)" + (" or None" if optional else "")
+        kind = SECONDS_EXPECTED + (" or None" if optional else "")
         raise _fail(owner, name, value, kind)
     if not math.isfinite(seconds):
         raise _fail(owner, name, value, "a finite number of seconds")
@@ -168,17 +192,15 @@ class Backoff:
             or ``"none"`` (the ceiling itself).
     """
 
-    base: float = 0.05
-    cap: float = 1.0
+    base: float = field(default=0.05, metadata=DURATION)
+    cap: float = field(default=1.0, metadata=DURATION)
     jitter: Jitter = "full"
 
     def __post_init__(self) -> None:
         _set(self, "base", duration("Backoff", "base", self.base))
         _set(self, "cap", duration("Backoff", "cap", self.cap))
         if self.cap < self.base:
-            raise ConfigError(
-                f"Backoff.cap: expected a cap >= base ({self.base!r}), got {self.cap!r}"
-            )
+            raise _fail("Backoff", "cap", self.cap, f"a cap >= base ({self.base!r})")
         if not isinstance(self.jitter, str) or self.jitter not in JITTERS:
             raise _fail("Backoff", "jitter", self.jitter, f"one of {sorted(JITTERS)}")
 
@@ -199,7 +221,7 @@ class Budget:
 
     ratio: float = 0.2
     min_per_second: float = 10.0
-    ttl: float = 10.0
+    ttl: float = field(default=10.0, metadata=DURATION)
 
     def __post_init__(self) -> None:
         _set(self, "ratio", _number("Budget", "ratio", self.ratio))
@@ -229,7 +251,7 @@ class Retry:
     backoff: Backoff = field(default_factory=Backoff)
     on_status: frozenset[int] = RETRYABLE_STATUSES
     methods: frozenset[str] = IDEMPOTENT_METHODS
-    retry_after_cap: float = 30.0
+    retry_after_cap: float = field(default=30.0, metadata=DURATION)
     budget: Budget | None = field(default_factory=Budget)
 
     def __post_init__(self) -> None:
@@ -302,8 +324,8 @@ class Timeout:
             how many whole milliseconds are left; None sends none.
     """
 
-    total: float | None = 30.0
-    attempt: float | None = None
+    total: float | None = field(default=30.0, metadata=DURATION)
+    attempt: float | None = field(default=None, metadata=DURATION)
     header: str | None = "x-envoy-expected-rq-timeout-ms"
 
     def __post_init__(self) -> None:
@@ -320,9 +342,7 @@ class Timeout:
         if self.header is not None:
             _set(self, "header", self.header.lower())
         if self.total is not None and self.attempt is not None and self.attempt > self.total:
-            raise ConfigError(
-                f"Timeout.attempt: expected at most total ({self.total!r}), got {self.attempt!r}"
-            )
+            raise _fail("Timeout", "attempt", self.attempt, f"at most total ({self.total!r})")
 
 
 #: What a breaker counts as a failed response: overload and server errors.
@@ -363,11 +383,11 @@ class Breaker:
 
     failure_ratio: float = 0.5
     min_calls: int = 20
-    window: float = 30.0
-    open_for: float = 5.0
+    window: float = field(default=30.0, metadata=DURATION)
+    open_for: float = field(default=5.0, metadata=DURATION)
     probes: int = 1
     consecutive: int | None = None
-    max_open_for: float | None = None
+    max_open_for: float | None = field(default=None, metadata=DURATION)
     on_status: frozenset[int] = BREAKER_STATUSES
 
     def __post_init__(self) -> None:
@@ -383,9 +403,11 @@ class Breaker:
             _count("Breaker", "consecutive", self.consecutive)
         longest = duration("Breaker", "max_open_for", self.max_open_for, optional=True)
         if longest is not None and longest < self.open_for:
-            raise ConfigError(
-                f"Breaker.max_open_for: expected at least open_for ({self.open_for!r}), "
-                f"got {self.max_open_for!r}"
+            raise _fail(
+                "Breaker",
+                "max_open_for",
+                self.max_open_for,
+                f"at least open_for ({self.open_for!r})",
             )
         _set(self, "max_open_for", longest)
         _set(self, "on_status", _statuses(self.on_status, "Breaker"))
@@ -550,8 +572,8 @@ class Ejection:
     """
 
     consecutive: int = 5
-    base: float = 30.0
-    cap: float = 300.0
+    base: float = field(default=30.0, metadata=DURATION)
+    cap: float = field(default=300.0, metadata=DURATION)
     max_share: float = 0.5
 
     def __post_init__(self) -> None:
@@ -559,9 +581,7 @@ class Ejection:
         _set(self, "base", duration("Ejection", "base", self.base, positive=True))
         _set(self, "cap", duration("Ejection", "cap", self.cap, positive=True))
         if self.cap < self.base:
-            raise ConfigError(
-                f"Ejection.cap: expected a cap >= base ({self.base!r}), got {self.cap!r}"
-            )
+            raise _fail("Ejection", "cap", self.cap, f"a cap >= base ({self.base!r})")
         share = _number("Ejection", "max_share", self.max_share)
         if share > 1:
             raise _fail("Ejection", "max_share", self.max_share, "a share between 0 and 1")
@@ -692,7 +712,7 @@ class Faults:
 
     abort: float = 0.0
     status: int = 503
-    delay: float = 0.0
+    delay: float = field(default=0.0, metadata=DURATION)
     delayed: float = 1.0
 
     def __post_init__(self) -> None:
@@ -728,7 +748,7 @@ class Hedge:
         max_extra: copies at most, per call.
     """
 
-    delay: float | Literal["p95"] = 0.05
+    delay: float | Literal["p95"] = field(default=0.05, metadata=DURATION)
     max_extra: int = 1
 
     def __post_init__(self) -> None:

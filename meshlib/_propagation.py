@@ -14,6 +14,8 @@ import fnmatch
 import ipaddress
 from collections.abc import Iterable
 
+from ._patterns import normalise_host
+
 __all__ = ["MESH_DOMAINS", "inside_mesh", "propagates"]
 
 MESH_DOMAINS = ("*.internal", "*.local", "*.svc.cluster.local")
@@ -28,7 +30,7 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def inside_mesh(host: str) -> bool:
     """Return whether `host` is inside the mesh by the built-in rule."""
-    host = host.lower().rstrip(".").strip("[]")
+    host = normalise_host(host)
     address = _address(host)
     if address is not None:
         return address.is_private or address.is_loopback
@@ -39,7 +41,7 @@ def inside_mesh(host: str) -> bool:
 
 def propagates(host: str, patterns: Iterable[str]) -> bool:
     """Return whether `host` matches one of `patterns` (globs, IP networks or "mesh")."""
-    host = host.lower().rstrip(".").strip("[]")
+    host = normalise_host(host)
     address = _address(host)
     for pattern in patterns:
         if pattern == "mesh":

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ._config import _settings, describe, format_duration, parse_duration
+from ._explain import describe
 from ._policy import NEVER_RECORDED, SENSITIVE_QUERY, Policy
 from ._runtime import runtime
+from ._schema import format_duration, parse_duration, settings_of
 from ._sketch import SKETCH
 from ._telemetry import redact_url
 
@@ -324,7 +325,7 @@ def policy_toml(policy: Policy, pattern: str | None, *, client: bool = False) ->
     else:
         header = f"[destinations.{json.dumps(pattern, ensure_ascii=False)}]"
     lines = [header]
-    for name, setting in _settings(Policy).items():
+    for name, setting in settings_of(Policy).items():
         value = getattr(policy, name, None)
         if value is None and name in _DESTINATION_ONLY and (pattern is None or client):
             continue  # [default] may not name them at all
@@ -332,7 +333,7 @@ def policy_toml(policy: Policy, pattern: str | None, *, client: bool = False) ->
         if value is not None and _is_record(value):
             in_code = [
                 n
-                for n, s in _settings(type(value)).items()
+                for n, s in settings_of(type(value)).items()
                 if not s.in_file and getattr(value, n, None) is not None
             ]
             if in_code:
@@ -363,7 +364,7 @@ def _toml(value: Any, duration: bool = False, header: str | None = None) -> str:
         defaults = _defaults(type(value))
         items = [
             f"{_key(n)} = {_toml(getattr(value, n), s.duration, n)}"
-            for n, s in _settings(type(value)).items()
+            for n, s in settings_of(type(value)).items()
             if s.in_file and (n not in defaults or getattr(value, n) != defaults[n])
         ]
         return "{ " + ", ".join(items) + " }" if items else "true"

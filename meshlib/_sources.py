@@ -1,20 +1,22 @@
 """Where a Mesh's policies come from when they change: a file, or a URL.
 
-Each source runs one daemon thread that polls, parses off the request path,
-and swaps the Mesh's policy table whole (`Mesh.update`). A bad document is
-refused with one log line and the last good policies stay. The thread holds
-the Mesh weakly and stops when the Mesh is closed or collected.
+Each source runs one daemon thread that polls, parses off the request path, and
+reports each new valid document to a callback (the Mesh's, which swaps its policy
+table whole). A bad document is refused with one log line and is never reported, so
+the last good policies stay. A bound method is held weakly: the thread stops when
+its object is collected, or when the source is closed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import httpx
 
@@ -22,10 +24,10 @@ from ._config import MAX_CONFIG_BYTES, MeshConfig, parse_config, read_config_fil
 from ._errors import ConfigError
 from ._telemetry import logger
 
-if TYPE_CHECKING:
-    from ._mesh import Mesh
+__all__ = ["FileSource", "OnConfig", "UrlSource"]
 
-__all__ = ["FileSource", "UrlSource"]
+#: What a source calls with each new valid document.
+OnConfig = Callable[[MeshConfig], None]
 
 
 class _Poller:
@@ -34,7 +36,13 @@ class _Poller:
     def __init__(self, where: str, interval: float) -> None:
         name = f"meshlib-config {where}"
         if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
-            raise ConfigError(f"{name}: interval: expected seconds > 0, got {interval!r}")
+            raise ConfigError(
+                f"expected seconds > 0, got {interval!r}",
+                where=name,
+                field="interval",
+                value=interval,
+                expected="seconds > 0",
+            )
         self.where = where
         self.interval = float(interval)
         self._failing: str | None = None  # the refusal logged last, until a good update
@@ -44,25 +52,29 @@ class _Poller:
         self.loaded_at = time.time()
         self.refused: tuple[float, str] | None = None
         self._stop = threading.Event()
-        self._mesh: weakref.ref[Mesh] | None = None
+        self._on_config: Callable[[], OnConfig | None] = lambda: None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self, mesh: Mesh) -> None:
-        self._mesh = weakref.ref(mesh)
+    def start(self, on_config: OnConfig) -> None:
+        """Poll from now on, reporting each new valid document to `on_config`."""
+        if inspect.ismethod(on_config):  # a bound method: do not keep its object alive
+            self._on_config = weakref.WeakMethod(on_config)
+        else:
+            self._on_config = lambda: on_config
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            mesh = self._mesh() if self._mesh is not None else None
-            if mesh is None:
+            on_config = self._on_config()
+            if on_config is None:
                 return
             try:
-                self.poll(mesh)
+                self.poll(on_config)
             except Exception:  # a poller must outlive any surprise; say so once per poll
                 logger.exception("meshlib policy source %s failed", self._thread.name)
-            del mesh  # do not keep the Mesh alive between polls
+            del on_config  # do not keep its object alive between polls
 
-    def poll(self, mesh: Mesh) -> None:
+    def poll(self, on_config: OnConfig) -> None:
         raise NotImplementedError
 
     def _fail(self, error: ConfigError, state: str | None = None) -> None:
@@ -84,19 +96,15 @@ class _Poller:
         """True from a refusal until the next good update."""
         return self._failing is not None
 
-    def _apply(self, mesh: Mesh, config: MeshConfig) -> None:
-        _apply(mesh, config)
+    def _apply(self, on_config: OnConfig, config: MeshConfig) -> None:
+        on_config(config)
         self.version, self.loaded_at = config.digest, time.time()
-
-
-def _apply(mesh: Mesh, config: MeshConfig) -> None:
-    mesh.update(config.default, config.destinations)
-    logger.info(
-        "applied new policies from %s (%d destinations)",
-        config.source,
-        len(config.destinations),
-        extra={"meshlib_event": "config_applied", "meshlib_source": config.source},
-    )
+        logger.info(
+            "applied new policies from %s (%d destinations)",
+            config.source,
+            len(config.destinations),
+            extra={"meshlib_event": "config_applied", "meshlib_source": config.source},
+        )
 
 
 def _refuse(source: str, error: ConfigError) -> None:
@@ -117,7 +125,7 @@ class FileSource(_Poller):
     """
 
     def __init__(
-        self, mesh: Mesh, path: str | os.PathLike[str], digest: str, interval: float
+        self, on_config: OnConfig, path: str | os.PathLike[str], digest: str, interval: float
     ) -> None:
         super().__init__(os.fspath(path), interval)
         self.path = os.fspath(path)
@@ -125,7 +133,7 @@ class FileSource(_Poller):
         # Unknown rather than read now: the file may have changed since `digest` was
         # taken, and the first poll's hash comparison costs one read.
         self._stat: tuple[int, ...] | None = None
-        self.start(mesh)
+        self.start(on_config)
 
     def _signature(self) -> tuple[int, ...] | None:
         try:
@@ -134,7 +142,7 @@ class FileSource(_Poller):
             return None
         return stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
-    def poll(self, mesh: Mesh) -> None:
+    def poll(self, on_config: OnConfig) -> None:
         signature = self._signature()
         if signature == self._stat:
             return
@@ -142,7 +150,7 @@ class FileSource(_Poller):
         try:
             data = read_config_file(self.path)
         except OSError as exc:
-            self._fail(ConfigError(f"{self.path}: cannot read: {exc.strerror or exc}"))
+            self._fail(ConfigError(f"cannot read: {exc.strerror or exc}", where=self.path))
             return
         except ConfigError as exc:  # too large: one line while it stays so, however it grows
             self._digest = ""  # whatever it shrinks back to is read and applied
@@ -154,7 +162,7 @@ class FileSource(_Poller):
         self._digest = digest  # the same bad content is refused once, not every poll
         if not data.strip():
             # Most likely caught between an editor's truncate and its write.
-            self._fail(ConfigError(f"{self.path}: the file is empty"))
+            self._fail(ConfigError("the file is empty", where=self.path))
             return
         try:
             config = parse_config(data, self.path)
@@ -162,7 +170,7 @@ class FileSource(_Poller):
             self._fail(exc)
             return
         self._failing = None
-        self._apply(mesh, config)
+        self._apply(on_config, config)
 
 
 class UrlSource(_Poller):
@@ -209,7 +217,7 @@ class UrlSource(_Poller):
         if response.status_code == 304:
             return None
         if response.status_code != 200:
-            raise ConfigError(f"{self.url}: HTTP {response.status_code}")
+            raise ConfigError(f"HTTP {response.status_code}", where=self.url)
         digest = hashlib.sha256(data).hexdigest()
         etag = response.headers.get("etag")
         if digest == self._digest:
@@ -229,7 +237,7 @@ class UrlSource(_Poller):
             config = self._parse(self._get())
         except httpx.HTTPError as exc:
             self.close()
-            raise ConfigError(f"{self.url}: cannot fetch: {exc}") from exc
+            raise ConfigError(f"cannot fetch: {exc}", where=self.url) from exc
         except ConfigError:
             self.close()
             raise
@@ -237,15 +245,15 @@ class UrlSource(_Poller):
         self.version = config.digest
         return config
 
-    def follow(self, mesh: Mesh) -> None:
-        self.start(mesh)
+    def follow(self, on_config: OnConfig) -> None:
+        self.start(on_config)
 
-    def poll(self, mesh: Mesh) -> None:
+    def poll(self, on_config: OnConfig) -> None:
         try:
             config = self._parse(self._get())
         except httpx.HTTPError as exc:
             # Resets and refusals alike: one state, "cannot fetch", until it answers.
-            error = ConfigError(f"{self.url}: cannot fetch: {type(exc).__name__}: {exc}")
+            error = ConfigError(f"cannot fetch: {type(exc).__name__}: {exc}", where=self.url)
             self._fail(error, "cannot fetch")
             return
         except ConfigError as exc:
@@ -259,7 +267,7 @@ class UrlSource(_Poller):
             )
             self._failing = None
         if config is not None:
-            self._apply(mesh, config)
+            self._apply(on_config, config)
 
     def close(self) -> None:
         super().close()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import meshlib.testing
 from meshlib import Backoff, Budget, Retry
-from meshlib._budget import RetryBudget
+from meshlib._budget import BudgetState
 from meshlib._retry import RetryState
 from meshlib.testing import FakeClock
 
@@ -199,7 +199,7 @@ def test_waits_follow_the_exponential_ceiling_without_jitter(clock: FakeClock) -
 
 
 def test_stops_for_the_deadline_when_the_wait_would_end_at_it(clock: FakeClock) -> None:
-    budget = RetryBudget(Budget())
+    budget = BudgetState(Budget())
     retry = Retry(attempts=5, backoff=Backoff(base=1.0, cap=1.0, jitter="none"))
     now = clock.now()
     state = RetryState(retry, budget, deadline_at=now + 1.0)
@@ -218,7 +218,7 @@ def test_stops_for_the_deadline_when_the_wait_would_end_past_it(clock: FakeClock
 
 
 def test_waits_when_the_wait_ends_before_the_deadline(clock: FakeClock) -> None:
-    budget = RetryBudget(Budget())
+    budget = BudgetState(Budget())
     retry = Retry(attempts=5, backoff=Backoff(base=1.0, cap=1.0, jitter="none"))
     now = clock.now()
     state = RetryState(retry, budget, deadline_at=now + 1.5)
@@ -228,7 +228,7 @@ def test_waits_when_the_wait_ends_before_the_deadline(clock: FakeClock) -> None:
 
 
 def test_stops_for_a_spent_budget(rng: random.Random, clock: FakeClock) -> None:
-    budget = RetryBudget(Budget(ratio=0.0, min_per_second=0.1, ttl=10.0))  # a reserve of 1
+    budget = BudgetState(Budget(ratio=0.0, min_per_second=0.1, ttl=10.0))  # a reserve of 1
     retry = Retry(attempts=5)
     now = clock.now()
     budget.deposit(now)

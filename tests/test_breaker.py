@@ -14,7 +14,7 @@ import pytest
 
 import meshlib.testing
 from meshlib import Breaker, ConfigError, Mesh, Policy
-from meshlib._breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from meshlib._breaker import CLOSED, HALF_OPEN, OPEN, BreakerState
 from meshlib.testing import FakeClock
 
 LABEL = "http://orders.internal:80"
@@ -24,22 +24,22 @@ T0 = 100.0
 PATIENCE = 30.0
 
 
-def breaker(hook: object = None, **settings: object) -> CircuitBreaker:
+def breaker(hook: object = None, **settings: object) -> BreakerState:
     """A breaker that opens after 2 calls at 50% failures, open 5 s, unless told otherwise."""
     values: dict[str, object] = {"failure_ratio": 0.5, "min_calls": 2, "window": 10.0}
     values["open_for"] = 5.0
     values.update(settings)
-    return CircuitBreaker(Breaker(**values), LABEL, hook)  # type: ignore[arg-type]
+    return BreakerState(Breaker(**values), LABEL, hook)  # type: ignore[arg-type]
 
 
-def trip(cb: CircuitBreaker, now: float) -> None:
+def trip(cb: BreakerState, now: float) -> None:
     """Record failures until `cb` opens (it is closed at first)."""
     for _ in range(cb.settings.min_calls):
         cb.record(0, True, now)
     assert cb.state == OPEN
 
 
-def half_open(cb: CircuitBreaker, now: float) -> int:
+def half_open(cb: BreakerState, now: float) -> int:
     """Open `cb` at `now`, then take the first probe once its open period is over."""
     trip(cb, now)
     ticket = cb.admit(now + 1000.0)

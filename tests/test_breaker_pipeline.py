@@ -448,18 +448,18 @@ async def test_resilient_async_bulkhead() -> None:
 def test_a_slot_freed_while_deciding_to_queue_is_not_taken_twice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from meshlib._bulkhead import ConcurrencyLimit
+    from meshlib._bulkhead import BulkheadState
 
     policy = meshlib.Policy(retry=None, bulkhead=meshlib.Bulkhead(max_concurrent=1, max_queued=1))
-    real = ConcurrencyLimit.try_acquire
+    real = BulkheadState.try_acquire
     answers = iter([None])  # "full, but you may queue", then the real answers
 
-    def racing(self: ConcurrencyLimit) -> bool | None:
+    def racing(self: BulkheadState) -> bool | None:
         for answer in answers:
             return answer
         return real(self)
 
-    monkeypatch.setattr(ConcurrencyLimit, "try_acquire", racing)
+    monkeypatch.setattr(BulkheadState, "try_acquire", racing)
     send("sync", Script(), policy)
     (snapshot,) = meshlib.default_mesh().bulkheads()
     assert snapshot.in_flight == 0  # the one slot taken was given back; none leaked

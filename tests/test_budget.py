@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshlib import Budget
-from meshlib._budget import RetryBudget
+from meshlib._budget import BudgetState
 
 
-def withdrawals(budget: RetryBudget, now: float, limit: int = 10_000) -> int:
+def withdrawals(budget: BudgetState, now: float, limit: int = 10_000) -> int:
     """Withdraw until refused; return how many retries were allowed."""
     allowed = 0
     while budget.try_withdraw(now):
@@ -22,7 +22,7 @@ def withdrawals(budget: RetryBudget, now: float, limit: int = 10_000) -> int:
 
 
 def test_with_no_calls_the_reserve_is_allowed_then_refused() -> None:
-    budget = RetryBudget(Budget(ratio=0.2, min_per_second=1.0, ttl=10.0))
+    budget = BudgetState(Budget(ratio=0.2, min_per_second=1.0, ttl=10.0))
     for _ in range(10):
         assert budget.try_withdraw(0.0)
     assert not budget.try_withdraw(0.0)
@@ -30,7 +30,7 @@ def test_with_no_calls_the_reserve_is_allowed_then_refused() -> None:
 
 
 def test_standard_budget_reserve_is_one_hundred_retries() -> None:
-    assert withdrawals(RetryBudget(Budget()), 0.0) == 100
+    assert withdrawals(BudgetState(Budget()), 0.0) == 100
 
 
 @given(
@@ -39,12 +39,12 @@ def test_standard_budget_reserve_is_one_hundred_retries() -> None:
 )
 @settings(max_examples=50, deadline=None, database=None)
 def test_with_no_calls_exactly_the_reserve_is_allowed(min_per_second: int, ttl: float) -> None:
-    budget = RetryBudget(Budget(ratio=0.2, min_per_second=min_per_second, ttl=ttl))
+    budget = BudgetState(Budget(ratio=0.2, min_per_second=min_per_second, ttl=ttl))
     assert withdrawals(budget, 100.0) == int(min_per_second * ttl)
 
 
 def test_with_calls_the_ratio_adds_to_the_reserve() -> None:
-    budget = RetryBudget(Budget(ratio=0.2, min_per_second=1.0, ttl=10.0))
+    budget = BudgetState(Budget(ratio=0.2, min_per_second=1.0, ttl=10.0))
     for _ in range(100):
         budget.deposit(0.0)
     assert withdrawals(budget, 0.0) == 20 + 10
@@ -59,14 +59,14 @@ def test_with_calls_the_ratio_adds_to_the_reserve() -> None:
 def test_with_calls_ratio_times_calls_plus_reserve_are_allowed(
     calls: int, quarters: int, reserve: int
 ) -> None:
-    budget = RetryBudget(Budget(ratio=quarters / 4, min_per_second=reserve / 2, ttl=2.0))
+    budget = BudgetState(Budget(ratio=quarters / 4, min_per_second=reserve / 2, ttl=2.0))
     for _ in range(calls):
         budget.deposit(0.0)
     assert withdrawals(budget, 0.0) == (quarters * calls) // 4 + reserve
 
 
 def test_a_zero_budget_refuses_every_retry() -> None:
-    budget = RetryBudget(Budget(ratio=0.0, min_per_second=0.0, ttl=10.0))
+    budget = BudgetState(Budget(ratio=0.0, min_per_second=0.0, ttl=10.0))
     for _ in range(50):
         budget.deposit(0.0)
     assert not budget.try_withdraw(0.0)
@@ -74,7 +74,7 @@ def test_a_zero_budget_refuses_every_retry() -> None:
 
 
 def test_refused_retries_are_not_counted() -> None:
-    budget = RetryBudget(Budget(ratio=0.0, min_per_second=0.5, ttl=10.0))  # reserve 5
+    budget = BudgetState(Budget(ratio=0.0, min_per_second=0.5, ttl=10.0))  # reserve 5
     assert withdrawals(budget, 0.0) == 5
     for _ in range(10):
         assert not budget.try_withdraw(0.0)
@@ -82,7 +82,7 @@ def test_refused_retries_are_not_counted() -> None:
 
 
 def test_calls_leave_the_window_after_ttl() -> None:
-    budget = RetryBudget(Budget(ratio=0.2, min_per_second=1.0, ttl=10.0))
+    budget = BudgetState(Budget(ratio=0.2, min_per_second=1.0, ttl=10.0))
     for _ in range(100):
         budget.deposit(0.0)
     assert budget.snapshot(9.0) == (100, 0)
@@ -92,7 +92,7 @@ def test_calls_leave_the_window_after_ttl() -> None:
 
 
 def test_retries_leave_the_window_after_ttl() -> None:
-    budget = RetryBudget(Budget(ratio=0.2, min_per_second=1.0, ttl=10.0))
+    budget = BudgetState(Budget(ratio=0.2, min_per_second=1.0, ttl=10.0))
     assert withdrawals(budget, 0.0) == 10
     assert not budget.try_withdraw(5.0)
     assert budget.try_withdraw(11.0)
@@ -100,7 +100,7 @@ def test_retries_leave_the_window_after_ttl() -> None:
 
 
 def test_the_window_slides_rather_than_resetting_at_once() -> None:
-    budget = RetryBudget(Budget(ratio=1.0, min_per_second=0.0, ttl=10.0))
+    budget = BudgetState(Budget(ratio=1.0, min_per_second=0.0, ttl=10.0))
     for _ in range(10):
         budget.deposit(0.0)
     for _ in range(10):
@@ -112,7 +112,7 @@ def test_the_window_slides_rather_than_resetting_at_once() -> None:
 
 
 def test_a_long_quiet_gap_forgets_everything() -> None:
-    budget = RetryBudget(Budget(ratio=0.5, min_per_second=0.0, ttl=1.0))
+    budget = BudgetState(Budget(ratio=0.5, min_per_second=0.0, ttl=1.0))
     for step in range(20):
         budget.deposit(step * 0.1)
     budget.try_withdraw(1.9)
@@ -120,7 +120,7 @@ def test_a_long_quiet_gap_forgets_everything() -> None:
 
 
 def test_snapshot_counts_calls_and_retries() -> None:
-    budget = RetryBudget(Budget(ratio=0.5, min_per_second=0.0, ttl=10.0))
+    budget = BudgetState(Budget(ratio=0.5, min_per_second=0.0, ttl=10.0))
     assert budget.snapshot(0.0) == (0, 0)
     for _ in range(6):
         budget.deposit(1.0)
@@ -132,7 +132,7 @@ def test_snapshot_counts_calls_and_retries() -> None:
 def test_an_older_timestamp_arriving_late_does_not_wipe_newer_counts() -> None:
     # Threads read the clock before they take the budget's lock, so a call stamped
     # a moment earlier can be recorded after one stamped later.
-    budget = RetryBudget(Budget(ratio=0.2, min_per_second=1.0, ttl=10.0))
+    budget = BudgetState(Budget(ratio=0.2, min_per_second=1.0, ttl=10.0))
     for _ in range(5):
         budget.deposit(11.0)
     budget.deposit(10.99)
@@ -141,7 +141,7 @@ def test_an_older_timestamp_arriving_late_does_not_wipe_newer_counts() -> None:
 
 @pytest.mark.parametrize("operation", ["deposit", "try_withdraw"])
 def test_concurrent_updates_are_all_counted(operation: str) -> None:
-    budget = RetryBudget(Budget(ratio=0.0, min_per_second=1000.0, ttl=10.0))  # reserve 10000
+    budget = BudgetState(Budget(ratio=0.0, min_per_second=1000.0, ttl=10.0))  # reserve 10000
     start = threading.Barrier(8)
 
     def work() -> None:
@@ -160,7 +160,7 @@ def test_concurrent_updates_are_all_counted(operation: str) -> None:
 
 
 def test_concurrent_withdrawals_never_exceed_the_budget() -> None:
-    budget = RetryBudget(Budget(ratio=0.0, min_per_second=50.0, ttl=10.0))  # reserve 500
+    budget = BudgetState(Budget(ratio=0.0, min_per_second=50.0, ttl=10.0))  # reserve 500
     start = threading.Barrier(8)
     granted = [0] * 8
 
@@ -182,7 +182,7 @@ def test_concurrent_withdrawals_never_exceed_the_budget() -> None:
 def test_a_call_at_a_bucket_edge_counts_in_the_new_bucket() -> None:
     # ttl 10: buckets one second wide. A call at exactly t=1 starts bucket [1, 2),
     # so it is still counted at t=10.5 while the call at t=0.99 has left.
-    budget = RetryBudget(Budget(ratio=1.0, min_per_second=0.0, ttl=10.0))
+    budget = BudgetState(Budget(ratio=1.0, min_per_second=0.0, ttl=10.0))
     budget.deposit(0.99)
     budget.deposit(1.0)
     assert budget.snapshot(1.5) == (2, 0)
@@ -192,7 +192,7 @@ def test_a_call_at_a_bucket_edge_counts_in_the_new_bucket() -> None:
 def test_a_late_older_reading_counts_in_the_newest_bucket() -> None:
     # Threads read the clock before taking the lock: a reading from the previous
     # bucket that arrives late is counted, never lost and never rewinds the window.
-    budget = RetryBudget(Budget(ratio=1.0, min_per_second=0.0, ttl=10.0))
+    budget = BudgetState(Budget(ratio=1.0, min_per_second=0.0, ttl=10.0))
     budget.deposit(5.5)
     budget.deposit(4.9)
     assert budget.snapshot(5.5) == (2, 0)

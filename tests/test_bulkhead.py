@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from meshlib import Bulkhead, BulkheadSnapshot, ConfigError, Mesh, Policy
-from meshlib._bulkhead import ConcurrencyLimit
+from meshlib._bulkhead import BulkheadState
 
 LABEL = "http://orders.internal:80"
 # Seconds a waiter may wait in tests where it is expected to get through, and the longest
@@ -22,8 +22,8 @@ LABEL = "http://orders.internal:80"
 PATIENCE = 30.0
 
 
-def limit(max_concurrent: int, max_queued: int = 0) -> ConcurrencyLimit:
-    return ConcurrencyLimit(Bulkhead(max_concurrent=max_concurrent, max_queued=max_queued), LABEL)
+def limit(max_concurrent: int, max_queued: int = 0) -> BulkheadState:
+    return BulkheadState(Bulkhead(max_concurrent=max_concurrent, max_queued=max_queued), LABEL)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = PATIENCE) -> None:
@@ -85,7 +85,7 @@ def test_acquire_takes_a_free_slot_at_once() -> None:
 class Waiters:
     """Threads that queue for a slot one at a time and note the order they got through."""
 
-    def __init__(self, lim: ConcurrencyLimit) -> None:
+    def __init__(self, lim: BulkheadState) -> None:
         self.lim = lim
         self.order: list[int] = []
         self.results: dict[int, bool] = {}

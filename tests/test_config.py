@@ -28,17 +28,13 @@ from meshlib._config import (
     ENV_VAR,
     MeshConfig,
     _Reader,
-    _settings,
-    config_from_env,
-    describe,
-    explain,
-    format_duration,
     load_config,
-    normalise_pattern,
     parse_config,
-    parse_duration,
 )
-from meshlib._policy import Tracing
+from meshlib._explain import describe, explain
+from meshlib._patterns import normalise_pattern
+from meshlib._policy import DURATION, Tracing
+from meshlib._schema import format_duration, parse_duration, settings_of
 
 # Every setting of every layer, in the file and in Python.
 FULL_TOML = """\
@@ -177,7 +173,7 @@ def test_the_full_file_names_every_setting_of_every_layer() -> None:
     written = json.dumps(FULL_JSON)
     for layer in ("retry", "timeout", "breaker", "bulkhead", "tracing"):
         for cls in (type(getattr(FULL_DEFAULT, layer)), Backoff, Budget):
-            for name, setting in _settings(cls).items():
+            for name, setting in settings_of(cls).items():
                 if setting.in_file:
                     assert f'"{name}"' in written, (cls.__name__, name)
 
@@ -614,6 +610,104 @@ def test_errors_are_config_errors_and_value_errors_chained_to_the_cause() -> Non
     assert isinstance(raised.value.__cause__, ConfigError)
 
 
+def test_a_validator_s_error_carries_its_parts() -> None:
+    with pytest.raises(ConfigError) as raised:
+        meshlib.Retry(attempts=0)
+    error = raised.value
+    assert (error.where, error.field, error.value, error.line) == (None, "Retry.attempts", 0, None)
+    assert error.expected == "an int >= 1 (it counts the first call)"
+    assert error.reason == "expected an int >= 1 (it counts the first call), got 0"
+    assert str(error) == f"Retry.attempts: {error.reason}"
+
+
+def test_the_file_reader_sets_where_and_the_field_s_path_in_the_file() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse('[destinations."api.internal"]\ntimeout = { total = "-2s" }', "fleet.toml")
+    error = raised.value
+    assert error.where == "fleet.toml"
+    assert error.field == 'destinations."api.internal".timeout.total'
+    assert error.value == "-2s"
+    assert error.reason.startswith("expected a duration")
+    assert str(error) == f"fleet.toml: {error.field}: {error.reason}"
+    with pytest.raises(ConfigError) as raised:
+        parse("[default]\nretry = { attempts = 0, backoff = { base = false } }", "fleet.toml")
+    error = raised.value
+    assert (error.where, error.field, error.value) == (
+        "fleet.toml",
+        "default.retry.backoff.base",
+        False,
+    )
+    assert error.reason == 'expected a duration (seconds, or a string such as "2s"), got false'
+    assert isinstance(error.__cause__, ConfigError)
+    assert error.__cause__.field == "Backoff.base"
+
+
+@pytest.mark.parametrize(
+    ("text", "source", "line", "column"),
+    [
+        ("[default]\nretry = {", "mesh.toml", 2, 10),
+        ("[default]\nretry = { attempts = 2 }\n[[x", "mesh.toml", 3, 4),
+        ('{"default":\n  {"retry": }}', "mesh.json", 2, 13),
+    ],
+)
+def test_a_syntax_error_carries_the_file_line_and_column(
+    text: str, source: str, line: int, column: int
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(text, source)
+    error = raised.value
+    assert (error.where, error.line, error.column, error.field) == (source, line, column, None)
+    assert str(error) == f"{source}, line {line}, column {column}: {error.reason}"
+    assert error.reason.startswith(f"invalid {source[-4:].upper()}: ")
+
+
+def test_a_file_that_cannot_be_read_is_where(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as raised:
+        load_config(missing)
+    assert raised.value.where == str(missing)
+    assert raised.value.reason.startswith("cannot read the policy file: ")
+
+
+def test_durations_are_the_fields_marked_so() -> None:
+    marked = sorted(
+        f"{cls.__name__}.{spec.name}"
+        for cls in (
+            meshlib.Backoff,
+            meshlib.Budget,
+            meshlib.Retry,
+            meshlib.Timeout,
+            meshlib.Breaker,
+            meshlib.Bulkhead,
+            meshlib.Tracing,
+            meshlib.Ejection,
+            meshlib.Endpoints,
+            meshlib.Route,
+            meshlib.Faults,
+            meshlib.Hedge,
+            meshlib.Policy,
+        )
+        for spec in dataclasses.fields(cls)
+        if spec.metadata.get("duration")
+    )
+    assert marked == [
+        "Backoff.base", "Backoff.cap", "Breaker.max_open_for", "Breaker.open_for",
+        "Breaker.window", "Budget.ttl", "Ejection.base", "Ejection.cap", "Faults.delay",
+        "Hedge.delay", "Retry.retry_after_cap", "Timeout.attempt", "Timeout.total",
+    ]  # fmt: skip
+
+
+def test_a_float_field_not_marked_as_a_duration_takes_no_duration_string() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class _Rate:
+        per_window: float = 1.0  # a float, named like no share or ratio
+
+    # Not read as seconds: the string reaches the class's own validation as written.
+    assert _Reader("x").build(_Rate, {"per_window": "2s"}, "y") == _Rate("2s")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^x: default\.breaker\.failure_ratio: .*got \'2s\'"):
+        parse('[default]\nbreaker = { failure_ratio = "2s" }', "x")
+
+
 @pytest.mark.parametrize(
     ("data", "source"),
     [
@@ -720,13 +814,18 @@ class _Leg:
 
 @dataclasses.dataclass(frozen=True)
 class _Hedge:
-    delay: float | str = 0.05
+    delay: float | str = dataclasses.field(default=0.05, metadata=DURATION)
     max_extra: int = 1
     legs: tuple[_Leg, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.delay, str) and self.delay != "p95":
-            raise ConfigError(f"_Hedge.delay: expected seconds or 'p95', got {self.delay!r}")
+            # A validator names its field as an attribute; the reader moves it into the file.
+            raise ConfigError(
+                f"expected seconds or 'p95', got {self.delay!r}",
+                field="_Hedge.delay",
+                value=self.delay,
+            )
 
 
 def test_a_layer_of_plain_keyword_tables_needs_no_code_here() -> None:
@@ -772,7 +871,7 @@ _Plain.__module__ = "meshlib._future"
 @dataclasses.dataclass(frozen=True)
 class _Holder:
     plain: _Plain | None = None
-    limit: Annotated[float, "seconds"] = 1.0
+    limit: Annotated[float, "seconds"] = dataclasses.field(default=1.0, metadata=DURATION)
 
 
 def test_settings_classes_that_are_not_dataclasses_work_by_their_signature() -> None:
@@ -807,35 +906,45 @@ def test_load_config_names_a_file_it_cannot_read(tmp_path: Path) -> None:
         load_config(tmp_path)
 
 
-def test_config_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mesh_from_env_is_the_one_environment_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
-    assert config_from_env() is None
+    assert Mesh.from_env() is None
     monkeypatch.setenv(ENV_VAR, "  ")
-    assert config_from_env() is None
+    assert Mesh.from_env() is None
     path = tmp_path / "mesh.json"
     path.write_text(json.dumps(FULL_JSON))
     monkeypatch.setenv(ENV_VAR, str(path))
-    config = config_from_env()
-    assert config is not None
-    assert config.source == str(path)
-    assert config == parse(FULL_TOML)
+    mesh = Mesh.from_env(reload=False)
+    assert mesh is not None
+    expected = parse(FULL_TOML)
+    assert mesh.default == expected.default
+    assert dict(mesh.destinations) == {
+        normalise_pattern(p): policy for p, policy in expected.destinations.items()
+    }
     monkeypatch.setenv("OTHER_MESH", str(path))
-    assert config_from_env("OTHER_MESH") == config
+    other = Mesh.from_env("OTHER_MESH", reload=False)
+    assert other is not None
+    assert other.default == mesh.default
 
 
-def test_config_from_env_names_the_variable_when_the_file_is_bad(
+def test_mesh_from_env_names_the_variable_when_the_file_is_bad(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "mesh.toml"
     path.write_text("[default]\nretry = { attempts = 0 }\n")
     monkeypatch.setenv(ENV_VAR, str(path))
     with pytest.raises(ConfigError) as raised:
-        config_from_env()
-    assert str(raised.value).startswith(f"{path}: default.retry.attempts: expected an int >= 1")
-    assert str(raised.value).endswith("(named by $MESHLIB_CONFIG)")
+        Mesh.from_env(reload=False)
+    assert str(raised.value).startswith(
+        f"$MESHLIB_CONFIG={path}: default.retry.attempts: expected an int >= 1"
+    )
+    assert raised.value.where == f"$MESHLIB_CONFIG={path}"
+    assert (raised.value.field, raised.value.value) == ("default.retry.attempts", 0)
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "gone.toml"))
-    with pytest.raises(ConfigError, match=r"gone\.toml: cannot read .*\$MESHLIB_CONFIG"):
-        config_from_env()
+    with pytest.raises(ConfigError, match=r"^\$MESHLIB_CONFIG=.*gone\.toml: cannot read "):
+        Mesh.from_env(reload=False)
 
 
 # -- patterns ------------------------------------------------------------------------------
@@ -970,7 +1079,7 @@ def test_describe_says_off_and_shows_where_layers_come_from() -> None:
 
 
 def test_describe_renders_layers_it_does_not_know_by_their_fields() -> None:
-    from meshlib._config import _generic
+    from meshlib._explain import _generic
 
     hedge = _Hedge(delay=0.02, legs=(_Leg("a", 0.5),))
     assert _generic(hedge) == "delay 20ms, max_extra 1, legs [(to a, weight 0.5, headers off)]"

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import trustme
 
-import meshlib._faultserver
-from meshlib._faultserver import (
+import meshlib.testing.faults
+from meshlib.testing.faults import (
     Chaos,
     Close,
     Drip,
@@ -39,7 +39,7 @@ PROMPT = 5.0
 
 @pytest.fixture
 def patient_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(meshlib._faultserver, "_STOP_JOIN_TIMEOUT", 60.0)
+    monkeypatch.setattr(meshlib.testing.faults, "_STOP_JOIN_TIMEOUT", 60.0)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

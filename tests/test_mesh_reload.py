@@ -17,7 +17,7 @@ import pytest
 
 import meshlib
 import meshlib.testing
-from meshlib._config import MAX_CONFIG_BYTES, parse_config
+from meshlib._config import MAX_CONFIG_BYTES, MeshConfig, parse_config
 from meshlib._sources import FileSource, UrlSource
 
 pytestmark = pytest.mark.usefixtures("no_waits")
@@ -219,6 +219,21 @@ def test_a_thousand_destinations_load_quickly(tmp_path: Path) -> None:
     assert len(mesh.destinations) == 1000
     assert mesh.policy_for("svc-999.internal").timeout == meshlib.Timeout(total=10)
     assert took < 1.0
+
+
+def test_a_file_source_reports_each_new_config_to_its_callback(policy_file: Path) -> None:
+    # The source knows nothing of Mesh: any callable taking a MeshConfig will do.
+    reported: list[MeshConfig] = []
+    source = FileSource(reported.append, policy_file, "", 0.05)
+    try:
+        _until(lambda: len(reported) == 1)
+        assert reported[0].source == str(policy_file)
+        assert reported[0] == parse_config(POLICY_A, str(policy_file))
+        _write(policy_file, POLICY_B)
+        _until(lambda: len(reported) == 2)
+        assert reported[1] == parse_config(POLICY_B, str(policy_file))
+    finally:
+        source.close()
 
 
 def test_from_env(monkeypatch: pytest.MonkeyPatch, policy_file: Path) -> None:

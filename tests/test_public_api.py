@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.resources
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -101,6 +103,28 @@ def test_every_testing_name_is_importable(module: str, name: str) -> None:
     namespace: dict[str, object] = {}
     exec(f"from {module} import {name}", namespace)
     assert namespace[name] is getattr(importlib.import_module(module), name)
+
+
+# Server code: what needs only the clock must not load it.
+_SERVER_MODULES = ("socketserver", "http.server")
+
+
+def test_importing_meshlib_and_its_clock_loads_no_server_code() -> None:
+    # A fresh interpreter: this one has long imported the fault server for other tests.
+    script = (
+        "import sys\n"
+        "import meshlib, meshlib.testing\n"
+        "from meshlib.testing import FakeClock, reset, set_testing, use_clock, use_random\n"
+        "print(sorted(m for m in sys.modules\n"
+        f"             if m in {_SERVER_MODULES!r} or m.startswith('meshlib') and 'fault' in m))\n"
+        "from meshlib.testing import FaultServer, Respond\n"
+        "import meshlib.testing.faults as faults\n"
+        "print(FaultServer is faults.FaultServer and Respond is faults.Respond)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.splitlines() == ["[]", "True"]
 
 
 def test_public_classes_do_not_leak_private_module_names() -> None:

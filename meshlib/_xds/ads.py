@@ -46,6 +46,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 from .._errors import ConfigError
+from .._version import __version__
 from .bootstrap import Bootstrap
 
 MISSING_EXTRA = "the xDS client needs grpcio and xds-protos: pip install 'meshlib[xds]'"
@@ -849,8 +850,6 @@ def _decode(
 
 
 def _node_message(bootstrap: Bootstrap) -> Any:
-    from .. import __version__
-
     node = bootstrap.node
     message = base_pb2.Node(
         id=node.id,

@@ -291,7 +291,7 @@ def chaos(seed: int) -> Any:
     """The load test's upstream: ~10% faults (4% resets, 3% 503s, 3% answers 200 ms late)."""
     import random
 
-    from meshlib._faultserver import Chaos, Reset, Respond
+    from meshlib.testing.faults import Chaos, Reset, Respond
 
     return Chaos(
         [(0.04, Reset()), (0.03, Respond(503)), (0.03, Respond(200, delay=0.2))],
@@ -314,7 +314,7 @@ def flaky_server(ssl_context: Any) -> Any:
     """
     import random
 
-    from meshlib._faultserver import FaultServer, Respond
+    from meshlib.testing.faults import FaultServer, Respond
 
     ok, fail = Respond(200), Respond(503, b"flaky")
 
@@ -343,7 +343,7 @@ def retry_after(name: str) -> Any:
     """A 503 whose Retry-After is 1 s (``seconds``), 2 s ahead (``date``) or 60 s (``long``)."""
     from email.utils import formatdate
 
-    from meshlib._faultserver import Respond
+    from meshlib.testing.faults import Respond
 
     values = {
         "seconds": "1",
@@ -354,7 +354,7 @@ def retry_after(name: str) -> Any:
 
 
 def _serve(kind: str, lifetime: float, tls: list[str]) -> None:
-    from meshlib._faultserver import Respond
+    from meshlib.testing.faults import Respond
 
     # The parent may die without closing our stdin: never outlive `lifetime`.
     watchdog = threading.Timer(lifetime, os._exit, args=(3,))

@@ -3,7 +3,10 @@
 - `set_testing` removes backoff waits (a switch, also a context manager).
 - `FakeClock`, `use_clock` and `use_random` make timing and jitter exact.
 - `reset` forgets the process-wide default Mesh and its per-destination state.
-- `FaultServer` is a real HTTP server on 127.0.0.1 that injects faults.
+- `FaultServer` is a real HTTP server on 127.0.0.1 that injects faults; it and its
+  behaviours (`Respond`, `Reset`, `Close`, `Hang`, `Drip`, `Chaos`, `RecordedRequest`)
+  live in `meshlib.testing.faults`, imported on first use, so that importing
+  `FakeClock` opens no socket code.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._faultserver import Chaos, Close, Drip, FaultServer, Hang, RecordedRequest, Reset, Respond
-from ._mesh import forget_default_mesh
-from ._runtime import Clock, runtime
+from .._mesh import forget_default_mesh
+from .._runtime import Clock, runtime
+
+if TYPE_CHECKING:
+    from .faults import Chaos, Close, Drip, FaultServer, Hang, RecordedRequest, Reset, Respond
 
 __all__ = [
     "Chaos",
@@ -34,6 +40,26 @@ __all__ = [
     "use_clock",
     "use_random",
 ]
+
+# The fault server's names, served from `meshlib.testing.faults` when first asked for:
+# the server is sockets and threads that code needing only the clock should not load.
+_FAULTS = frozenset(
+    ("Chaos", "Close", "Drip", "FaultServer", "Hang", "RecordedRequest", "Reset", "Respond")
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FAULTS:
+        from . import faults  # lazy on purpose: see _FAULTS
+
+        value = getattr(faults, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _FAULTS)
 
 
 class set_testing:
