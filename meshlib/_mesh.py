@@ -14,6 +14,7 @@ import httpx
 from ._breaker import BreakerSnapshot, CircuitBreaker, TransitionHook
 from ._budget import RetryBudget
 from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
+from ._compat import uri_reference
 from ._config import ENV_VAR, normalise_pattern
 from ._deadline import DEFAULT_HEADER, GRPC_HEADER, MAX_BUDGET_MS, MAX_GRPC_VALUE
 from ._errors import ConfigError
@@ -393,7 +394,7 @@ class Mesh:
         """Return the plan for a request to `url`, under `policy` or the Mesh's own."""
         # httpx's parsed form: reading its fields costs a fraction of url.netloc's
         # encoding, and this runs on every request (httpx is pinned below 0.29).
-        ref = url._uri_reference
+        ref = uri_reference(url)
         # Keyed by identity: hashing a policy by value costs a Python call. A
         # recycled id is caught by the identity check below.
         key = (id(policy), ref.scheme, ref.host, ref.port)

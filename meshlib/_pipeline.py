@@ -33,6 +33,7 @@ import anyio
 import httpx
 
 from ._breaker import CLOSED
+from ._compat import uri_reference
 from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._headers import put_header
@@ -146,7 +147,7 @@ class _Pipeline:
             )
         # Most clients talk to one destination: remember the last plan and skip
         # the Mesh's lookup while it still matches (httpx's parsed URL fields).
-        ref = request.url._uri_reference
+        ref = uri_reference(request.url)
         last = self._last
         if (
             last is not None
