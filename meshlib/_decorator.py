@@ -11,7 +11,7 @@ import anyio
 
 from ._deadline import DEADLINE_SLACK
 from ._errors import ConfigError, MeshError
-from ._mesh import Mesh, Plan
+from ._mesh import Mesh
 from ._pipeline import (
     _resolve,
     admit,
@@ -23,6 +23,7 @@ from ._pipeline import (
     release,
     report_decision,
 )
+from ._plan import Plan
 from ._policy import STANDARD, Policy
 from ._retry import RetryState
 from ._runtime import runtime
@@ -103,7 +104,7 @@ def resilient(
 
             @functools.wraps(fn, _WRAPPER_ASSIGNMENTS)
             async def call_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                plan = mesh.function_plan(fixed_policy, name)
+                plan = mesh._plans.for_function(fixed_policy, name)
                 now = runtime.clock.now()
                 deadline_at = call_deadline(plan, now)
                 bulkhead = plan.bulkhead
@@ -130,7 +131,7 @@ def resilient(
 
         @functools.wraps(fn, _WRAPPER_ASSIGNMENTS)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            plan = mesh.function_plan(fixed_policy, name)
+            plan = mesh._plans.for_function(fixed_policy, name)
             now = runtime.clock.now()
             deadline_at = call_deadline(plan, now)
             bulkhead = plan.bulkhead

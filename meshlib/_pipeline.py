@@ -33,11 +33,11 @@ import anyio
 import httpx
 
 from ._breaker import CLOSED
-from ._compat import uri_reference
 from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._headers import put_header
-from ._mesh import Mesh, Plan, default_mesh, refuse_destination_layers
+from ._mesh import Mesh, default_mesh, refuse_destination_layers
+from ._plan import Plan
 from ._policy import STANDARD, Policy, Retry
 from ._retry import (
     RetryState,
@@ -126,7 +126,6 @@ class _Pipeline:
 
     def __init__(self, policy_or_mesh: Policy | Mesh | None = None) -> None:
         self.mesh, self.policy = _resolve(policy_or_mesh)
-        self._last: Plan | None = None
 
     def __repr__(self) -> str:
         inner = _inner_name(getattr(self, "inner", None))
@@ -145,21 +144,7 @@ class _Pipeline:
             raise ConfigError(
                 f"extensions[{POLICY_EXTENSION!r}]: expected a meshlib.Policy, got {policy!r}"
             )
-        # Most clients talk to one destination: remember the last plan and skip
-        # the Mesh's lookup while it still matches (httpx's parsed URL fields).
-        ref = uri_reference(request.url)
-        last = self._last
-        if (
-            last is not None
-            and last.url_host == ref.host
-            and last.url_port == ref.port
-            and last.url_scheme == ref.scheme
-            and last.requested is policy
-            and last.generation == self.mesh.generation
-        ):
-            plan = last
-        else:
-            plan = self._last = self.mesh.plan(policy, request.url)
+        plan = self.mesh._plans.for_url(policy, request.url)
         if plan.routes:
             route = choose_route(plan.routes, request)
             if route is not None:
@@ -170,7 +155,7 @@ class _Pipeline:
                     host=host, port=port if port is not None else request.url.port
                 )
                 request.headers["Host"] = request.url.netloc.decode("ascii")
-                plan = self.mesh.plan(policy, request.url)
+                plan = self.mesh._plans.for_url(policy, request.url)
         return plan
 
 
