@@ -187,7 +187,8 @@ class Call:
         self.response: httpx.Response | None = None
         self.holds_slot = False
         self.scope: Any = None  # a function's span, while it is current
-        self.timeouts: dict[str, float | None] | None = None  # the caller's, once lowered
+        # The caller's own timeouts, kept here (not in the request's extensions).
+        self.timeouts: dict[str, float | None] | None = None
         self.wait = 0.0
         self.queue_for: float | None = None
         self.bound: float | None = None
@@ -407,11 +408,11 @@ class Call:
     def _bound_phases(self, request: httpx.Request, bound: float) -> None:
         """Give each httpcore phase the smaller of the caller's own timeout and `bound`."""
         extensions = request.extensions
-        # Bounds come from the caller's own timeouts, kept aside the first time they
-        # are lowered, so a later attempt does not inherit shrunken ones.
+        # Bounds come from the caller's own timeouts, kept aside on the first attempt,
+        # so a later one does not inherit those this call (or its body's read) lowered.
         base = self.timeouts
         if base is None:
-            base = extensions.get("timeout") or {}
+            base = self.timeouts = extensions.get("timeout") or {}
             # Unrolled: this runs on every request.
             get = base.get
             connect, read, write, pool = get("connect"), get("read"), get("write"), get("pool")
@@ -426,7 +427,6 @@ class Call:
                 and pool <= bound
             ):
                 return  # every phase is already within the bound: the common case
-            self.timeouts = base
         extensions["timeout"] = {
             phase: bound if (value := base.get(phase)) is None or value > bound else value
             for phase in _PHASES
@@ -467,6 +467,7 @@ class Call:
                     response,
                     deadline_at,
                     plan.label,
+                    self.timeouts,
                 )
         elif deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
             response.stream = SyncDeadlineStream(
@@ -475,6 +476,7 @@ class Call:
                 response,
                 deadline_at,
                 plan.label,
+                self.timeouts,
             )
         self.response = response
         retry = plan.policy.retry
