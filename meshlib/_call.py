@@ -85,7 +85,18 @@ if TYPE_CHECKING:
 
     from ._telemetry import Telemetry
 
-__all__ = ["DRAIN", "QUEUE", "RAISE", "RETURN", "SEND", "WAIT", "Attempt", "Call"]
+__all__ = [
+    "DRAIN",
+    "QUEUE",
+    "RAISE",
+    "RETURN",
+    "SEND",
+    "WAIT",
+    "Attempt",
+    "Call",
+    "is_failure",
+    "route",
+]
 
 # What a driver does next (module constants: compared by identity, cheaply).
 SEND = 1
@@ -131,6 +142,14 @@ def route(plans: Plans, policy: Policy | None, request: httpx.Request) -> Plan:
             request.headers["Host"] = request.url.netloc.decode("ascii")
             plan = plans.for_url(policy, request.url)
     return plan
+
+
+def is_failure(exc: Exception) -> bool:
+    """Return whether an attempt's exception counts against the destination (breaker, endpoint).
+
+    Connection errors, timeouts and protocol errors; never meshlib's own rejections.
+    """
+    return isinstance(exc, httpx.TransportError) and not isinstance(exc, MeshError)
 
 
 class Call:
@@ -349,32 +368,23 @@ class Call:
         return self._attempt()
 
     def _attempt(self) -> int:
-        """Prepare the next attempt; SEND, or hand back the last outcome (breaker open)."""
+        """Prepare the next attempt; SEND, or hand back the last outcome (breaker open).
+
+        In the order drawn above: is any time left (the deadline's own check, so
+        nothing is admitted, chosen or traced for an attempt that cannot go),
+        breaker, endpoint and span (`Attempt`), timeout, headers.
+        """
         plan = self.plan
         now = self.now
         request = self.request
-        bound = plan.attempt_timeout
         deadline_at = self.deadline_at
+        left = None
         if deadline_at is not None:
             left = deadline_at - now
             if left <= 0:
                 raise self._deadline_exceeded(
                     "before calling" if request is None else "before sending"
                 )
-            key = plan.deadline_key
-            if key is not None and request is not None:
-                ms = left * 1000
-                budget = (
-                    b"%d%s" % (ms, plan.deadline_unit)
-                    if ms <= plan.deadline_max
-                    else long_budget_header(key, left)  # never more digits than meshlib reads
-                )
-                put_header(request.headers, key, budget)
-            if bound is None or left < bound:
-                bound = left
-        self.bound = bound
-        if request is not None and bound is not None:
-            self._bound_phases(request, bound)
         self.ticket = 0  # closed, the common case: decided without the breaker's lock
         breaker = plan.breaker
         if breaker is not None and breaker.state is not CLOSED:
@@ -397,6 +407,23 @@ class Call:
         ):
             attempt = self.attempt = self.new_attempt(request, self.avoid)
             self.avoid = attempt.endpoint
+        bound = plan.attempt_timeout
+        if left is not None and (bound is None or left < bound):
+            bound = left
+        self.bound = bound
+        if request is not None:
+            if bound is not None:
+                self._bound_phases(request, bound)
+            key = plan.deadline_key
+            if key is not None and left is not None:
+                ms = left * 1000
+                put_header(
+                    request.headers,
+                    key,
+                    b"%d%s" % (ms, plan.deadline_unit)
+                    if ms <= plan.deadline_max
+                    else long_budget_header(key, left),  # never more digits than meshlib reads
+                )
         return SEND
 
     def new_attempt(self, request: httpx.Request, avoid: Endpoint | None) -> Attempt:
@@ -526,8 +553,7 @@ class Call:
         request = self.request
         matches = self.matches
         if matches is None:
-            # Connection errors, timeouts and protocol errors; never meshlib's own rejections.
-            failed = isinstance(exc, httpx.TransportError) and not isinstance(exc, MeshError)
+            failed = is_failure(exc)
             timed_out = isinstance(exc, httpx.TimeoutException)
         else:
             # For a function, what `on` retries is what the breaker counts.
@@ -616,8 +642,13 @@ class Attempt:
     ) -> None:
         self.plan = plan
         self.request = request
+        self.target = request.url
+        pool = plan.endpoints
+        self.endpoint = None if pool is None else pool.pick(now, avoid)
         self.span = None
         if observed is not None:
+            # Started before the request is aimed at the endpoint: the span names the
+            # destination (its URL, host and port), as the caller sees it.
             destination = plan.destination
             resend = 0 if state is None else state.attempt_number - 1
             self.span = AttemptSpan(
@@ -629,11 +660,8 @@ class Attempt:
                 resend,
                 plan.propagate,
             )
-        self.endpoint = None
-        self.target = request.url
-        pool = plan.endpoints
-        if pool is not None:
-            endpoint = self.endpoint = pool.pick(now, avoid)
+        endpoint = self.endpoint
+        if endpoint is not None:
             request.url = self.target.copy_with(host=endpoint.host, port=endpoint.port)
             if self.target.scheme == "https":
                 # httpcore verifies the certificate against the SNI name.

@@ -22,8 +22,8 @@ from typing import cast
 import anyio
 import httpx
 
-from ._call import DRAIN, RAISE, RETURN, SEND, WAIT, Attempt, Call, route
-from ._errors import ConfigError, MeshError
+from ._call import DRAIN, RAISE, RETURN, SEND, WAIT, Attempt, Call, is_failure, route
+from ._errors import ConfigError
 from ._mesh import Mesh, default_mesh, refuse_destination_layers
 from ._policy import STANDARD, Policy
 from ._runtime import runtime
@@ -185,7 +185,7 @@ class Transport(_Pipeline, httpx.BaseTransport):
                 try:
                     response = self.inner.handle_request(copy)
                 except Exception as exc:
-                    attempt.end(exc, _error_is_failure(exc))
+                    attempt.end(exc, is_failure(exc))
                     answers.put(exc)
                     return
                 attempt.end(response, response.status_code >= 500)
@@ -307,7 +307,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
             try:
                 response = await self.inner.handle_async_request(copy)
             except Exception as exc:
-                attempt.end(exc, _error_is_failure(exc))
+                attempt.end(exc, is_failure(exc))
                 errors.append(exc)
                 if len(errors) == launched:
                     answered.set()
@@ -345,11 +345,6 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-def _error_is_failure(exc: Exception) -> bool:
-    # Connection errors, timeouts and protocol errors; never meshlib's own rejections.
-    return isinstance(exc, httpx.TransportError) and not isinstance(exc, MeshError)
 
 
 def copy_request(request: httpx.Request) -> httpx.Request:
