@@ -37,7 +37,8 @@ queue, read and cancel:
 - `cancelled(exc)` when an attempt ends in cancellation (never a failure);
   the driver then re-raises at once.
 - ``with call:`` around it all: leaving frees the bulkhead slot and ends a
-  function's span.
+  function's span. A request has no such span, so the transports save the
+  ``with`` and call `release()` in a ``finally`` when `holds_slot`.
 
 Where each part is: `route` (before the call, it picks the plan), `start`
 (deadline, faults), `_enter_bulkhead` and `queued`, `_begin` (what is decided
@@ -199,19 +200,22 @@ class Call:
         self.matches = matches  # a function's `on`: what it retries, what the breaker counts
         self.name = name
         self.state: RetryState | None = None  # made on the first retry
-        self.ticket = 0  # the breaker's: 0 while it is closed
-        self.attempt: Attempt | None = None  # an attempt's extras, when there are any
         self.avoid: Endpoint | None = None  # a retry prefers another endpoint
         self.last: httpx.Response | Exception | None = None
-        self.response: httpx.Response | None = None
         self.holds_slot = False
         self.scope: Any = None  # a function's span, while it is current
         # The caller's own timeouts, kept here (not in the request's extensions).
         self.timeouts: dict[str, float | None] | None = None
-        self.wait = 0.0
-        self.queue_for: float | None = None
-        self.bound: float | None = None
         self.phase = 0
+        # Set before they are read, so not here (one store less each on every call):
+        # ticket, attempt and bound by _attempt; response before RETURN or DRAIN;
+        # wait before WAIT; queue_for before QUEUE; observed, tracer, hedge, body by _begin.
+        self.response: httpx.Response | None
+        self.ticket: int  # the breaker's: 0 while it is closed
+        self.attempt: Attempt | None  # an attempt's extras, when there are any
+        self.wait: float
+        self.queue_for: float | None
+        self.bound: float | None
 
     def __enter__(self) -> Call:
         return self
@@ -222,10 +226,14 @@ class Call:
             self.scope = None
             scope.__exit__(*exc_info)
         if self.holds_slot:
-            self.holds_slot = False
-            bulkhead = self.plan.bulkhead
-            assert bulkhead is not None
-            bulkhead.release()
+            self.release()
+
+    def release(self) -> None:
+        """Give the bulkhead slot back (the transports, in their ``finally``, when held)."""
+        self.holds_slot = False
+        bulkhead = self.plan.bulkhead
+        assert bulkhead is not None
+        bulkhead.release()
 
     # --- before the first attempt: deadline, faults, bulkhead ---------------------
 
@@ -249,7 +257,14 @@ class Call:
                 return WAIT
             if abort is not None:
                 return RETURN
-        return self._enter_bulkhead()
+            return self._enter_bulkhead()
+        bulkhead = plan.bulkhead
+        if bulkhead is not None:
+            taken = bulkhead.try_acquire()
+            if taken is not True:
+                return self._no_slot(taken)
+            self.holds_slot = True
+        return self._begin()
 
     def _draw_fault(self, now: float) -> tuple[httpx.Response | None, float]:
         """Draw this call's injected fault: (an abort's response or None, seconds to hold it).
@@ -288,6 +303,10 @@ class Call:
         if taken is True:
             self.holds_slot = True
             return self._begin()
+        return self._no_slot(taken)
+
+    def _no_slot(self, taken: bool | None) -> int:
+        """Refuse the call (`taken` False: the queue is full too), or QUEUE it."""
         if taken is False:
             self.plan.report.rejected("bulkhead_full")
             raise BulkheadFull(self.plan.label, request=self.request)
@@ -413,7 +432,36 @@ class Call:
         self.bound = bound
         if request is not None:
             if bound is not None:
-                self._bound_phases(request, bound)
+                # Each httpcore phase gets the smaller of the caller's own timeout and
+                # `bound`. The caller's are kept aside on the first attempt, so a later
+                # one does not inherit those this call (or its body's read) lowered.
+                extensions = request.extensions
+                base = self.timeouts
+                if base is None:
+                    base = self.timeouts = extensions.get("timeout") or {}
+                    # Unrolled: this runs on every request.
+                    get = base.get
+                    connect, read, write = get("connect"), get("read"), get("write")
+                    pool = get("pool")
+                    lower = not (
+                        connect is not None
+                        and read is not None
+                        and write is not None
+                        and pool is not None
+                        and connect <= bound
+                        and read <= bound
+                        and write <= bound
+                        and pool <= bound
+                    )  # else every phase is already within the bound: the common case
+                else:
+                    lower = True
+                if lower:
+                    extensions["timeout"] = {
+                        phase: bound
+                        if (value := base.get(phase)) is None or value > bound
+                        else value
+                        for phase in _PHASES
+                    }
             key = plan.deadline_key
             if key is not None and left is not None:
                 ms = left * 1000
@@ -431,33 +479,6 @@ class Call:
         return Attempt(
             self.plan, request, self.state, self.observed, self.tracer, avoid, runtime.clock.now()
         )
-
-    def _bound_phases(self, request: httpx.Request, bound: float) -> None:
-        """Give each httpcore phase the smaller of the caller's own timeout and `bound`."""
-        extensions = request.extensions
-        # Bounds come from the caller's own timeouts, kept aside on the first attempt,
-        # so a later one does not inherit those this call (or its body's read) lowered.
-        base = self.timeouts
-        if base is None:
-            base = self.timeouts = extensions.get("timeout") or {}
-            # Unrolled: this runs on every request.
-            get = base.get
-            connect, read, write, pool = get("connect"), get("read"), get("write"), get("pool")
-            if (
-                connect is not None
-                and read is not None
-                and write is not None
-                and pool is not None
-                and connect <= bound
-                and read <= bound
-                and write <= bound
-                and pool <= bound
-            ):
-                return  # every phase is already within the bound: the common case
-        extensions["timeout"] = {
-            phase: bound if (value := base.get(phase)) is None or value > bound else value
-            for phase in _PHASES
-        }
 
     def may_hedge(self) -> bool:
         """Charge a hedged copy to the retry budget; False when the budget is spent."""

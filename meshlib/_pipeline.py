@@ -126,7 +126,8 @@ class Transport(_Pipeline, httpx.BaseTransport):
         self.inner = transport
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        with Call(route(self.plans, self.policy, request), request, False) as call:
+        call = Call(route(self.plans, self.policy, request), request, False)
+        try:
             action = call.start()
             while True:
                 if action == SEND:
@@ -164,6 +165,9 @@ class Transport(_Pipeline, httpx.BaseTransport):
                 else:  # QUEUE
                     assert call.plan.bulkhead is not None
                     action = call.queued(call.plan.bulkhead.acquire(call.queue_for))
+        finally:
+            if call.holds_slot:  # cheaper than `with call`, which only a function's span needs
+                call.release()
 
     def _hedged(self, call: Call, delay: float) -> httpx.Response:
         """Send the request, and copies after `delay` without an answer; the first answer wins.
@@ -248,7 +252,8 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         self.inner = transport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        with Call(route(self.plans, self.policy, request), request, True) as call:
+        call = Call(route(self.plans, self.policy, request), request, True)
+        try:
             action = call.start()
             while True:
                 if action == SEND:
@@ -286,6 +291,9 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 else:  # QUEUE
                     assert call.plan.bulkhead is not None
                     action = call.queued(await call.plan.bulkhead.acquire_async(call.queue_for))
+        finally:
+            if call.holds_slot:  # cheaper than `with call`, which only a function's span needs
+                call.release()
 
     async def _hedged(self, call: Call, delay: float) -> httpx.Response:
         """Send the request, and copies after `delay` without an answer; the first answer wins.

@@ -20,7 +20,7 @@ import logging
 import sys
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import Token
 from typing import Any
 from urllib.parse import quote, unquote
@@ -136,6 +136,10 @@ class _Instruments:
         )
 
 
+def _always() -> bool:
+    return True
+
+
 class Telemetry:
     """Spans and metrics for one `Tracing` value; shared by every route that uses it."""
 
@@ -143,12 +147,16 @@ class Telemetry:
         "_explicit",
         "_instruments",
         "_tracer",
+        "active",
         "tracing",
     )
 
     def __init__(self, tracing: Tracing) -> None:
         self.tracing = tracing
         self._explicit = tracing.tracer_provider is not None or tracing.meter_provider is not None
+        # Whether a call would record anything: the one check per call without an SDK.
+        # A function, not a method: called straight, on every request.
+        self.active: Callable[[], bool] = _always if self._explicit else otel_sdk_set
         # (provider seen last, what it gave), swapped whole so that a thread never
         # pairs one provider with another's tracer or instruments.
         self._tracer: tuple[Any, trace.Tracer | None] = (_MISSING, None)
@@ -156,12 +164,6 @@ class Telemetry:
         # The public getters set up a provider named by OTEL_PYTHON_* variables.
         trace.get_tracer_provider()
         metrics.get_meter_provider()
-
-    def active(self) -> bool:
-        """Return whether a call would record anything: the one check per call without an SDK."""
-        if self._explicit:
-            return True
-        return otel_sdk_set()
 
     def tracer(self) -> trace.Tracer | None:
         """Return the tracer to use now, or None when no SDK would record anything."""
