@@ -373,7 +373,7 @@ class Call:
             return measured if measured is not None else 1.0
         return hedge.delay
 
-    # --- each attempt: bound, headers, breaker, endpoint, span -----------------------
+    # --- each attempt: time left, breaker, endpoint, span, timeout, headers -----------
 
     def waited(self) -> int:
         """Go on after a WAIT: the fault's delay, or the backoff before a retry."""
