@@ -38,9 +38,10 @@ queue, read and cancel:
   the driver then re-raises at once.
 - ``with call:`` around it all: leaving frees the bulkhead slot and ends a
   function's span. A request has no such span, so the transports save the
-  ``with`` and call `release()` in a ``finally`` when `holds_slot`.
+  ``with`` and release `call.slot` (the bulkhead, while a slot is held) in a
+  ``finally``.
 
-Where each part is: `route` (before the call, it picks the plan), `start`
+Where each part is: `__init__` (route: it picks the plan), `start`
 (deadline, faults), `_enter_bulkhead` and `queued`, `_begin` (what is decided
 once per call), `_attempt` (per attempt, in the order drawn above),
 `answered`, `_retry_status`, `failed` and `_next_wait` (the retry decision,
@@ -63,6 +64,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 
 from ._breaker import CLOSED
+from ._bulkhead import ConcurrencyLimit
 from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._headers import put_header
@@ -96,7 +98,6 @@ __all__ = [
     "Attempt",
     "Call",
     "is_failure",
-    "route",
 ]
 
 # What a driver does next (module constants: compared by identity, cheaply).
@@ -115,34 +116,6 @@ _REPLAYABLE = httpx.ByteStream(b"")  # stands for any body that can be sent agai
 # Where the call stands, for `waited`: after the fault's delay, or between attempts.
 _FAULTED = 1
 _RETRYING = 2
-
-
-def route(plans: Plans, policy: Policy | None, request: httpx.Request) -> Plan:
-    """Return the plan a request goes out on, after its destination's routes.
-
-    Raises:
-        ConfigError: the request's ``meshlib.policy`` extension is not a Policy.
-    """
-    override = request.extensions.get(POLICY_EXTENSION)
-    if override is not None:
-        if not isinstance(override, Policy):
-            raise ConfigError(
-                f"extensions[{POLICY_EXTENSION!r}]: expected a meshlib.Policy, got {override!r}"
-            )
-        policy = override
-    plan = plans.for_url(policy, request.url)
-    if plan.routes:
-        chosen = choose_route(plan.routes, request)
-        if chosen is not None:
-            # The request goes to `to` as if sent there: its URL and Host header,
-            # then its policy and state; `to`'s own routes are not followed.
-            host, port = route_target(chosen)
-            request.url = request.url.copy_with(
-                host=host, port=port if port is not None else request.url.port
-            )
-            request.headers["Host"] = request.url.netloc.decode("ascii")
-            plan = plans.for_url(policy, request.url)
-    return plan
 
 
 def is_failure(exc: Exception) -> bool:
@@ -167,7 +140,6 @@ class Call:
         "bound",
         "deadline_at",
         "hedge",
-        "holds_slot",
         "last",
         "matches",
         "name",
@@ -179,6 +151,7 @@ class Call:
         "request",
         "response",
         "scope",
+        "slot",
         "state",
         "ticket",
         "timeouts",
@@ -188,13 +161,32 @@ class Call:
 
     def __init__(
         self,
-        plan: Plan,
+        plans: Plans,
+        policy: Policy | None,
         request: httpx.Request | None,
         asynchronous: bool,
         matches: Callable[[Exception], bool] | None = None,
         name: str = "",
     ) -> None:
-        self.plan = plan
+        """Find the call's plan: the outermost layer, route, is decided here.
+
+        Raises:
+            ConfigError: the request's ``meshlib.policy`` extension is not a Policy.
+        """
+        if request is None:
+            self.plan = plans.for_function(policy, name)
+        else:
+            override = request.extensions.get(POLICY_EXTENSION)
+            if override is not None:
+                if not isinstance(override, Policy):
+                    raise ConfigError(
+                        f"extensions[{POLICY_EXTENSION!r}]: expected a meshlib.Policy, "
+                        f"got {override!r}"
+                    )
+                policy = override
+            plan = self.plan = plans.for_url(policy, request.url)
+            if plan.routes:
+                self.plan = self._route(plans, policy, request, plan)
         self.request = request  # None: a function's call
         self.asynchronous = asynchronous
         self.matches = matches  # a function's `on`: what it retries, what the breaker counts
@@ -202,7 +194,7 @@ class Call:
         self.state: RetryState | None = None  # made on the first retry
         self.avoid: Endpoint | None = None  # a retry prefers another endpoint
         self.last: httpx.Response | Exception | None = None
-        self.holds_slot = False
+        self.slot: ConcurrencyLimit | None = None  # the bulkhead, while its slot is held
         self.scope: Any = None  # a function's span, while it is current
         # The caller's own timeouts, kept here (not in the request's extensions).
         self.timeouts: dict[str, float | None] | None = None
@@ -217,6 +209,22 @@ class Call:
         self.queue_for: float | None
         self.bound: float | None
 
+    @staticmethod
+    def _route(plans: Plans, policy: Policy | None, request: httpx.Request, plan: Plan) -> Plan:
+        """Return the plan of the route the request takes, if any, else `plan`."""
+        assert plan.routes is not None
+        chosen = choose_route(plan.routes, request)
+        if chosen is None:
+            return plan
+        # The request goes to `to` as if sent there: its URL and Host header, then
+        # its policy and state; `to`'s own routes are not followed.
+        host, port = route_target(chosen)
+        request.url = request.url.copy_with(
+            host=host, port=port if port is not None else request.url.port
+        )
+        request.headers["Host"] = request.url.netloc.decode("ascii")
+        return plans.for_url(policy, request.url)
+
     def __enter__(self) -> Call:
         return self
 
@@ -225,15 +233,10 @@ class Call:
         if scope is not None:
             self.scope = None
             scope.__exit__(*exc_info)
-        if self.holds_slot:
-            self.release()
-
-    def release(self) -> None:
-        """Give the bulkhead slot back (the transports, in their ``finally``, when held)."""
-        self.holds_slot = False
-        bulkhead = self.plan.bulkhead
-        assert bulkhead is not None
-        bulkhead.release()
+        slot = self.slot
+        if slot is not None:
+            self.slot = None
+            slot.release()
 
     # --- before the first attempt: deadline, faults, bulkhead ---------------------
 
@@ -263,7 +266,7 @@ class Call:
             taken = bulkhead.try_acquire()
             if taken is not True:
                 return self._no_slot(taken)
-            self.holds_slot = True
+            self.slot = bulkhead
         return self._begin()
 
     def _draw_fault(self, now: float) -> tuple[httpx.Response | None, float]:
@@ -301,7 +304,7 @@ class Call:
             return self._begin()
         taken = bulkhead.try_acquire()
         if taken is True:
-            self.holds_slot = True
+            self.slot = bulkhead
             return self._begin()
         return self._no_slot(taken)
 
@@ -325,7 +328,7 @@ class Call:
                 raise self._deadline_exceeded("waiting for a slot")
             self.plan.report.rejected("bulkhead_full")
             raise BulkheadFull(self.plan.label, request=self.request)
-        self.holds_slot = True
+        self.slot = self.plan.bulkhead
         self.now = runtime.clock.now()
         return self._begin()
 

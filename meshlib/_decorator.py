@@ -92,8 +92,8 @@ def resilient(
 
             @functools.wraps(fn, _WRAPPER_ASSIGNMENTS)
             async def call_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                plan = plans.for_function(fixed_policy, name)
-                with Call(plan, None, True, matches, name) as call:
+                with Call(plans, fixed_policy, None, True, matches, name) as call:
+                    plan = call.plan
                     action = call.start()
                     while True:
                         if action == SEND:
@@ -128,8 +128,8 @@ def resilient(
 
         @functools.wraps(fn, _WRAPPER_ASSIGNMENTS)
         def call_sync(*args: P.args, **kwargs: P.kwargs) -> R:
-            plan = plans.for_function(fixed_policy, name)
-            with Call(plan, None, False, matches, name) as call:
+            with Call(plans, fixed_policy, None, False, matches, name) as call:
+                plan = call.plan
                 action = call.start()
                 while True:
                     if action == SEND:

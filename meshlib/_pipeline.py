@@ -22,7 +22,7 @@ from typing import cast
 import anyio
 import httpx
 
-from ._call import DRAIN, RAISE, RETURN, SEND, WAIT, Attempt, Call, is_failure, route
+from ._call import DRAIN, RAISE, RETURN, SEND, WAIT, Attempt, Call, is_failure
 from ._errors import ConfigError
 from ._mesh import Mesh, default_mesh, refuse_destination_layers
 from ._policy import STANDARD, Policy
@@ -126,7 +126,7 @@ class Transport(_Pipeline, httpx.BaseTransport):
         self.inner = transport
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        call = Call(route(self.plans, self.policy, request), request, False)
+        call = Call(self.plans, self.policy, request, False)
         try:
             action = call.start()
             while True:
@@ -166,8 +166,9 @@ class Transport(_Pipeline, httpx.BaseTransport):
                     assert call.plan.bulkhead is not None
                     action = call.queued(call.plan.bulkhead.acquire(call.queue_for))
         finally:
-            if call.holds_slot:  # cheaper than `with call`, which only a function's span needs
-                call.release()
+            # Cheaper than `with call`, which only a function's span needs.
+            if call.slot is not None:
+                call.slot.release()
 
     def _hedged(self, call: Call, delay: float) -> httpx.Response:
         """Send the request, and copies after `delay` without an answer; the first answer wins.
@@ -252,7 +253,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         self.inner = transport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        call = Call(route(self.plans, self.policy, request), request, True)
+        call = Call(self.plans, self.policy, request, True)
         try:
             action = call.start()
             while True:
@@ -292,8 +293,9 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                     assert call.plan.bulkhead is not None
                     action = call.queued(await call.plan.bulkhead.acquire_async(call.queue_for))
         finally:
-            if call.holds_slot:  # cheaper than `with call`, which only a function's span needs
-                call.release()
+            # Cheaper than `with call`, which only a function's span needs.
+            if call.slot is not None:
+                call.slot.release()
 
     async def _hedged(self, call: Call, delay: float) -> httpx.Response:
         """Send the request, and copies after `delay` without an answer; the first answer wins.

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 import meshlib
-from meshlib._call import DRAIN, QUEUE, RAISE, RETURN, SEND, WAIT, Call, route
+from meshlib._call import DRAIN, QUEUE, RAISE, RETURN, SEND, WAIT, Call
 from meshlib.testing import FakeClock
 
 POLICY = meshlib.Policy(
@@ -19,7 +19,7 @@ POLICY = meshlib.Policy(
 
 def _call(mesh: meshlib.Mesh, url: str = "http://orders.internal/") -> Call:
     request = httpx.Request("GET", url)
-    return Call(route(mesh._plans, None, request), request, asynchronous=False)
+    return Call(mesh._plans, None, request, asynchronous=False)
 
 
 def test_a_retried_status_is_drained_then_waited_for_then_sent_again(clock: FakeClock) -> None:
@@ -37,7 +37,7 @@ def test_a_retried_status_is_drained_then_waited_for_then_sent_again(clock: Fake
     ok = httpx.Response(200, request=call.request)
     assert call.answered(ok) == RETURN
     assert call.response is ok
-    call.release()
+    call.__exit__(None, None, None)
 
 
 def test_an_error_that_is_not_retried_is_re_raised_by_the_driver(clock: FakeClock) -> None:
@@ -45,7 +45,7 @@ def test_an_error_that_is_not_retried_is_re_raised_by_the_driver(clock: FakeCloc
     call = _call(mesh)
     assert call.start() == SEND
     assert call.failed(httpx.ConnectError("down")) == RAISE
-    call.release()
+    call.__exit__(None, None, None)
 
 
 def test_a_busy_bulkhead_says_queue_until_the_deadline(clock: FakeClock) -> None:
@@ -55,21 +55,22 @@ def test_a_busy_bulkhead_says_queue_until_the_deadline(clock: FakeClock) -> None
     second = _call(mesh)
     assert second.start() == QUEUE
     assert second.queue_for == pytest.approx(3.0)
-    first.release()
+    first.__exit__(None, None, None)
     assert second.queued(got=True) == SEND
-    second.release()
+    second.__exit__(None, None, None)
 
 
 def test_a_function_call_retries_what_on_matches(clock: FakeClock) -> None:
     mesh = meshlib.Mesh(default=POLICY)
-    plan = mesh._plans.for_function(None, "charge")
-    with Call(plan, None, False, lambda exc: isinstance(exc, ConnectionError), "charge") as call:
+    on = lambda exc: isinstance(exc, ConnectionError)  # noqa: E731
+    with Call(mesh._plans, None, None, False, on, "charge") as call:
         assert call.start() == SEND
         assert call.failed(ConnectionError()) == WAIT
         assert call.waited() == SEND
         assert call.returned() == RETURN
-    with Call(plan, None, False, lambda exc: isinstance(exc, ConnectionError), "charge") as call:
+    with Call(mesh._plans, None, None, False, on, "charge") as call:
         assert call.start() == SEND
         assert call.failed(ValueError()) == RAISE
+    plan = call.plan
     assert plan.bulkhead is not None
     assert plan.bulkhead.snapshot().in_flight == 0  # leaving the with-block freed the slot
