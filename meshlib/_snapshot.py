@@ -32,8 +32,7 @@ from ._sketch import SKETCH
 from ._telemetry import redact_url
 
 if TYPE_CHECKING:
-    from ._mesh import Mesh
-    from ._plan import Plan
+    from ._mesh import Mesh, Plan
 
 __all__ = [
     "COLUMNS",
