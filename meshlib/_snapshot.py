@@ -84,7 +84,7 @@ def snapshot(mesh: Mesh) -> dict[str, Any]:
     Destinations come sorted by urgency (`ORDER`), then by name.
     """
     now = runtime.clock.now()
-    wall = datetime.datetime.now(tz=datetime.UTC).timestamp()
+    wall = datetime.datetime.now(tz=datetime.UTC).timestamp()  # wall-clock ok: shown as a date
     source = _source(mesh._source)
     rows: dict[tuple[str, int | None], dict[str, Any]] = {}
     for plan in mesh._cached_plans():  # least recently used first: the newest plan wins

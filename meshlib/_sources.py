@@ -49,7 +49,7 @@ class _Poller:
         # For the status page: the version in force, when it was loaded (wall time),
         # and the last refusal (wall time, reason), kept after a good update too.
         self.version: str | None = None
-        self.loaded_at = time.time()
+        self.loaded_at = time.time()  # wall-clock ok: shown as a date
         self.refused: tuple[float, str] | None = None
         self._stop = threading.Event()
         self._on_config: Callable[[], OnConfig | None] = lambda: None
@@ -82,7 +82,7 @@ class _Poller:
 
         A dead config server for an hour is one line, not 720.
         """
-        self.refused = (time.time(), str(error))
+        self.refused = (time.time(), str(error))  # wall-clock ok: shown as a date
         state = str(error) if state is None else state
         if state != self._failing:
             self._failing = state
@@ -98,7 +98,7 @@ class _Poller:
 
     def _apply(self, on_config: OnConfig, config: MeshConfig) -> None:
         on_config(config)
-        self.version, self.loaded_at = config.digest, time.time()
+        self.version, self.loaded_at = config.digest, time.time()  # wall-clock ok: shown as a date
         logger.info(
             "applied new policies from %s (%d destinations)",
             config.source,
