@@ -389,7 +389,7 @@ class Mesh:
             endpoint_settings = policy.endpoints
             plan.endpoints = self._endpoints.get_or_create(
                 (destination, endpoint_settings),
-                lambda: EndpointPool(endpoint_settings, destination.port, label),
+                lambda: EndpointPool(endpoint_settings, label),
             )
         if policy.hedge is not None and policy.hedge.delay == "p95":
             plan.latencies = self._latencies.get_or_create(destination, LatencyWindow)

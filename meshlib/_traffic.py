@@ -114,13 +114,10 @@ class EndpointPool:
 
     __slots__ = ("__weakref__", "_lock", "_next", "endpoints", "label", "settings")
 
-    def __init__(self, settings: Endpoints, default_port: int, label: str) -> None:
+    def __init__(self, settings: Endpoints, label: str) -> None:
         self.settings = settings
         self.label = label
-        self.endpoints = [
-            Endpoint(host, port if port is not None else default_port)
-            for host, port in settings.parsed()
-        ]
+        self.endpoints = [Endpoint(host, port) for host, port in settings.parsed()]
         self._next = 0
         self._lock = threading.Lock()
 

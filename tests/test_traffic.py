@@ -139,7 +139,7 @@ def test_a_stale_slow_estimate_does_not_lock_an_endpoint_out() -> None:
 
     # Both answer in 1 ms, but "a" paid a 50 ms connect first: its estimate starts high,
     # and with two endpoints every draw compares the same pair.
-    pool = EndpointPool(meshlib.Endpoints(["a:80", "b:80"]), 80, "orders")
+    pool = EndpointPool(meshlib.Endpoints(["a:80", "b:80"]), "orders")
     first = pool.pick(0.0)
     pool.done(first, False, 0.05 if first.host == "a" else 0.001, 0.0)
     seen: collections.Counter[str] = collections.Counter([first.host])
@@ -157,7 +157,7 @@ def test_a_stale_slow_estimate_does_not_lock_an_endpoint_out() -> None:
 def test_an_endpoint_estimate_decays_with_time() -> None:
     from meshlib._traffic import EndpointPool
 
-    pool = EndpointPool(meshlib.Endpoints(["a:80", "b:80"]), 80, "orders")
+    pool = EndpointPool(meshlib.Endpoints(["a:80", "b:80"]), "orders")
     chosen = pool.pick(0.0)
     assert [e.latency for e in pool.snapshot(0.0)] == [0.0, 0.0]  # not measured yet
     pool.done(chosen, False, 0.05, 0.0)
@@ -170,7 +170,7 @@ def test_an_endpoint_estimate_decays_with_time() -> None:
 def test_p2c_sends_clearly_less_to_a_measured_slower_endpoint() -> None:
     from meshlib._traffic import EndpointPool
 
-    pool = EndpointPool(meshlib.Endpoints(["slow:80", "fast:80"]), 80, "orders")
+    pool = EndpointPool(meshlib.Endpoints(["slow:80", "fast:80"]), "orders")
     seen: collections.Counter[str] = collections.Counter()
     for n in range(1000):
         now = n * 0.002
