@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar, overload
 
 import httpx
 
+from ._compat import client_transports, set_client_transports
 from ._errors import ConfigError
 from ._mesh import Mesh
 from ._pipeline import AsyncTransport, Transport, _resolve
@@ -52,13 +54,19 @@ def wrap(client: C, policy_or_mesh: Policy | Mesh | None = None) -> C:
         raise ConfigError(
             f"wrap: expected an httpx.Client or httpx.AsyncClient, got {type(client).__name__}"
         )
-    if any(isinstance(t, wrapper) for t in [client._transport, *client._mounts.values()]):
+    inner: Any
+    mounted: Mapping[Any, Any]
+    inner, mounted = client_transports(client)
+    if any(isinstance(t, wrapper) for t in [inner, *mounted.values()]):
         raise ConfigError("wrap: this client is already wrapped by meshlib")
-    client._transport = wrapper(client._transport, policy_or_mesh)
-    client._mounts = {
-        pattern: None if t is None else wrapper(t, policy_or_mesh)
-        for pattern, t in client._mounts.items()
-    }
+    set_client_transports(
+        client,
+        wrapper(inner, policy_or_mesh),
+        {
+            pattern: None if t is None else wrapper(t, policy_or_mesh)
+            for pattern, t in mounted.items()
+        },
+    )
     return client
 
 

@@ -6,11 +6,10 @@ from operator import itemgetter
 
 import httpx
 
+from ._compat import HEADERS_EDITABLE, header_items
+
 __all__ = ["put_header", "set_header"]
 
-# httpx < 0.29 keeps a Headers' items as a list of (raw name, lowercase name,
-# value) bytes; editing it directly skips __setitem__'s re-encoding and rescan.
-_EDITABLE = isinstance(getattr(httpx.Headers(), "_list", None), list)
 _LOWERCASE_NAME = itemgetter(1)
 
 
@@ -20,10 +19,10 @@ def put_header(headers: httpx.Headers, key: bytes, value: bytes) -> None:
     The result is what ``headers[name] = value`` gives, at a fraction of its
     cost: the scan for an existing copy runs in C.
     """
-    if not _EDITABLE:  # pragma: no cover - a future httpx: the public way
+    if not HEADERS_EDITABLE:  # pragma: no cover - a future httpx: the public way
         headers[key.decode("ascii")] = value.decode("latin-1")
         return
-    items = headers._list
+    items = header_items(headers)
     entry = (key, key, value)
     if key not in map(_LOWERCASE_NAME, items):  # the common case: a first attempt
         items.append(entry)

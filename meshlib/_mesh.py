@@ -13,118 +13,23 @@ from ._breaker import BreakerSnapshot, CircuitBreaker, TransitionHook
 from ._budget import RetryBudget
 from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
 from ._config import ENV_VAR, MeshConfig, load_config
-from ._deadline import DEFAULT_HEADER, GRPC_HEADER, MAX_BUDGET_MS, MAX_GRPC_VALUE
 from ._errors import ConfigError
 
 # refuse_destination_layers is imported from here by _pipeline (until its rewrite).
 from ._patterns import PolicyTable
 from ._patterns import refuse_destination_layers as refuse_destination_layers
+from ._plan import Plan, Plans
 from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Policy
-from ._propagation import inside_mesh, propagates
 from ._runtime import runtime
 from ._sketch import LatencySketch
 from ._sources import FileSource, UrlSource
-from ._state import BoundedMap, Destination, SharedState
-from ._telemetry import Reporter, log_breaker, logger, telemetry_for, watch_breakers
+from ._state import Destination, SharedState
+from ._telemetry import log_breaker, logger, watch_breakers
 from ._traffic import EndpointPool, EndpointSnapshot, LatencyWindow
 
-__all__ = ["Mesh", "Plan", "default_mesh"]
+__all__ = ["Mesh", "default_mesh"]
 
 _REPR_PATTERNS = 5  # a repr names this many patterns, then counts the rest
-
-
-class Plan:
-    """Where one request goes and with what: a policy and the destination's state.
-
-    Plans are cached per (policy, destination), so the success path finds
-    everything it needs with one dictionary lookup.
-    """
-
-    __slots__ = (
-        "attempt_timeout",
-        "breaker",
-        "budget",
-        "bulkhead",
-        "deadline_key",
-        "deadline_max",
-        "deadline_unit",
-        "destination",
-        "endpoints",
-        "faults",
-        "faults_announced",
-        "generation",
-        "hedge",
-        "label",
-        "latencies",
-        "policy",
-        "propagate",
-        "report",
-        "requested",
-        "routes",
-        "sketch",
-        "telemetry",
-        "total",
-        "url_host",
-        "url_port",
-        "url_scheme",
-    )
-
-    def __init__(
-        self,
-        requested: Policy | None,
-        policy: Policy,
-        destination: Destination,
-        budget: RetryBudget | None,
-        breaker: CircuitBreaker | None,
-        bulkhead: ConcurrencyLimit | None,
-    ) -> None:
-        self.requested = requested  # the policy asked for, or None for the Mesh's own
-        self.policy = policy
-        self.destination = destination
-        self.label = str(destination)
-        self.budget = budget
-        self.breaker = breaker
-        self.bulkhead = bulkhead
-        self.endpoints: EndpointPool | None = None
-        self.latencies: LatencyWindow | None = None  # for a hedge delay of "p95"
-        self.sketch: LatencySketch | None = None  # while a status page watches the Mesh
-        self.faults_announced = False
-        self.generation = 0  # the Mesh's generation it was made in; set by the Mesh
-        # httpx's parsed (scheme, host, port) this plan was made for: transports
-        # compare them to reuse their last plan without a lookup.
-        self.url_scheme: str | None = None
-        self.url_host: str | None = None
-        self.url_port: int | None = None
-        # Read on every request: one attribute each instead of two.
-        self.routes = policy.routes
-        timeout = policy.timeout
-        self.total = timeout.total if timeout is not None else None
-        self.attempt_timeout = timeout.attempt if timeout is not None else None
-        self.faults = policy.faults
-        self.hedge = policy.hedge
-        tracing = policy.tracing
-        # Only the destinations Tracing.propagate_to names (by default, those inside
-        # the mesh) learn the caller's trace context and how long it will wait.
-        self.propagate = (
-            inside_mesh(destination.host)
-            if tracing is None
-            else propagates(destination.host, tracing.propagate_to)
-        )
-        self.telemetry = telemetry_for(tracing)
-        self.report = Reporter(
-            self.telemetry,
-            self.label,
-            {"code.function.name": destination.host}
-            if destination.scheme == "function"
-            else {"server.address": destination.host, "server.port": destination.port},
-        )
-        header = DEFAULT_HEADER if timeout is None else timeout.header
-        # The header as httpx stores it (its names are lowercase ASCII tokens);
-        # gRPC's needs its unit, every other name carries bare milliseconds.
-        self.deadline_key = header.encode("ascii") if header and self.propagate else None
-        self.deadline_unit = b"m" if header == GRPC_HEADER else b""
-        # The most milliseconds the inbound side accepts in that header.
-        self.deadline_max = MAX_GRPC_VALUE if header == GRPC_HEADER else MAX_BUDGET_MS
 
 
 class Mesh:
@@ -167,9 +72,7 @@ class Mesh:
                 f"Mesh.max_destinations: expected an int >= 1, got {max_destinations!r}"
             )
         self._table = PolicyTable(default, destinations)
-        self._plans: BoundedMap[tuple[int, str, str, int | None], Plan] = BoundedMap(
-            max_destinations
-        )
+        self._plans = Plans(max_destinations, self._new_plan)
         self._budgets: SharedState[tuple[Destination, Budget], RetryBudget] = SharedState()
         self._breakers: SharedState[tuple[Destination, Breaker], CircuitBreaker] = SharedState()
         self._bulkheads: SharedState[tuple[Destination, Bulkhead], ConcurrencyLimit] = SharedState()
@@ -178,8 +81,6 @@ class Mesh:
         self._sketches: SharedState[Destination, LatencySketch] = SharedState()
         self._measuring = False  # latency sketches: only once a status page asks
         self._hooks: list[TransitionHook] = []
-        # Bumped whenever cached plans stop being valid: reset() and update().
-        self.generation = 0
         self._source: Any = None  # a file or URL watcher, kept alive with the Mesh
         self._origin = "code"  # where the policies came from, for repr: "code", a path or URL
         watch_breakers(self)
@@ -224,7 +125,7 @@ class Mesh:
         """
         table = PolicyTable(default, destinations)
         self._table = table
-        self.generation += 1
+        self._plans.invalidate()
 
     def _apply_config(self, config: MeshConfig) -> None:
         """Take a new policy document from a source (the callback sources report to)."""
@@ -331,34 +232,8 @@ class Mesh:
             self._source.close()
             self._source = None
 
-    def plan(self, policy: Policy | None, url: httpx.URL) -> Plan:
-        """Return the plan for a request to `url`, under `policy` or the Mesh's own."""
-        # httpx's parsed form: reading its fields costs a fraction of url.netloc's
-        # encoding, and this runs on every request (httpx is pinned below 0.29).
-        ref = url._uri_reference
-        # Keyed by identity: hashing a policy by value costs a Python call. A
-        # recycled id is caught by the identity check below.
-        key = (id(policy), ref.scheme, ref.host, ref.port)
-        found = self._plans.get(key)
-        if found is not None and found.requested is policy and found.generation == self.generation:
-            return found
-        plan = self._new_plan(policy, url)
-        plan.url_scheme, plan.url_host, plan.url_port = ref.scheme, ref.host, ref.port
-        return self._plans.replace(key, plan)
-
-    def function_plan(self, policy: Policy | None, key: str) -> Plan:
-        """Return the plan for a `resilient` function named `key`."""
-        plan_key = (id(policy), "function", key, None)
-        found = self._plans.get(plan_key)
-        if found is not None and found.requested is policy and found.generation == self.generation:
-            return found
-        destination = Destination("function", key, 0)
-        return self._plans.replace(plan_key, self._new_plan(policy, destination))
-
     def _new_plan(self, requested: Policy | None, target: httpx.URL | Destination) -> Plan:
-        # Read before the table: a reload in between stamps this plan stale, never
-        # an old policy with the new generation.
-        generation = self.generation
+        """Build the plan for `target` (the plan cache calls this on a miss)."""
         destination = target if isinstance(target, Destination) else Destination.of(target)
         policy = requested
         if policy is None:
@@ -384,7 +259,6 @@ class Mesh:
                 lambda: ConcurrencyLimit(bulkhead_settings, label),
             )
         plan = Plan(requested, policy, destination, budget, breaker, bulkhead)
-        plan.generation = generation
         if policy.endpoints is not None:
             endpoint_settings = policy.endpoints
             plan.endpoints = self._endpoints.get_or_create(
@@ -404,7 +278,7 @@ class Mesh:
         """
         if not self._measuring:
             self._measuring = True
-            self.generation += 1  # cached plans are rebuilt, with a sketch
+            self._plans.invalidate()  # cached plans are rebuilt, with a sketch
 
     def _cached_plans(self) -> list[Plan]:
         """Return the cached plans, least recently used first: the destinations in use."""
@@ -442,7 +316,6 @@ class Mesh:
 
     def reset(self) -> None:
         """Forget every destination's state: budgets, breakers and bulkheads."""
-        self.generation += 1  # plans cached by transports are stale from now on
         self._plans.clear()
         self._budgets.clear()
         self._breakers.clear()

@@ -32,7 +32,8 @@ from ._sketch import SKETCH
 from ._telemetry import redact_url
 
 if TYPE_CHECKING:
-    from ._mesh import Mesh, Plan
+    from ._mesh import Mesh
+    from ._plan import Plan
 
 __all__ = [
     "COLUMNS",

@@ -115,10 +115,15 @@ def _bound_body_read(request: httpx.Request, left: float) -> None:
     timeouts = request.extensions.get("timeout") or {}
     read = timeouts.get("read")
     if read is None or read > left:
-        # Kept aside as _prepare_attempt does, and a new dict: the caller's own may be
-        # shared with other requests.
-        request.extensions.setdefault("meshlib.timeout", timeouts)
+        # A new dict: the caller's own may be shared with other requests. The
+        # caller's own come back when the body is closed (`restore`).
         request.extensions["timeout"] = {**timeouts, "read": left}
+
+
+def _restore(request: httpx.Request, timeouts: dict[str, float | None] | None) -> None:
+    # The caller's own timeouts, once the call is over: a request sent again starts from them.
+    if timeouts is not None and request.extensions.get("timeout") is not timeouts:
+        request.extensions["timeout"] = timeouts
 
 
 def _expired(label: str, request: httpx.Request) -> DeadlineExceeded:
@@ -135,12 +140,14 @@ class SyncDeadlineStream(httpx.SyncByteStream):
         response: httpx.Response,
         deadline_at: float,
         label: str,
+        restore: dict[str, float | None] | None = None,
     ) -> None:
         self._inner = inner
         self._request = request
         self._response = response
         self._deadline_at = deadline_at
         self._label = label
+        self._restore = restore  # the caller's own timeouts, put back on close
         self._watch: _Watch | None = None
 
     def __iter__(self) -> Iterator[bytes]:
@@ -184,6 +191,7 @@ class SyncDeadlineStream(httpx.SyncByteStream):
     def close(self) -> None:
         if self._watch is not None:
             self._watch.done = True
+        _restore(self._request, self._restore)
         self._inner.close()
 
 
@@ -237,12 +245,14 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
         response: httpx.Response,
         deadline_at: float | None,
         label: str,
+        restore: dict[str, float | None] | None = None,
     ) -> None:
         self._inner = inner
         self._request = request
         self._response = response
         self._deadline_at = deadline_at
         self._label = label
+        self._restore = restore  # the caller's own timeouts, put back on close
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         if self._deadline_at is None:
@@ -288,4 +298,5 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
                 raise _expired(self._label, self._request)
 
     async def aclose(self) -> None:
+        _restore(self._request, self._restore)
         await close_shielded(self._inner)

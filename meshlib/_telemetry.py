@@ -20,7 +20,7 @@ import logging
 import sys
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import Token
 from typing import Any
 from urllib.parse import quote, unquote
@@ -35,6 +35,15 @@ from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ._compat import (
+    BAGGAGE_KEY,
+    SUPPRESS_HTTP_KEY,
+    composite_parts,
+    global_meter_provider,
+    global_tracer_provider,
+    otel_sdk_set,
+    uri_reference,
+)
 from ._headers import put_header, set_header
 from ._policy import Tracing
 
@@ -61,35 +70,9 @@ _KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
 )
 _MISSING = object()
-# The suppression key opentelemetry-instrumentation-httpx honours: set around
+# opentelemetry-instrumentation-httpx honours SUPPRESS_HTTP_KEY: set around
 # meshlib's own attempt spans so an instrumented inner transport adds no twin.
-_SUPPRESS_HTTP = getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", None)
 _HTTPX_INSTRUMENTATION = "opentelemetry.instrumentation.httpx"
-
-
-# The API's public getters cost half a microsecond each (they read os.environ);
-# the module globals behind them cost a dictionary lookup. None: no SDK installed.
-_metrics_internal: Any = getattr(metrics, "_internal", None)
-_GLOBALS_READABLE = hasattr(trace, "_TRACER_PROVIDER") and hasattr(
-    _metrics_internal, "_METER_PROVIDER"
-)
-if _GLOBALS_READABLE:
-
-    def _global_tracer_provider() -> Any:
-        return trace._TRACER_PROVIDER
-
-    def _global_meter_provider() -> Any:
-        return _metrics_internal._METER_PROVIDER
-
-else:  # pragma: no cover - a future API without the globals: the public way
-
-    def _global_tracer_provider() -> Any:
-        provider = trace.get_tracer_provider()
-        return None if isinstance(provider, trace.ProxyTracerProvider) else provider
-
-    def _global_meter_provider() -> Any:
-        provider = metrics.get_meter_provider()
-        return None if type(provider).__name__ == "_ProxyMeterProvider" else provider
 
 
 def _is_noop(provider: Any) -> bool:
@@ -103,7 +86,7 @@ def redact_url(url: httpx.URL, sensitive: frozenset[str]) -> str:
     named in `sensitive` (any case) becomes ``REDACTED``.
     """
     # httpx's parsed form: cheaper than the encoded properties, on every attempt.
-    parsed = url._uri_reference
+    parsed = uri_reference(url)
     if parsed.userinfo:
         url = url.copy_with(username="REDACTED", password="REDACTED")
     query = parsed.query
@@ -153,6 +136,10 @@ class _Instruments:
         )
 
 
+def _always() -> bool:
+    return True
+
+
 class Telemetry:
     """Spans and metrics for one `Tracing` value; shared by every route that uses it."""
 
@@ -160,12 +147,16 @@ class Telemetry:
         "_explicit",
         "_instruments",
         "_tracer",
+        "active",
         "tracing",
     )
 
     def __init__(self, tracing: Tracing) -> None:
         self.tracing = tracing
         self._explicit = tracing.tracer_provider is not None or tracing.meter_provider is not None
+        # Whether a call would record anything: the one check per call without an SDK.
+        # A function, not a method: called straight, on every request.
+        self.active: Callable[[], bool] = _always if self._explicit else otel_sdk_set
         # (provider seen last, what it gave), swapped whole so that a thread never
         # pairs one provider with another's tracer or instruments.
         self._tracer: tuple[Any, trace.Tracer | None] = (_MISSING, None)
@@ -174,23 +165,11 @@ class Telemetry:
         trace.get_tracer_provider()
         metrics.get_meter_provider()
 
-    def active(self) -> bool:
-        """Return whether a call would record anything: the one check per call without an SDK."""
-        if self._explicit:
-            return True
-        if _GLOBALS_READABLE:
-            return (
-                trace._TRACER_PROVIDER is not None or _metrics_internal._METER_PROVIDER is not None
-            )
-        return (  # pragma: no cover - a future API without the globals
-            _global_tracer_provider() is not None or _global_meter_provider() is not None
-        )
-
     def tracer(self) -> trace.Tracer | None:
         """Return the tracer to use now, or None when no SDK would record anything."""
         provider = self.tracing.tracer_provider
         if provider is None:
-            provider = _global_tracer_provider()
+            provider = global_tracer_provider()
         cached = self._tracer
         if provider is not cached[0]:
             cached = self._tracer = (
@@ -205,7 +184,7 @@ class Telemetry:
         """Return the metric instruments to use now, or None when no SDK is configured."""
         provider = self.tracing.meter_provider
         if provider is None:
-            provider = _global_meter_provider()
+            provider = global_meter_provider()
         cached = self._instruments
         if provider is not cached[0]:
             cached = self._instruments = (
@@ -251,7 +230,7 @@ def _is_default_textmap(textmap: Any) -> bool:
     seen, default = _default_textmap[0]
     if textmap is seen:
         return default
-    inner = getattr(textmap, "_propagators", None)
+    inner = composite_parts(textmap)
     default = (
         isinstance(textmap, CompositePropagator)
         and isinstance(inner, list | tuple)
@@ -285,13 +264,10 @@ def _inject(headers: httpx.Headers, span: trace.Span, ctx: Context) -> None:
         W3CBaggagePropagator().inject(headers, context=ctx, setter=_SETTER)
 
 
-_BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
-
-
 def _has_baggage(ctx: Context) -> bool:
     # baggage.get_all copies the entries into a new mapping: a lookup will do.
-    if _BAGGAGE_KEY is not None:
-        return bool(ctx.get(_BAGGAGE_KEY))
+    if BAGGAGE_KEY is not None:
+        return bool(ctx.get(BAGGAGE_KEY))
     return bool(baggage.get_all(ctx))  # pragma: no cover - a future API without the key
 
 
@@ -305,8 +281,8 @@ def _suppressed(ctx: Context) -> Context:
     last = _suppression[0] if _suppression else None
     if last is not None and last[0] is ctx:
         return last[1]
-    assert _SUPPRESS_HTTP is not None  # callers check
-    made = otel_context.set_value(_SUPPRESS_HTTP, True, ctx)
+    assert SUPPRESS_HTTP_KEY is not None  # callers check
+    made = otel_context.set_value(SUPPRESS_HTTP_KEY, True, ctx)
     _suppression[:] = [(ctx, made)]
     return made
 
@@ -367,7 +343,7 @@ class AttemptSpan:
             if propagate_context:
                 _inject(request.headers, span, ctx)
         self.token: Token[Context] | None = None
-        if _SUPPRESS_HTTP is not None and _HTTPX_INSTRUMENTATION in sys.modules:
+        if SUPPRESS_HTTP_KEY is not None and _HTTPX_INSTRUMENTATION in sys.modules:
             # Only an instrumented inner transport reads the context during the call:
             # without one loaded, attaching it would be work for nobody.
             self.token = otel_context.attach(_suppressed(ctx))

@@ -31,10 +31,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import certifi
 
+from ._compat import ConnectionHookContext
 from ._errors import ConfigError
 from ._policy import duration
 from ._runtime import runtime
@@ -271,7 +271,7 @@ def _digest(*parts: bytes) -> bytes:
     return hasher.digest()
 
 
-class _ReloadingContext(ssl.SSLContext):
+class _ReloadingContext(ConnectionHookContext):
     """An SSLContext whose certificate pair follows its files (see the module docstring)."""
 
     _meshlib_source: _Source
@@ -289,18 +289,10 @@ class _ReloadingContext(ssl.SSLContext):
         self._meshlib_loaded = loaded
         self._meshlib_failed = None
 
-    # ssl.SSLSocket and ssl.SSLObject create their OpenSSL state through these two
-    # private hooks, whether wrap_socket, wrap_bio or a late connect() got them
-    # there: the one place that sees every new connection.
-    def _wrap_socket(self, *args: Any, **kwargs: Any) -> Any:
+    def _meshlib_new_connection(self) -> threading.Lock:
+        # Every new connection: reload when due, then hold the pair still while it is made.
         self._meshlib_maybe_reload()
-        with self._meshlib_swap:
-            return super()._wrap_socket(*args, **kwargs)  # type: ignore[misc]
-
-    def _wrap_bio(self, *args: Any, **kwargs: Any) -> Any:
-        self._meshlib_maybe_reload()
-        with self._meshlib_swap:
-            return super()._wrap_bio(*args, **kwargs)  # type: ignore[misc]
+        return self._meshlib_swap
 
     def _meshlib_maybe_reload(self) -> None:
         if runtime.clock.now() < self._meshlib_next_check:

@@ -539,7 +539,7 @@ def test_mesh_hook_receives_transitions(clock: FakeClock) -> None:
     mesh = Mesh(default=QUICK)
     seen: list[tuple[str, str, str]] = []
     mesh.on_breaker_change(lambda *t: seen.append(t))
-    cb = mesh.plan(None, httpx.URL("http://a.internal/x")).breaker
+    cb = mesh._plans.for_url(None, httpx.URL("http://a.internal/x")).breaker
     assert cb is not None
     trip(cb, clock.now())
     probe = cb.admit(clock.now() + 5.0)
@@ -555,8 +555,8 @@ def test_mesh_hook_receives_transitions(clock: FakeClock) -> None:
 def test_mesh_breakers_lists_snapshots_of_breakers_in_use(clock: FakeClock) -> None:
     mesh = Mesh(default=QUICK)
     assert mesh.breakers() == []
-    a = mesh.plan(None, httpx.URL("http://a.internal/")).breaker
-    b = mesh.plan(None, httpx.URL("https://b.internal:8443/")).breaker
+    a = mesh._plans.for_url(None, httpx.URL("http://a.internal/")).breaker
+    b = mesh._plans.for_url(None, httpx.URL("https://b.internal:8443/")).breaker
     assert a is not None
     assert b is not None
     trip(a, clock.now())
@@ -576,9 +576,9 @@ def test_mesh_breakers_lists_snapshots_of_breakers_in_use(clock: FakeClock) -> N
 
 def test_failures_on_one_host_never_open_another_hosts_breaker(clock: FakeClock) -> None:
     mesh = Mesh(default=QUICK)
-    a = mesh.plan(None, httpx.URL("http://a.internal/")).breaker
-    b = mesh.plan(None, httpx.URL("http://b.internal/")).breaker
-    other_port = mesh.plan(None, httpx.URL("http://a.internal:8080/")).breaker
+    a = mesh._plans.for_url(None, httpx.URL("http://a.internal/")).breaker
+    b = mesh._plans.for_url(None, httpx.URL("http://b.internal/")).breaker
+    other_port = mesh._plans.for_url(None, httpx.URL("http://a.internal:8080/")).breaker
     assert a is not None
     assert b is not None
     assert other_port is not None
@@ -591,16 +591,16 @@ def test_failures_on_one_host_never_open_another_hosts_breaker(clock: FakeClock)
 
 def test_breakers_are_shared_per_normalised_destination_and_settings(clock: FakeClock) -> None:
     mesh = Mesh(default=QUICK)
-    first = mesh.plan(None, httpx.URL("http://a.internal/"))
-    same = mesh.plan(None, httpx.URL("http://A.internal.:80/other"))
+    first = mesh._plans.for_url(None, httpx.URL("http://a.internal/"))
+    same = mesh._plans.for_url(None, httpx.URL("http://A.internal.:80/other"))
     assert first.breaker is same.breaker
     five = Policy(breaker=Breaker(min_calls=5))
     equal_five = Policy(breaker=Breaker(min_calls=5))
     six = Policy(breaker=Breaker(min_calls=6))
     url = httpx.URL("http://a.internal/")
-    assert mesh.plan(five, url).breaker is mesh.plan(equal_five, url).breaker
-    assert mesh.plan(five, url).breaker is not mesh.plan(six, url).breaker
-    assert mesh.plan(five, url).breaker is not first.breaker
+    assert mesh._plans.for_url(five, url).breaker is mesh._plans.for_url(equal_five, url).breaker
+    assert mesh._plans.for_url(five, url).breaker is not mesh._plans.for_url(six, url).breaker
+    assert mesh._plans.for_url(five, url).breaker is not first.breaker
 
 
 def test_a_hook_that_raises_is_logged_and_the_transition_stands(
@@ -615,7 +615,7 @@ def test_a_hook_that_raises_is_logged_and_the_transition_stands(
 
     mesh.on_breaker_change(broken)
     mesh.on_breaker_change(lambda *t: seen.append(t))
-    cb = mesh.plan(None, httpx.URL("http://a.internal/")).breaker
+    cb = mesh._plans.for_url(None, httpx.URL("http://a.internal/")).breaker
     assert cb is not None
     trip(cb, clock.now())  # does not raise
     assert cb.state == OPEN
@@ -632,7 +632,7 @@ def test_an_opening_breaker_logs_a_warning(
 ) -> None:
     caplog.set_level(logging.INFO, logger="meshlib")
     mesh = Mesh(default=QUICK)
-    cb = mesh.plan(None, httpx.URL("http://a.internal/")).breaker
+    cb = mesh._plans.for_url(None, httpx.URL("http://a.internal/")).breaker
     assert cb is not None
     trip(cb, clock.now())
     probe = cb.admit(clock.now() + 5.0)

@@ -60,6 +60,29 @@ def test_an_open_breaker_fails_at_once_and_sends_nothing(mode: str, clock: FakeC
     assert error.request.url == URL
 
 
+@pytest.mark.parametrize("outcome", ["response", "error"])
+def test_a_slow_failure_opens_the_breaker_for_open_for_from_its_end(
+    mode: str, clock: FakeClock, outcome: str
+) -> None:
+    # The failure is known when the attempt ends: the open period starts then, for a
+    # failing response as for an error (a 503 used to count from the attempt's start).
+    def slow_failure(request: httpx.Request) -> httpx.Response:
+        clock.advance(2.0)
+        if outcome == "error":
+            raise httpx.ConnectError("down", request=request)
+        return httpx.Response(503)
+
+    policy = meshlib.Policy(retry=None, breaker=meshlib.Breaker(consecutive=1, open_for=5.0))
+    if outcome == "error":
+        with pytest.raises(httpx.ConnectError):
+            send(mode, slow_failure, policy)
+    else:
+        assert send(mode, slow_failure, policy).status_code == 503
+    with pytest.raises(meshlib.CircuitOpen) as caught:
+        send(mode, slow_failure, policy)
+    assert caught.value.retry_after == pytest.approx(5.0)
+
+
 def test_circuit_open_is_never_retried_or_slept_on(mode: str, clock: FakeClock) -> None:
     policy = NO_RETRY.replace(retry=meshlib.Retry(attempts=5, budget=None))
     script = Script(*[httpx.ConnectError("down")] * 20)

@@ -413,9 +413,9 @@ async def test_a_task_releasing_wakes_a_waiting_thread() -> None:
 def test_mesh_bulkheads_lists_the_bulkheads_in_use() -> None:
     mesh = Mesh(default=Policy(bulkhead=Bulkhead(max_concurrent=2, max_queued=1)))
     assert mesh.bulkheads() == []
-    a = mesh.plan(None, httpx.URL("http://a.internal/")).bulkhead
-    same = mesh.plan(None, httpx.URL("http://A.internal:80/x")).bulkhead
-    b = mesh.plan(None, httpx.URL("http://b.internal/")).bulkhead
+    a = mesh._plans.for_url(None, httpx.URL("http://a.internal/")).bulkhead
+    same = mesh._plans.for_url(None, httpx.URL("http://A.internal:80/x")).bulkhead
+    b = mesh._plans.for_url(None, httpx.URL("http://b.internal/")).bulkhead
     assert a is not None
     assert b is not None
     assert a is same

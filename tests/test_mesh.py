@@ -127,22 +127,22 @@ def test_max_destinations_must_be_a_positive_int(bad: object) -> None:
 
 def test_the_same_destination_and_policy_give_the_same_route() -> None:
     mesh = Mesh()
-    first = mesh.plan(STANDARD, httpx.URL("http://orders.internal/a"))
-    second = mesh.plan(STANDARD, httpx.URL("http://orders.internal/b?page=2"))
+    first = mesh._plans.for_url(STANDARD, httpx.URL("http://orders.internal/a"))
+    second = mesh._plans.for_url(STANDARD, httpx.URL("http://orders.internal/b?page=2"))
     assert first is second
     assert first.policy is STANDARD
 
 
 def test_a_route_without_a_policy_takes_the_mesh_policy(mesh: Mesh) -> None:
-    route = mesh.plan(None, httpx.URL("https://api.internal:8443/v1"))
+    route = mesh._plans.for_url(None, httpx.URL("https://api.internal:8443/v1"))
     assert route.policy is HOST_PORT
-    assert mesh.plan(None, httpx.URL("https://example.com/")).policy is DEFAULT
+    assert mesh._plans.for_url(None, httpx.URL("https://example.com/")).policy is DEFAULT
 
 
 def test_different_hosts_get_different_budgets() -> None:
     mesh = Mesh()
-    a = mesh.plan(STANDARD, httpx.URL("http://a.internal/"))
-    b = mesh.plan(STANDARD, httpx.URL("http://b.internal/"))
+    a = mesh._plans.for_url(STANDARD, httpx.URL("http://a.internal/"))
+    b = mesh._plans.for_url(STANDARD, httpx.URL("http://b.internal/"))
     assert a.budget is not None
     assert b.budget is not None
     assert a.budget is not b.budget
@@ -151,7 +151,7 @@ def test_different_hosts_get_different_budgets() -> None:
 def test_different_ports_and_schemes_get_different_budgets() -> None:
     mesh = Mesh()
     budgets = [
-        mesh.plan(STANDARD, httpx.URL(url)).budget
+        mesh._plans.for_url(STANDARD, httpx.URL(url)).budget
         for url in ("http://a.internal/", "http://a.internal:8080/", "https://a.internal/")
     ]
     assert len({id(budget) for budget in budgets}) == 3
@@ -163,21 +163,21 @@ def test_equal_policies_share_a_destination_budget() -> None:
     other = Policy(retry=Retry(budget=Budget(ratio=0.1)), timeout=Timeout(total=5.0))
     assert one is not other
     url = httpx.URL("http://orders.internal/")
-    assert mesh.plan(one, url).budget is mesh.plan(other, url).budget
+    assert mesh._plans.for_url(one, url).budget is mesh._plans.for_url(other, url).budget
 
 
 def test_different_budget_settings_get_their_own_budget() -> None:
     mesh = Mesh()
     url = httpx.URL("http://orders.internal/")
     loose = Policy(retry=Retry(budget=Budget(ratio=0.5)))
-    assert mesh.plan(STANDARD, url).budget is not mesh.plan(loose, url).budget
+    assert mesh._plans.for_url(STANDARD, url).budget is not mesh._plans.for_url(loose, url).budget
 
 
 def test_no_budget_when_retries_or_budget_are_off() -> None:
     mesh = Mesh()
     url = httpx.URL("http://orders.internal/")
-    assert mesh.plan(STANDARD.replace(retry=None), url).budget is None
-    assert mesh.plan(Policy(retry=Retry(budget=None)), url).budget is None
+    assert mesh._plans.for_url(STANDARD.replace(retry=None), url).budget is None
+    assert mesh._plans.for_url(Policy(retry=Retry(budget=None)), url).budget is None
 
 
 @pytest.mark.parametrize(
@@ -191,8 +191,8 @@ def test_no_budget_when_retries_or_budget_are_off() -> None:
 )
 def test_default_ports_case_and_trailing_dot_share_a_budget(one: str, other: str) -> None:
     mesh = Mesh()
-    first = mesh.plan(STANDARD, httpx.URL(one))
-    second = mesh.plan(STANDARD, httpx.URL(other))
+    first = mesh._plans.for_url(STANDARD, httpx.URL(one))
+    second = mesh._plans.for_url(STANDARD, httpx.URL(other))
     assert first.budget is not None
     assert first.budget is second.budget
     assert first.destination == second.destination
@@ -201,12 +201,12 @@ def test_default_ports_case_and_trailing_dot_share_a_budget(one: str, other: str
 def test_state_is_bounded_by_max_destinations() -> None:
     mesh = Mesh(max_destinations=100)
     for n in range(10_000):
-        mesh.plan(STANDARD, httpx.URL(f"http://host-{n}.internal/"))
+        mesh._plans.for_url(STANDARD, httpx.URL(f"http://host-{n}.internal/"))
     assert len(mesh._plans) <= 100
     assert len(mesh._budgets) <= 100
     # The newest destinations are the ones kept.
-    newest = mesh.plan(STANDARD, httpx.URL("http://host-9999.internal/"))
-    assert mesh.plan(STANDARD, httpx.URL("http://host-9999.internal/x")) is newest
+    newest = mesh._plans.for_url(STANDARD, httpx.URL("http://host-9999.internal/"))
+    assert mesh._plans.for_url(STANDARD, httpx.URL("http://host-9999.internal/x")) is newest
 
 
 def test_a_destination_in_constant_use_keeps_its_budget() -> None:
@@ -214,22 +214,22 @@ def test_a_destination_in_constant_use_keeps_its_budget() -> None:
     # (and its budget not refilled) because many others come and go.
     mesh = Mesh(max_destinations=10)
     busy = httpx.URL("http://busy.internal/")
-    budget = mesh.plan(STANDARD, busy).budget
+    budget = mesh._plans.for_url(STANDARD, busy).budget
     for n in range(100):
-        mesh.plan(STANDARD, httpx.URL(f"http://passer-{n}.internal/"))
-        assert mesh.plan(STANDARD, busy).budget is budget
+        mesh._plans.for_url(STANDARD, httpx.URL(f"http://passer-{n}.internal/"))
+        assert mesh._plans.for_url(STANDARD, busy).budget is budget
 
 
 def test_reset_forgets_state() -> None:
     mesh = Mesh()
     url = httpx.URL("http://orders.internal/")
-    before = mesh.plan(STANDARD, url)
+    before = mesh._plans.for_url(STANDARD, url)
     assert before.budget is not None
     before.budget.deposit(0.0)
     mesh.reset()
     assert len(mesh._plans) == 0
     assert len(mesh._budgets) == 0
-    after = mesh.plan(STANDARD, url)
+    after = mesh._plans.for_url(STANDARD, url)
     assert after is not before
     assert after.budget is not None
     assert after.budget is not before.budget
@@ -243,13 +243,13 @@ def test_a_busy_destination_keeps_one_budget_for_every_equal_policy() -> None:
     mesh = Mesh(max_destinations=10)
     busy = httpx.URL("http://busy.internal/")
     long_lived = Policy()
-    budget = mesh.plan(long_lived, busy).budget
+    budget = mesh._plans.for_url(long_lived, busy).budget
     for n in range(100):
-        mesh.plan(long_lived, httpx.URL(f"http://passer-{n}.internal/"))
-        assert mesh.plan(long_lived, busy).budget is budget
+        mesh._plans.for_url(long_lived, httpx.URL(f"http://passer-{n}.internal/"))
+        assert mesh._plans.for_url(long_lived, busy).budget is budget
     newcomer = Policy()
     assert newcomer is not long_lived
-    assert mesh.plan(newcomer, busy).budget is budget
+    assert mesh._plans.for_url(newcomer, busy).budget is budget
 
 
 def test_a_hundred_thousand_hosts_keep_memory_bounded() -> None:
@@ -258,11 +258,11 @@ def test_a_hundred_thousand_hosts_keep_memory_bounded() -> None:
 
     mesh = Mesh(max_destinations=1_000)
     for n in range(5_000):  # fill the map and churn it once: the steady state
-        mesh.plan(STANDARD, httpx.URL(f"http://warm-{n}.internal/"))
+        mesh._plans.for_url(STANDARD, httpx.URL(f"http://warm-{n}.internal/"))
     gc.collect()
     before = sys.getallocatedblocks()
     for n in range(100_000):
-        mesh.plan(STANDARD, httpx.URL(f"http://host-{n}.internal/"))
+        mesh._plans.for_url(STANDARD, httpx.URL(f"http://host-{n}.internal/"))
     gc.collect()
     grown = sys.getallocatedblocks() - before
     assert len(mesh._plans) == 1_000

@@ -227,6 +227,24 @@ def test_the_deadline_header_phases_are_bounded(mode: str, clock: FakeClock) -> 
     assert seen[1] == {"connect": 0.5, "read": 0.5, "write": 0.5, "pool": 0.5}
 
 
+def test_meshlib_keeps_its_own_state_out_of_the_request_extensions(
+    mode: str, clock: FakeClock
+) -> None:
+    # The caller's timeouts are lowered per attempt; what meshlib keeps aside to do
+    # that is its own, not a key in the extensions the caller and httpcore read.
+    def handler(request: httpx.Request) -> httpx.Response:
+        clock.advance(0.5)
+        return httpx.Response(503 if clock.now() < 1.0 else 200, content=b"body")
+
+    policy = meshlib.Policy(
+        retry=meshlib.Retry(backoff=meshlib.Backoff(base=0, cap=0, jitter="none"), budget=None),
+        timeout=meshlib.Timeout(total=2.0, attempt=1.0),
+    )
+    response = send(mode, handler, policy, timeout=httpx.Timeout(5.0))
+    assert response.status_code == 200
+    assert [key for key in response.request.extensions if key.startswith("meshlib")] == []
+
+
 def test_each_attempt_carries_one_deadline_header_with_what_is_left(
     mode: str, clock: FakeClock
 ) -> None:

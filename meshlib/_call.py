@@ -1,0 +1,705 @@
+"""One call as a sans-I/O state machine: the order of layers, and every decision.
+
+The order, outer to inner (DESIGN.md, "The shape of a call"; docs/architecture.md):
+
+```
+caller
+ └─ route         which destination (or xDS cluster) takes the request: headers, path, weight
+     └─ deadline  total budget for the whole call; adopts an enclosing meshlib.deadline()
+         └─ faults        injected abort or delay, once per call (a delay uses up the deadline)
+             └─ bulkhead  per destination: at most N in flight, else BulkheadFull (or a bounded wait)
+                 └─ retry budget-limited; backoff never sleeps past the deadline
+                     └─ per attempt (or hedged copy):
+                         breaker  per destination; CircuitOpen at once when open (never retried)
+                         endpoint p2c or round robin over healthy endpoints; a retry prefers another
+                         span     one CLIENT span per attempt actually sent (http.request.resend_count)
+                         timeout  min(attempt timeout, what is left of the deadline)
+                         headers  traceparent, remaining-deadline header
+                         └─ inner transport (httpx.HTTPTransport with the TLS context)
+                     response body: read under the same deadline
+```
+
+A `Call` is made once per request (or per call of a `resilient` function) and
+tells its driver what to do next; the drivers (`_pipeline.Transport`,
+`_pipeline.AsyncTransport`, `_decorator`'s two wrappers) only send, wait,
+queue, read and cancel:
+
+- `start()`, then after each step one of `waited()`, `queued(got)`,
+  `answered(response)` / `returned()`, `failed(exc)`, `drained()`; each
+  returns the next action: SEND (call `call.request`; for a function, the
+  function, bounded by `call.bound`), WAIT (`call.wait` seconds), QUEUE (for
+  the bulkhead, at most `call.queue_for` seconds, None: no limit), DRAIN (read and close
+  `call.response`, then `drained()`), RETURN (`call.response`) or RAISE
+  (re-raise the exception just caught).
+- A decision that ends the call in one of meshlib's own errors
+  (`CircuitOpen`, `BulkheadFull`, `DeadlineExceeded`) raises it, as does
+  handing back an earlier attempt's exception.
+- `cancelled(exc)` when an attempt ends in cancellation (never a failure);
+  the driver then re-raises at once.
+- ``with call:`` around it all: leaving frees the bulkhead slot and ends a
+  function's span. A request has no such span, so the transports save the
+  ``with`` and release `call.slot` (the bulkhead, while a slot is held) in a
+  ``finally``.
+
+Where each part is: `__init__` (route: it picks the plan), `start`
+(deadline, faults), `_enter_bulkhead` and `queued`, `_begin` (what is decided
+once per call), `_attempt` (per attempt, in the order drawn above),
+`answered`, `_retry_status`, `failed` and `_next_wait` (the retry decision,
+whole). This module is long because it is the whole call: split, the order
+it exists to keep in one place would be scattered again.
+
+The success path is a straight line through `start`, `_attempt` and
+`answered`: one object with slots, no other allocation, the clock read once
+per attempt. A success while the breaker is closed is recorded at the
+attempt's start (the same window bucket, bar an attempt straddling an edge);
+every other outcome at the moment it is known.
+"""  # noqa: E501 - the diagram is DESIGN.md's, line for line
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import httpx
+
+from ._breaker import CLOSED
+from ._bulkhead import ConcurrencyLimit
+from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
+from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
+from ._headers import put_header
+from ._plan import Plan, Plans
+from ._policy import Policy, Retry
+from ._retry import (
+    RetryState,
+    body_is_replayable,
+    exception_is_retryable,
+    parse_retry_after,
+    request_is_idempotent,
+)
+from ._runtime import runtime
+from ._streams import AsyncDeadlineStream, SyncDeadlineStream
+from ._telemetry import AttemptSpan, function_span, logger
+from ._traffic import Endpoint, choose_route, route_target
+from ._traffic import draw_fault as _draw
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from ._telemetry import Telemetry
+
+__all__ = [
+    "DRAIN",
+    "QUEUE",
+    "RAISE",
+    "RETURN",
+    "SEND",
+    "WAIT",
+    "Attempt",
+    "Call",
+    "is_failure",
+]
+
+# What a driver does next (module constants: compared by identity, cheaply).
+SEND = 1
+WAIT = 2
+QUEUE = 3
+DRAIN = 4
+RETURN = 5
+RAISE = 6
+
+POLICY_EXTENSION = "meshlib.policy"
+_DEFAULT_RETRY = Retry()
+_PHASES = ("connect", "read", "write", "pool")
+_REPLAYABLE = httpx.ByteStream(b"")  # stands for any body that can be sent again
+
+# Where the call stands, for `waited`: after the fault's delay, or between attempts.
+_FAULTED = 1
+_RETRYING = 2
+
+
+def is_failure(exc: Exception) -> bool:
+    """Return whether an attempt's exception counts against the destination (breaker, endpoint).
+
+    Connection errors, timeouts and protocol errors; never meshlib's own rejections.
+    """
+    return isinstance(exc, httpx.TransportError) and not isinstance(exc, MeshError)
+
+
+class Call:
+    """One request (or one call of a `resilient` function), from its route to its answer.
+
+    See the module docstring for the protocol its drivers follow.
+    """
+
+    __slots__ = (
+        "asynchronous",
+        "attempt",
+        "avoid",
+        "body",
+        "bound",
+        "deadline_at",
+        "hedge",
+        "last",
+        "matches",
+        "name",
+        "now",
+        "observed",
+        "phase",
+        "plan",
+        "queue_for",
+        "request",
+        "response",
+        "scope",
+        "slot",
+        "state",
+        "ticket",
+        "timeouts",
+        "tracer",
+        "wait",
+    )
+
+    def __init__(
+        self,
+        plans: Plans,
+        policy: Policy | None,
+        request: httpx.Request | None,
+        asynchronous: bool,
+        matches: Callable[[Exception], bool] | None = None,
+        name: str = "",
+    ) -> None:
+        """Find the call's plan: the outermost layer, route, is decided here.
+
+        Raises:
+            ConfigError: the request's ``meshlib.policy`` extension is not a Policy.
+        """
+        if request is None:
+            self.plan = plans.for_function(policy, name)
+        else:
+            override = request.extensions.get(POLICY_EXTENSION)
+            if override is not None:
+                if not isinstance(override, Policy):
+                    raise ConfigError(
+                        f"extensions[{POLICY_EXTENSION!r}]: expected a meshlib.Policy, "
+                        f"got {override!r}"
+                    )
+                policy = override
+            plan = self.plan = plans.for_url(policy, request.url)
+            if plan.routes:
+                self.plan = self._route(plans, policy, request, plan)
+        self.request = request  # None: a function's call
+        self.asynchronous = asynchronous
+        self.matches = matches  # a function's `on`: what it retries, what the breaker counts
+        self.name = name
+        self.state: RetryState | None = None  # made on the first retry
+        self.avoid: Endpoint | None = None  # a retry prefers another endpoint
+        self.last: httpx.Response | Exception | None = None
+        self.slot: ConcurrencyLimit | None = None  # the bulkhead, while its slot is held
+        self.scope: Any = None  # a function's span, while it is current
+        # The caller's own timeouts, kept here (not in the request's extensions).
+        self.timeouts: dict[str, float | None] | None = None
+        self.phase = 0
+        # Set before they are read, so not here (one store less each on every call):
+        # ticket, attempt and bound by _attempt; response before RETURN or DRAIN;
+        # wait before WAIT; queue_for before QUEUE; observed, tracer, hedge, body by _begin.
+        self.response: httpx.Response | None
+        self.ticket: int  # the breaker's: 0 while it is closed
+        self.attempt: Attempt | None  # an attempt's extras, when there are any
+        self.wait: float
+        self.queue_for: float | None
+        self.bound: float | None
+
+    @staticmethod
+    def _route(plans: Plans, policy: Policy | None, request: httpx.Request, plan: Plan) -> Plan:
+        """Return the plan of the route the request takes, if any, else `plan`."""
+        assert plan.routes is not None
+        chosen = choose_route(plan.routes, request)
+        if chosen is None:
+            return plan
+        # The request goes to `to` as if sent there: its URL and Host header, then
+        # its policy and state; `to`'s own routes are not followed.
+        host, port = route_target(chosen)
+        request.url = request.url.copy_with(
+            host=host, port=port if port is not None else request.url.port
+        )
+        request.headers["Host"] = request.url.netloc.decode("ascii")
+        return plans.for_url(policy, request.url)
+
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        scope = self.scope
+        if scope is not None:
+            self.scope = None
+            scope.__exit__(*exc_info)
+        slot = self.slot
+        if slot is not None:
+            self.slot = None
+            slot.release()
+
+    # --- before the first attempt: deadline, faults, bulkhead ---------------------
+
+    def start(self) -> int:
+        """Begin the call: fix its deadline, draw its fault, take its bulkhead slot."""
+        plan = self.plan
+        now = self.now = runtime.clock.now()
+        outer = current_deadline()
+        total = plan.total
+        if total is None:
+            self.deadline_at = outer
+        else:
+            at = now + total
+            self.deadline_at = at if outer is None or at < outer else outer
+        if plan.faults is not None and self.request is not None:
+            abort, delay = self._draw_fault(now)
+            self.response = abort
+            if delay:
+                self.wait = delay
+                self.phase = _FAULTED
+                return WAIT
+            if abort is not None:
+                return RETURN
+            return self._enter_bulkhead()
+        bulkhead = plan.bulkhead
+        if bulkhead is not None:
+            taken = bulkhead.try_acquire()
+            if taken is not True:
+                return self._no_slot(taken)
+            self.slot = bulkhead
+        return self._begin()
+
+    def _draw_fault(self, now: float) -> tuple[httpx.Response | None, float]:
+        """Draw this call's injected fault: (an abort's response or None, seconds to hold it).
+
+        An injected delay uses up the deadline: when it would outlast it, the call
+        waits what is left and fails with DeadlineExceeded (checked on the next step).
+        """
+        plan = self.plan
+        faults = plan.policy.faults
+        assert faults is not None
+        if not plan.faults_announced:
+            plan.faults_announced = True
+            logger.warning(
+                "fault injection is active for %s: %r",
+                plan.label,
+                faults,
+                extra={"meshlib_event": "faults_active", "meshlib_destination": plan.label},
+            )
+        abort, delay = _draw(faults)
+        deadline_at = self.deadline_at
+        if deadline_at is not None and delay > deadline_at - now:
+            delay = max(0.0, deadline_at - now)
+        response = None
+        if abort:
+            # The caller's answer: not sent, not retried, not counted by the breaker.
+            response = httpx.Response(
+                faults.status, headers={"x-meshlib-fault": "abort"}, request=self.request
+            )
+        return response, delay
+
+    def _enter_bulkhead(self) -> int:
+        bulkhead = self.plan.bulkhead
+        if bulkhead is None:
+            return self._begin()
+        taken = bulkhead.try_acquire()
+        if taken is True:
+            self.slot = bulkhead
+            return self._begin()
+        return self._no_slot(taken)
+
+    def _no_slot(self, taken: bool | None) -> int:
+        """Refuse the call (`taken` False: the queue is full too), or QUEUE it."""
+        if taken is False:
+            self.plan.report.rejected("bulkhead_full")
+            raise BulkheadFull(self.plan.label, request=self.request)
+        # The queue has room: wait for a slot, at most until the deadline.
+        deadline_at = self.deadline_at
+        self.queue_for = (
+            None if deadline_at is None else max(0.0, deadline_at - runtime.clock.now())
+        )
+        return QUEUE
+
+    def queued(self, got: bool) -> int:
+        """Go on after queueing for the bulkhead; `got`: a slot was given."""
+        if not got:
+            deadline_at = self.deadline_at
+            if deadline_at is not None and runtime.clock.now() >= deadline_at - DEADLINE_SLACK:
+                raise self._deadline_exceeded("waiting for a slot")
+            self.plan.report.rejected("bulkhead_full")
+            raise BulkheadFull(self.plan.label, request=self.request)
+        self.slot = self.plan.bulkhead
+        self.now = runtime.clock.now()
+        return self._begin()
+
+    def _begin(self) -> int:
+        """Inside the bulkhead: what is decided once per call, then the first attempt."""
+        plan = self.plan
+        if plan.budget is not None:
+            plan.budget.deposit(self.now)
+        # Telemetry decided once per call: with no SDK, no span work at all.
+        self.observed = self.tracer = None
+        self.hedge = None
+        request = self.request
+        if request is None:
+            if plan.telemetry is not None:
+                scope = function_span(plan.telemetry, self.name)
+                if scope is not None:
+                    scope.__enter__()
+                    self.scope = scope
+            return self._attempt()
+        telemetry = plan.telemetry
+        if telemetry is not None and telemetry.active():
+            tracer = telemetry.tracer()
+            if tracer is not None or telemetry.instruments() is not None:
+                self.observed, self.tracer = telemetry, tracer
+        if plan.hedge is not None:
+            self.hedge = self._hedge_delay(request)
+        self.body = request.stream  # as it was before sending: reading may replace it
+        return self._attempt()
+
+    def _hedge_delay(self, request: httpx.Request) -> float | None:
+        """Return the hedge delay for this call, or None when it is not hedged.
+
+        Only idempotent requests whose body can be sent again are hedged.
+        """
+        plan = self.plan
+        hedge = plan.policy.hedge
+        assert hedge is not None
+        # With retries off, the default Retry's methods say what is idempotent.
+        if not request_is_idempotent(request, plan.policy.retry or _DEFAULT_RETRY):
+            return None
+        if not body_is_replayable(request.stream):
+            return None
+        if hedge.delay == "p95":
+            measured = plan.latencies.p95() if plan.latencies is not None else None
+            return measured if measured is not None else 1.0
+        return hedge.delay
+
+    # --- each attempt: time left, breaker, endpoint, span, timeout, headers -----------
+
+    def waited(self) -> int:
+        """Go on after a WAIT: the fault's delay, or the backoff before a retry."""
+        self.now = runtime.clock.now()
+        if self.phase == _FAULTED:
+            self.phase = 0
+            if self.response is not None:
+                return RETURN
+            # When the delay used up the deadline, the first attempt raises DeadlineExceeded.
+            return self._enter_bulkhead()
+        return self._attempt()
+
+    def _attempt(self) -> int:
+        """Prepare the next attempt; SEND, or hand back the last outcome (breaker open).
+
+        In the order drawn above: is any time left (the deadline's own check, so
+        nothing is admitted, chosen or traced for an attempt that cannot go),
+        breaker, endpoint and span (`Attempt`), timeout, headers.
+        """
+        plan = self.plan
+        now = self.now
+        request = self.request
+        deadline_at = self.deadline_at
+        left = None
+        if deadline_at is not None:
+            left = deadline_at - now
+            if left <= 0:
+                raise self._deadline_exceeded(
+                    "before calling" if request is None else "before sending"
+                )
+        self.ticket = 0  # closed, the common case: decided without the breaker's lock
+        breaker = plan.breaker
+        if breaker is not None and breaker.state is not CLOSED:
+            ticket = breaker.admit(now)
+            if ticket is None:
+                plan.report.rejected("circuit_open")
+                last = self.last
+                if last is None:
+                    raise CircuitOpen(plan.label, breaker.retry_after(now), request=request)
+                if isinstance(last, Exception):
+                    raise last
+                self.response = last
+                return RETURN
+            self.ticket = ticket
+        self.attempt = None
+        if (
+            request is not None
+            and self.hedge is None
+            and (self.observed is not None or plan.endpoints is not None)
+        ):
+            attempt = self.attempt = self.new_attempt(request, self.avoid)
+            self.avoid = attempt.endpoint
+        bound = plan.attempt_timeout
+        if left is not None and (bound is None or left < bound):
+            bound = left
+        self.bound = bound
+        if request is not None:
+            if bound is not None:
+                # Each httpcore phase gets the smaller of the caller's own timeout and
+                # `bound`. The caller's are kept aside on the first attempt, so a later
+                # one does not inherit those this call (or its body's read) lowered.
+                extensions = request.extensions
+                base = self.timeouts
+                if base is None:
+                    base = self.timeouts = extensions.get("timeout") or {}
+                    # Unrolled: this runs on every request.
+                    get = base.get
+                    connect, read, write = get("connect"), get("read"), get("write")
+                    pool = get("pool")
+                    lower = not (
+                        connect is not None
+                        and read is not None
+                        and write is not None
+                        and pool is not None
+                        and connect <= bound
+                        and read <= bound
+                        and write <= bound
+                        and pool <= bound
+                    )  # else every phase is already within the bound: the common case
+                else:
+                    lower = True
+                if lower:
+                    extensions["timeout"] = {
+                        phase: bound
+                        if (value := base.get(phase)) is None or value > bound
+                        else value
+                        for phase in _PHASES
+                    }
+            key = plan.deadline_key
+            if key is not None and left is not None:
+                ms = left * 1000
+                put_header(
+                    request.headers,
+                    key,
+                    b"%d%s" % (ms, plan.deadline_unit)
+                    if ms <= plan.deadline_max
+                    else long_budget_header(key, left),  # never more digits than meshlib reads
+                )
+        return SEND
+
+    def new_attempt(self, request: httpx.Request, avoid: Endpoint | None) -> Attempt:
+        """Start an attempt's extras (its span, its endpoint) for `request` or a hedged copy."""
+        return Attempt(
+            self.plan, request, self.state, self.observed, self.tracer, avoid, runtime.clock.now()
+        )
+
+    def may_hedge(self) -> bool:
+        """Charge a hedged copy to the retry budget; False when the budget is spent."""
+        budget = self.plan.budget
+        return budget is None or budget.try_withdraw(runtime.clock.now())
+
+    # --- outcomes -------------------------------------------------------------------------
+
+    def answered(self, response: httpx.Response) -> int:
+        """Decide what follows a response: RETURN it, or DRAIN it and retry."""
+        plan = self.plan
+        clock = runtime.clock
+        status = response.status_code
+        attempt = self.attempt
+        if attempt is not None:
+            attempt.end(response, status >= 500)
+        sketch = plan.sketch  # None unless a status page watches the Mesh
+        if sketch is not None:
+            ended = clock.now()
+            sketch.add(ended - self.now, ended)
+        breaker = plan.breaker
+        if breaker is not None:
+            failed = status in breaker.on_status
+            breaker.record(self.ticket, failed, clock.now() if failed or self.ticket else self.now)
+        deadline_at = self.deadline_at
+        request = self.request
+        assert request is not None
+        if self.asynchronous:
+            # Wrapped with or without a deadline: its close must not be cut halfway.
+            if not isinstance(response.stream, httpx.ByteStream):
+                response.stream = AsyncDeadlineStream(
+                    cast(httpx.AsyncByteStream, response.stream),
+                    request,
+                    response,
+                    deadline_at,
+                    plan.label,
+                    self.timeouts,
+                )
+        elif deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
+            response.stream = SyncDeadlineStream(
+                cast(httpx.SyncByteStream, response.stream),
+                request,
+                response,
+                deadline_at,
+                plan.label,
+                self.timeouts,
+            )
+        self.response = response
+        retry = plan.policy.retry
+        if retry is None or status not in retry.on_status:
+            return RETURN
+        return self._retry_status(response, request, retry)
+
+    def _retry_status(self, response: httpx.Response, request: httpx.Request, retry: Retry) -> int:
+        """Decide whether a response with a retryable status is retried."""
+        plan = self.plan
+        if not request_is_idempotent(request, retry):
+            return RETURN
+        if not body_is_replayable(self.body):
+            if retry.attempts > 1:
+                plan.report.not_replayable(str(response.status_code))
+            return RETURN
+        header = response.headers.get("retry-after")
+        retry_after = parse_retry_after(header) if header is not None else None
+        if not self._next_wait(retry, str(response.status_code), retry_after):
+            return RETURN
+        self.last = response
+        # Read and close first, so the connection goes back to the pool; the
+        # content stays readable should this response be handed back.
+        return DRAIN
+
+    def drained(self) -> int:
+        """Go on after the driver read and closed a response that is retried."""
+        return WAIT
+
+    def returned(self) -> int:
+        """A function's attempt returned: record the success."""
+        breaker = self.plan.breaker
+        if breaker is not None:
+            breaker.record(self.ticket, False, runtime.clock.now() if self.ticket else self.now)
+        return RETURN
+
+    def failed(self, exc: Exception, timed_out: bool = False) -> int:
+        """Decide what follows an attempt that raised: WAIT and retry, or RAISE.
+
+        `timed_out`: a function's attempt was cut by its own bound (`self.bound`).
+
+        Raises:
+            DeadlineExceeded: the attempt timed out because the call's time ran out.
+        """
+        plan = self.plan
+        now = runtime.clock.now()
+        request = self.request
+        matches = self.matches
+        if matches is None:
+            failed = is_failure(exc)
+            timed_out = isinstance(exc, httpx.TimeoutException)
+        else:
+            # For a function, what `on` retries is what the breaker counts.
+            failed = timed_out or (not isinstance(exc, MeshError) and matches(exc))
+        attempt = self.attempt
+        if attempt is not None:
+            attempt.end(exc, failed)
+        if plan.breaker is not None:
+            plan.breaker.record(self.ticket, failed, now)
+        deadline_at = self.deadline_at
+        if timed_out and deadline_at is not None and now >= deadline_at - DEADLINE_SLACK:
+            # The bound that fired was what was left of the deadline: the call's time is up.
+            raise self._deadline_exceeded("waiting for the answer") from exc
+        retry = plan.policy.retry
+        if retry is None:
+            return RAISE
+        if request is None:
+            assert matches is not None
+            if isinstance(exc, MeshError) or not matches(exc):
+                return RAISE
+        elif not exception_is_retryable(exc, request, self.body, retry):
+            # Said only when the body is all that stood in the way: the same error with a
+            # replayable body would have been retried.
+            if (
+                retry.attempts > 1
+                and not body_is_replayable(self.body)
+                and exception_is_retryable(exc, request, _REPLAYABLE, retry)
+            ):
+                plan.report.not_replayable(type(exc).__name__)
+            return RAISE
+        if not self._next_wait(retry, type(exc).__name__, None, now):
+            return RAISE
+        self.last = exc
+        return WAIT
+
+    def _next_wait(
+        self, retry: Retry, cause: str, retry_after: float | None, now: float | None = None
+    ) -> bool:
+        """Decide the wait before the next attempt (`self.wait`); False: stop retrying."""
+        plan = self.plan
+        state = self.state
+        if state is None:
+            state = self.state = RetryState(retry, plan.budget, self.deadline_at)
+        wait = state.next_wait(runtime.clock.now() if now is None else now, retry_after)
+        if wait is None:
+            plan.report.stop(state.attempt_number, cause, state.stop_reason or "")
+            return False
+        plan.report.retry(state.attempt_number - 1, state.retry.attempts, cause, wait)
+        self.phase = _RETRYING
+        self.wait = 0.0 if runtime.skip_waits else wait
+        return True
+
+    def cancelled(self, exc: BaseException) -> None:
+        """An attempt ended in cancellation (or Ctrl-C): never a failure; the driver re-raises."""
+        if self.attempt is not None:
+            self.attempt.end(exc, None)
+        if self.plan.breaker is not None:
+            self.plan.breaker.release(self.ticket)
+
+    def _deadline_exceeded(self, doing: str) -> DeadlineExceeded:
+        """Report a call cut off by its deadline and return the error to raise."""
+        self.plan.report.rejected("deadline")
+        return DeadlineExceeded(
+            f"deadline exceeded {doing} ({self.plan.label})", request=self.request
+        )
+
+
+class Attempt:
+    """One attempt's extras, made only when there are any: its span and its endpoint.
+
+    With endpoints, the request goes to the chosen address while its Host
+    header, TLS server name and (once restored) URL stay the destination's.
+    """
+
+    __slots__ = ("endpoint", "plan", "request", "span", "started", "target")
+
+    def __init__(
+        self,
+        plan: Plan,
+        request: httpx.Request,
+        state: RetryState | None,
+        observed: Telemetry | None,
+        tracer: Tracer | None,
+        avoid: Endpoint | None,
+        now: float,
+    ) -> None:
+        self.plan = plan
+        self.request = request
+        self.target = request.url
+        pool = plan.endpoints
+        self.endpoint = None if pool is None else pool.pick(now, avoid)
+        self.span = None
+        if observed is not None:
+            # Started before the request is aimed at the endpoint: the span names the
+            # destination (its URL, host and port), as the caller sees it.
+            destination = plan.destination
+            resend = 0 if state is None else state.attempt_number - 1
+            self.span = AttemptSpan(
+                observed,
+                tracer,
+                request,
+                destination.host,
+                destination.port,
+                resend,
+                plan.propagate,
+            )
+        endpoint = self.endpoint
+        if endpoint is not None:
+            request.url = self.target.copy_with(host=endpoint.host, port=endpoint.port)
+            if self.target.scheme == "https":
+                # httpcore verifies the certificate against the SNI name.
+                request.extensions["sni_hostname"] = plan.destination.host
+        self.started = time.perf_counter()
+
+    def end(self, outcome: httpx.Response | BaseException, failed: bool | None) -> None:
+        """Restore the URL, tell the endpoint pool and end the span; `failed` None: cancelled."""
+        latency = time.perf_counter() - self.started
+        if self.endpoint is not None:
+            self.request.url = self.target
+            assert self.plan.endpoints is not None
+            self.plan.endpoints.done(self.endpoint, failed, latency, runtime.clock.now())
+        if failed is False and self.plan.latencies is not None:
+            self.plan.latencies.add(latency)
+        if self.span is not None:
+            self.span.end(outcome, latency)
