@@ -52,10 +52,13 @@ class Plan:
         "hedge",
         "label",
         "latencies",
+        "observing",
+        "plain",
         "policy",
         "propagate",
         "report",
         "requested",
+        "retry",
         "routes",
         "sketch",
         "telemetry",
@@ -93,11 +96,14 @@ class Plan:
         self.url_port: int | None = None
         # Read on every request: one attribute each instead of two.
         self.routes = policy.routes
+        self.retry = policy.retry
         timeout = policy.timeout
         self.total = timeout.total if timeout is not None else None
         self.attempt_timeout = timeout.attempt if timeout is not None else None
         self.faults = policy.faults
         self.hedge = policy.hedge
+        # No endpoints, no hedge: an attempt needs no `Attempt` unless it is traced.
+        self.plain = policy.endpoints is None and policy.hedge is None
         tracing = policy.tracing
         # Only the destinations Tracing.propagate_to names (by default, those inside
         # the mesh) learn the caller's trace context and how long it will wait.
@@ -107,6 +113,9 @@ class Plan:
             else propagates(destination.host, tracing.propagate_to)
         )
         self.telemetry = telemetry_for(tracing)
+        # Whether to trace or measure this call, asked once per call (a slot: the
+        # cheapest read of a function kept on another object).
+        self.observing = None if self.telemetry is None else self.telemetry.active
         self.report = Reporter(
             self.telemetry,
             self.label,
@@ -120,7 +129,7 @@ class Plan:
         self.deadline_key = header.encode("ascii") if header and self.propagate else None
         self.deadline_unit = b"m" if header == GRPC_HEADER else b""
         # The most milliseconds the inbound side accepts in that header.
-        self.deadline_max = MAX_GRPC_VALUE if header == GRPC_HEADER else MAX_BUDGET_MS
+        self.deadline_max = float(MAX_GRPC_VALUE if header == GRPC_HEADER else MAX_BUDGET_MS)
 
 
 Build = Callable[[Policy | None, "httpx.URL | Destination"], Plan]
