@@ -30,7 +30,6 @@ __all__ = [
     "ORDINARY",
     "BreakerSnapshot",
     "BreakerState",
-    "CircuitBreaker",
     "Ticket",
 ]
 
@@ -245,4 +244,3 @@ class BreakerState:
 
 
 #: The name `_mesh` and `_pipeline` still use, until their rewrite (issue 14) renames it.
-CircuitBreaker = BreakerState

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 
 from ._breaker import CLOSED
-from ._bulkhead import ConcurrencyLimit
+from ._bulkhead import FULL, TAKEN, BulkheadState, Slot
 from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._headers import put_header
@@ -184,7 +184,7 @@ class Call:
     # Set in __init__:
     state: RetryState | None  # made on the first retry
     last: httpx.Response | Exception | None  # the last outcome, while retrying
-    slot: ConcurrencyLimit | None  # the bulkhead, while its slot is held
+    slot: BulkheadState | None  # the bulkhead, while its slot is held
     timeouts: dict[str, float | None] | None  # the caller's own (not in the request's extensions)
 
     def __init__(
@@ -280,7 +280,7 @@ class Call:
         bulkhead = plan.bulkhead
         if bulkhead is not None:
             taken = bulkhead.try_acquire()
-            if taken is not True:
+            if taken is not TAKEN:
                 return self._no_slot(taken)
             self.slot = bulkhead
         return self._begin()
@@ -319,14 +319,14 @@ class Call:
         if bulkhead is None:
             return self._begin()
         taken = bulkhead.try_acquire()
-        if taken is True:
+        if taken is TAKEN:
             self.slot = bulkhead
             return self._begin()
         return self._no_slot(taken)
 
-    def _no_slot(self, taken: bool | None) -> int:
-        """Refuse the call (`taken` False: the queue is full too), or QUEUE it."""
-        if taken is False:
+    def _no_slot(self, taken: Slot) -> int:
+        """Refuse the call (FULL: the queue is full too), or QUEUE it (MAY_QUEUE)."""
+        if taken is FULL:
             self.plan.report.rejected("bulkhead_full")
             raise BulkheadFull(self.plan.label, request=self.request)
         # The queue has room: wait for a slot, at most until the deadline.

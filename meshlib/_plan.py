@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import httpx
 
-from ._breaker import CircuitBreaker
-from ._budget import RetryBudget
-from ._bulkhead import ConcurrencyLimit
+from ._breaker import BreakerState
+from ._budget import BudgetState
+from ._bulkhead import BulkheadState
 from ._compat import uri_reference
 from ._deadline import DEFAULT_HEADER, GRPC_HEADER, MAX_BUDGET_MS, MAX_GRPC_VALUE
 from ._policy import Policy
@@ -73,9 +73,9 @@ class Plan:
         requested: Policy | None,
         policy: Policy,
         destination: Destination,
-        budget: RetryBudget | None,
-        breaker: CircuitBreaker | None,
-        bulkhead: ConcurrencyLimit | None,
+        budget: BudgetState | None,
+        breaker: BreakerState | None,
+        bulkhead: BulkheadState | None,
     ) -> None:
         self.requested = requested  # the policy asked for, or None for the Mesh's own
         self.policy = policy

@@ -14,6 +14,10 @@ swap and the creation of a connection's TLS state share a lock, so a new
 connection never sees a certificate without its key (``load_cert_chain``
 replaces the certificate first, then the key). The lock is never held across
 network I/O: creating the TLS state does none; the handshake comes after.
+
+Over 400 lines because the value, its validation and its rotating context
+are one contract: each check at construction is what keeps a rotation from
+ever loading material the context would then refuse.
 """
 
 from __future__ import annotations
