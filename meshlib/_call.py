@@ -59,6 +59,7 @@ every other outcome at the moment it is known.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -118,6 +119,20 @@ _REPLAYABLE = httpx.ByteStream(b"")  # stands for any body that can be sent agai
 # Where the call stands, for `waited`: after the fault's delay, or between attempts.
 _FAULTED = 1
 _RETRYING = 2
+
+
+def _longest_phase(plan: Plan, timeouts: dict[str, float | None]) -> float:
+    """Return the longest of httpcore's four phase timeouts (infinity: one is unbounded).
+
+    Remembered on `plan` when all four are bounded, for the next request's
+    comparison (a tuple, swapped whole: safe across threads).
+    """
+    values = [timeouts.get(phase) for phase in _PHASES]
+    if None in values:
+        return math.inf
+    longest = max(cast("list[float]", values))
+    plan.timeouts_seen = (dict(timeouts), longest)
+    return longest
 
 
 def is_failure(exc: Exception) -> bool:
@@ -468,20 +483,14 @@ class Call:
                 base = self.timeouts
                 if base is None:
                     base = self.timeouts = extensions.get("timeout") or {}
-                    # Unrolled: this runs on every request.
-                    get = base.get
-                    connect, read, write = get("connect"), get("read"), get("write")
-                    pool = get("pool")
-                    lower = not (
-                        connect is not None
-                        and read is not None
-                        and write is not None
-                        and pool is not None
-                        and connect <= bound
-                        and read <= bound
-                        and write <= bound
-                        and pool <= bound
-                    )  # else every phase is already within the bound: the common case
+                    # A client sends the same four timeouts with every request: their
+                    # longest is remembered on the plan, so that the common case (each
+                    # phase already within the bound) costs one comparison in C.
+                    seen = plan.timeouts_seen
+                    if seen is not None and seen[0] == base:
+                        lower = seen[1] > bound
+                    else:
+                        lower = _longest_phase(plan, base) > bound
                 else:
                     lower = True
                 if lower:

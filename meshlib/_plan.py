@@ -62,6 +62,7 @@ class Plan:
         "routes",
         "sketch",
         "telemetry",
+        "timeouts_seen",
         "total",
         "url_host",
         "url_port",
@@ -88,6 +89,8 @@ class Plan:
         self.latencies: LatencyWindow | None = None  # for a hedge delay of "p95"
         self.sketch: LatencySketch | None = None  # while a status page watches the Mesh
         self.faults_announced = False
+        # (a caller's four phase timeouts, the longest of them), last seen: see _call.
+        self.timeouts_seen: tuple[dict[str, float | None], float] | None = None
         self.generation = 0  # the cache's generation it was made in; set by `Plans`
         # httpx's parsed (scheme, host, port) this plan was made for: the cache
         # compares them to hand back its last plan without a lookup.
