@@ -25,6 +25,7 @@ snapshot's, unchanged. The bound port is read from the admin API.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -32,20 +33,26 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import httpx
-from envoy.config.core.v3 import address_pb2
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 
-from meshlib._xds.ads import LISTENER
+from meshlib._xds.ads import CLUSTER, LISTENER
 
 from .xds_server import AdsServer, Snapshot
-from .xds_snapshots import HOST
+from .xds_snapshots import ADS, HOST
 
 ENVOY_MISSING = (
     "no envoy binary: the xDS conformance tests run a real Envoy. "
@@ -86,6 +93,116 @@ class Side(Protocol):
         authority: str = HOST,
     ) -> Reply:
         """Send one request to `http://{authority}{url_path}` and read the whole answer."""
+
+
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+@dataclass(frozen=True)
+class ProviderFiles:
+    """One `file_watcher` certificate provider of a proxyless bootstrap: PEM file paths."""
+
+    certificate: str
+    key: str
+    ca: str
+
+    def bootstrap_entry(self) -> dict[str, Any]:
+        """This provider as gRPC's bootstrap `certificate_providers` entry (gRFC A29)."""
+        return {
+            "plugin_name": "file_watcher",
+            "config": {
+                "certificate_file": self.certificate,
+                "private_key_file": self.key,
+                "ca_certificate_file": self.ca,
+                "refresh_interval": "600s",
+            },
+        }
+
+
+@dataclass(frozen=True)
+class MeshCerts:
+    """A mesh CA, a workload certificate for the caller and one for the server.
+
+    Both carry a SPIFFE id as their only subject-alt-name (a URI), as Istio's are.
+    `client` is the caller's bootstrap provider `default`; the server files are for an
+    mTLS upstream that requires a client certificate from the same CA.
+    """
+
+    client: ProviderFiles
+    client_id: str
+    server_certificate: str
+    server_key: str
+    server_id: str
+
+
+def _issue(
+    folder: Path,
+    name: str,
+    spiffe_id: str,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+) -> tuple[x509.Name, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name)])
+    issuer_name, issuer_key = issuer or (subject, key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if issuer is None:  # the CA
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+    else:
+        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), True
+        )
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            False,
+        )
+    certificate = builder.sign(issuer_key, hashes.SHA256())
+    (folder / f"{name}.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return subject, key
+
+
+def mesh_certs(
+    folder: str,
+    client_id: str = "spiffe://cluster.local/ns/default/sa/tests",
+    server_id: str = "spiffe://cluster.local/ns/default/sa/orders",
+) -> MeshCerts:
+    """Issue `MeshCerts` into `folder` (names as Istio's agent writes them for the caller)."""
+    root = Path(folder)
+    ca = _issue(root, "root-cert", "", None)
+    _issue(root, "cert-chain", client_id, ca)
+    _issue(root, "server", server_id, ca)
+    return MeshCerts(
+        client=ProviderFiles(
+            certificate=str(root / "cert-chain.pem"),
+            key=str(root / "cert-chain.key"),
+            ca=str(root / "root-cert.pem"),
+        ),
+        client_id=client_id,
+        server_certificate=str(root / "server.pem"),
+        server_key=str(root / "server.key"),
+        server_id=server_id,
+    )
 
 
 def find_envoy() -> str | None:
@@ -135,14 +252,92 @@ def socket_listener(api_listener: Any) -> Any:
     return found
 
 
-def for_envoy(snapshot: Snapshot) -> Snapshot:
-    """`snapshot` plus a socket listener for each of its api_listeners."""
+def sds_from_providers(cluster: Any) -> tuple[Any, set[tuple[str, str]]]:
+    """`cluster` with its certificate-provider TLS context as SDS secrets over ADS.
+
+    Envoy has no `file_watcher` certificate provider (it is gRPC's plugin): for
+    Envoy, Istio's agent serves the same files as SDS secrets instead. So here:
+    each provider instance reference (instance, certificate name) in the
+    UpstreamTlsContext becomes an SDS secret named "instance/certificate" over
+    ADS; everything else (match_subject_alt_names, sni, ...) stays as it is.
+
+    Returns the cluster (a copy when changed) and the (instance, certificate name)
+    pairs it now names.
+    """
+    socket = cluster.transport_socket
+    context = tls_pb2.UpstreamTlsContext()
+    if not socket.HasField("typed_config") or not socket.typed_config.Unpack(context):
+        return cluster, set()
+    common = context.common_tls_context
+    wanted: set[tuple[str, str]] = set()
+    for field in ("tls_certificate_provider_instance", "tls_certificate_certificate_provider_instance"):
+        if common.HasField(field):
+            instance = getattr(common, field)
+            wanted.add((instance.instance_name, instance.certificate_name))
+            common.ClearField(field)
+    for pair in sorted(wanted):
+        common.tls_certificate_sds_secret_configs.add(name="/".join(pair), sds_config=ADS)
+    validation = common.combined_validation_context
+    roots: set[tuple[str, str]] = set()
+    default = validation.default_validation_context
+    if default.HasField("ca_certificate_provider_instance"):
+        instance = default.ca_certificate_provider_instance
+        roots.add((instance.instance_name, instance.certificate_name))
+        default.ClearField("ca_certificate_provider_instance")
+    if validation.HasField("validation_context_certificate_provider_instance"):
+        instance = validation.validation_context_certificate_provider_instance
+        roots.add((instance.instance_name, instance.certificate_name))
+        validation.ClearField("validation_context_certificate_provider_instance")
+    if len(roots) > 1:
+        raise ValueError(f"cluster {cluster.name!r}: two different CA providers {sorted(roots)}")
+    for pair in roots:
+        validation.validation_context_sds_secret_config.name = "/".join(pair)
+        validation.validation_context_sds_secret_config.sds_config.CopyFrom(ADS)
+    if not wanted and not roots:
+        return cluster, set()
+    changed = type(cluster)()
+    changed.CopyFrom(cluster)
+    changed.transport_socket.CopyFrom(base_pb2.TransportSocket(name=socket.name))
+    changed.transport_socket.typed_config.Pack(context)
+    return changed, wanted | roots
+
+
+def secret(pair: tuple[str, str], providers: Mapping[str, ProviderFiles]) -> Any:
+    """The SDS secret "instance/certificate" from the bootstrap's provider files.
+
+    As in gRPC's file_watcher plugin, the certificate name does not pick a file:
+    the identity names ask for the certificate and key, "ROOTCA" for the CA.
+    """
+    instance, certificate_name = pair
+    files = providers[instance]
+    found = secret_pb2.Secret(name="/".join(pair))
+    if certificate_name == "ROOTCA":
+        found.validation_context.trusted_ca.filename = files.ca
+    else:
+        found.tls_certificate.certificate_chain.filename = files.certificate
+        found.tls_certificate.private_key.filename = files.key
+    return found
+
+
+def for_envoy(snapshot: Snapshot, providers: Mapping[str, ProviderFiles] = {}) -> Snapshot:  # noqa: B006
+    """What Envoy is served instead of `snapshot`: the same resources, plus what only it needs.
+
+    A socket listener for each api_listener (`socket_listener`), and certificate
+    providers as SDS secrets (`sds_from_providers`); routes, endpoints and every
+    other field of the Clusters are the snapshot's own.
+    """
     listeners = dict(snapshot.get(LISTENER, {}))
     for found in list(listeners.values()):
         if found.HasField("api_listener"):
             derived = socket_listener(found)
             listeners[derived.name] = derived
-    return {**snapshot, LISTENER: listeners}
+    clusters: dict[str, Any] = {}
+    pairs: set[tuple[str, str]] = set()
+    for name, cluster in snapshot.get(CLUSTER, {}).items():
+        clusters[name], named = sds_from_providers(cluster)
+        pairs |= named
+    secrets = {"/".join(pair): secret(pair, providers) for pair in pairs}
+    return {**snapshot, LISTENER: listeners, CLUSTER: clusters, SECRET: secrets}
 
 
 def bootstrap(ads_port: int) -> dict[str, Any]:
@@ -208,8 +403,15 @@ class EnvoySide:
 
     name = "envoy"
 
-    def __init__(self, ads: AdsServer, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        ads: AdsServer,
+        *,
+        providers: Mapping[str, ProviderFiles] | None = None,
+        binary: str | None = None,
+    ) -> None:
         self.ads = ads
+        self.providers = dict(providers or {})
         self.binary = binary
         self.admin = ""
         self.ports: dict[str, int] = {}
@@ -224,7 +426,7 @@ class EnvoySide:
         binary = self.binary or find_envoy()
         if binary is None:
             raise RuntimeError(ENVOY_MISSING)
-        self.ads.views[ENVOY_NODE] = for_envoy
+        self.ads.views[ENVOY_NODE] = lambda snapshot: for_envoy(snapshot, self.providers)
         folder = Path(self._dir.name)
         config = folder / "envoy.json"  # JSON is YAML: Envoy reads it as its bootstrap
         config.write_text(json.dumps(bootstrap(self.ads.port), indent=1))

@@ -322,19 +322,23 @@ def timeouts(a: int) -> Snapshot:
 OUTLIER_CLUSTER = "ejecting"
 
 
-def outlier_ejection(ports: Sequence[int], consecutive_5xx: int = 3) -> Snapshot:
+def outlier_ejection(
+    ports: Sequence[int], consecutive_5xx: int = 3, max_ejection_percent: int | None = 50
+) -> Snapshot:
     """One round-robin cluster over `ports` that ejects a host after `consecutive_5xx`.
 
     base_ejection_time 30 s, so that an ejection lasts the whole test; max_ejection_percent
-    50, so that one host of three may go. The cluster has a name of its own so that its
-    ejections end with the next snapshot (a Cluster that disappears takes its state along).
+    50 by default, so that one host of three may go (None leaves it unset: Envoy's 10 %).
+    The cluster has a name of its own so that its ejections end with the next snapshot (a
+    Cluster that disappears takes its state along).
     """
     detection = outlier_detection_pb2.OutlierDetection(
         consecutive_5xx=wrappers_pb2.UInt32Value(value=consecutive_5xx),
         base_ejection_time=seconds(30.0),
-        max_ejection_percent=wrappers_pb2.UInt32Value(value=50),
         interval=seconds(10.0),
     )
+    if max_ejection_percent is not None:
+        detection.max_ejection_percent.value = max_ejection_percent
     return snapshot(
         [route(prefix("/"), OUTLIER_CLUSTER)],
         {OUTLIER_CLUSTER: ports},

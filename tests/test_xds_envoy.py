@@ -1,0 +1,377 @@
+"""The xDS behaviours as Envoy shows them, from one snapshot per behaviour.
+
+Every test takes a `side`: a client configured over ADS by tests/xds_server.py from
+the snapshot the test pushes (tests/xds_snapshots.py), and sends requests through it
+to loopback upstreams. Today the only side is a real Envoy (tests/xds_envoy.py); a
+proxyless side (meshlib's `Mesh.from_xds`) is added by adding its name to `SIDES`
+and its start-up to `side`. So the tests assert only what a caller and an upstream
+see with or without a proxy: statuses, bodies, which upstream got which request,
+how many, and with what Host. Envoy's local replies are the outcome strings of
+`Reply` ("timeout", ...), which a proxyless side maps its errors to.
+
+One Envoy serves the whole module; each test pushes its snapshot first (the push
+returns once the side has applied it). No test asserts how fast anything is: the
+only time bounds are lower bounds, or upper bounds many times what the
+configuration asks for.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import httpx
+import pytest
+
+from meshlib.testing import FaultServer, Hang, Reset, Respond
+
+from . import xds_snapshots as snapshots
+from .xds_envoy import EnvoySide, MeshCerts, Side, mesh_certs
+from .xds_server import AdsServer
+from .xds_snapshots import HOST, ISTIO_LISTENER
+
+pytestmark = pytest.mark.network
+
+#: The clients every behaviour runs against.
+SIDES = ("envoy",)
+
+
+class Upstreams(NamedTuple):
+    a: FaultServer
+    b: FaultServer
+    c: FaultServer
+
+
+@pytest.fixture(scope="module")
+def ads() -> Iterator[AdsServer]:
+    with AdsServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> MeshCerts:
+    """SPIFFE workload certificates; the caller's are its bootstrap provider `default`."""
+    return mesh_certs(str(tmp_path_factory.mktemp("mesh-certs")))
+
+
+@pytest.fixture(scope="module", params=SIDES)
+def side(request: pytest.FixtureRequest, ads: AdsServer, certs: MeshCerts) -> Iterator[Side]:
+    if request.param == "envoy":
+        with EnvoySide(ads, providers={"default": certs.client}) as envoy:
+            yield envoy
+    else:  # pragma: no cover - a new side must be started here
+        raise AssertionError(f"unknown side {request.param!r}")
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Upstreams]:
+    with FaultServer() as a, FaultServer() as b, FaultServer() as c:
+        yield Upstreams(a, b, c)
+
+
+@pytest.fixture
+def upstreams(servers: Upstreams) -> Iterator[Upstreams]:
+    """Three upstreams that answer 200 with their own name, with empty logs."""
+    for name, server in zip(Upstreams._fields, servers, strict=True):
+        server.default = Respond(200, name.encode())
+        server.reset_log()
+    yield servers
+    for server in servers:
+        # What a test queued and did not use would answer the next test's requests.
+        while server.pending:
+            httpx.get(server.url, timeout=10.0)
+
+
+@pytest.fixture(scope="module")
+def mtls_upstream(certs: MeshCerts) -> Iterator[FaultServer]:
+    """An upstream that presents the orders SPIFFE id and requires a mesh client cert."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=certs.client.ca)
+    context.load_cert_chain(certs.server_certificate, certs.server_key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    with FaultServer(ssl_context=context) as server:
+        server.default = Respond(200, b"orders")
+        yield server
+
+
+def bodies(replies: list[object]) -> list[bytes]:
+    return [reply.body for reply in replies]  # type: ignore[attr-defined]
+
+
+# --- routing ---------------------------------------------------------------------------
+
+
+def test_weighted_split_follows_the_weights(side: Side, upstreams: Upstreams) -> None:
+    a, b, _ = upstreams
+    side.push(snapshots.weighted_split(a.port, b.port, (75, 25)))
+    count = 300
+    replies = [side.send("GET", f"/orders/{i}") for i in range(count)]
+    assert {reply.status for reply in replies} == {200}
+    to_b = sum(reply.body == b"b" for reply in replies)
+    # Each request picks b with probability 1/4: binomial(300, 0.25) has mean 75 and a
+    # standard deviation of 7.5; 4.5 of them either side fails once in ~150 000 runs.
+    # A 50/50 split (150) or an unweighted pick of one cluster (0 or 300) falls far out.
+    assert 41 <= to_b <= 109
+    assert (a.request_count, b.request_count) == (count - to_b, to_b)
+
+
+def test_path_routes_prefix_exact_and_regex(side: Side, upstreams: Upstreams) -> None:
+    a, b, c = upstreams
+    side.push(snapshots.path_and_header_routes(a.port, b.port, c.port))
+    expected = {
+        "/healthz": b"c",  # exact path
+        "/healthz?verbose=1": b"c",  # the query string is not part of the path
+        "/healthz/live": b"a",  # exact is not prefix
+        "/items/42": b"b",  # the regex matches the whole path
+        "/items/7?page=2": b"b",
+        "/items/42/notes": b"a",  # ... and only the whole path
+        "/items/abc": b"a",
+        "/v1/orders": b"c",  # prefix
+        "/v1": b"a",  # "/v1/" is not a prefix of "/v1"
+        "/V1/orders": b"a",  # prefixes are case-sensitive
+    }
+    for url_path, upstream in expected.items():
+        reply = side.send("GET", url_path)
+        assert (url_path, reply.status, reply.body) == (url_path, 200, upstream)
+    # Each upstream got the path as the caller sent it, query string included.
+    assert [r.path for r in c.requests] == ["/healthz", "/healthz?verbose=1", "/v1/orders"]
+    assert [r.path for r in b.requests] == ["/items/42", "/items/7?page=2"]
+    assert len(a.requests) == 5
+
+
+def test_header_routes_come_first_and_match_exactly(side: Side, upstreams: Upstreams) -> None:
+    a, b, c = upstreams
+    side.push(snapshots.path_and_header_routes(a.port, b.port, c.port))
+    cases = [
+        ({"x-canary": "yes"}, b"b"),  # the header route wins over the later prefix route
+        ({"X-Canary": "yes"}, b"b"),  # header names are case-insensitive
+        ({"x-canary": "YES"}, b"c"),  # values are not
+        ({"x-canary": "no"}, b"c"),
+        ({}, b"c"),
+    ]
+    for headers, upstream in cases:
+        reply = side.send("GET", "/v1/orders", headers)
+        assert (headers, reply.status, reply.body) == (headers, 200, upstream)
+    assert [r.headers.get("x-canary") for r in b.requests] == ["yes", "yes"]
+    assert a.request_count == 0
+
+
+# --- retries ---------------------------------------------------------------------------
+
+
+def test_retries_on_5xx_until_success(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.retries(a.port))
+    a.enqueue(Respond(503, b"busy"), Respond(500, b"broken"))
+    reply = side.send("GET", "/retry")
+    assert (reply.status, reply.body) == (200, b"a")
+    assert a.request_count == 3
+
+
+def test_num_retries_bounds_the_attempts(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.retries(a.port))
+    a.enqueue(*[Respond(503, b"busy %d" % i) for i in range(3)], Respond(200, b"too late"))
+    reply = side.send("GET", "/retry")
+    # num_retries 2: three attempts, then the last answer goes back as it came.
+    assert (reply.status, reply.body) == (503, b"busy 2")
+    assert a.request_count == 3
+    assert side.send("GET", "/retry").body == b"too late"  # the fourth one was left
+
+
+def test_retry_on_5xx_retries_a_reset(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.retries(a.port))
+    a.enqueue(Reset())
+    reply = side.send("GET", "/retry")
+    assert (reply.status, reply.body) == (200, b"a")
+    assert a.request_count == 2
+
+
+def test_retry_on_5xx_does_not_retry_4xx(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.retries(a.port))
+    a.enqueue(Respond(404, b"no such order"))
+    reply = side.send("GET", "/retry")
+    assert (reply.status, reply.body) == (404, b"no such order")
+    assert a.request_count == 1
+
+
+def test_no_retry_policy_means_no_retries(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.retries(a.port))
+    a.enqueue(Respond(503, b"busy"))
+    reply = side.send("GET", "/once")
+    assert (reply.status, reply.body) == (503, b"busy")
+    assert a.request_count == 1
+
+
+# --- timeouts --------------------------------------------------------------------------
+
+
+def test_route_timeout_ends_the_request(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.timeouts(a.port))
+    a.enqueue(Respond(200, b"too late", delay=8.0))
+    started = time.monotonic()
+    reply = side.send("GET", "/route")
+    elapsed = time.monotonic() - started
+    assert reply.status == "timeout"
+    assert a.request_count == 1  # no retry_policy: one attempt
+    # The route timeout is 0.5 s; the upstream would answer after 8 s.
+    assert 0.45 <= elapsed < 6.0
+
+
+def test_per_try_timeout_moves_on_to_the_next_try(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.timeouts(a.port))
+    a.enqueue(Respond(200, b"too late", delay=8.0), Respond(200, b"second"))
+    started = time.monotonic()
+    reply = side.send("GET", "/per-try")
+    elapsed = time.monotonic() - started
+    assert (reply.status, reply.body) == (200, b"second")
+    assert a.request_count == 2
+    assert 0.35 <= elapsed < 6.0  # one per-try timeout (0.4 s), not the 8 s answer
+
+
+def test_per_try_timeout_on_every_try_is_a_timeout(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.timeouts(a.port))
+    a.enqueue(*[Hang(8.0)] * 3)
+    started = time.monotonic()
+    reply = side.send("GET", "/per-try")
+    elapsed = time.monotonic() - started
+    assert reply.status == "timeout"
+    assert a.request_count == 3  # 1 + num_retries, each cut at 0.4 s
+    assert 1.1 <= elapsed < 15.0  # three per-try timeouts, far from the 20 s route timeout
+
+
+# --- endpoints ---------------------------------------------------------------------------
+
+
+def test_eds_push_moves_traffic_without_a_restart(side: Side, upstreams: Upstreams) -> None:
+    a, b, _ = upstreams
+    side.push(snapshots.one_cluster([a.port]))
+    assert bodies([side.send("GET", "/orders") for _ in range(4)]) == [b"a"] * 4
+
+    # Only the ClusterLoadAssignment changes; the Cluster, routes and listener do not.
+    side.push(snapshots.one_cluster([b.port]))
+    assert bodies([side.send("GET", "/orders") for _ in range(4)]) == [b"b"] * 4
+    assert (a.request_count, b.request_count) == (4, 4)
+
+    side.push(snapshots.one_cluster([a.port, b.port]))
+    assert set(bodies([side.send("GET", "/orders") for _ in range(10)])) == {b"a", b"b"}
+    assert a.request_count + b.request_count == 18
+
+
+def test_outlier_detection_ejects_after_consecutive_5xx(side: Side, upstreams: Upstreams) -> None:
+    a, b, c = upstreams
+    a.default = Respond(503, b"broken")
+    side.push(snapshots.outlier_ejection([a.port, b.port, c.port], consecutive_5xx=3))
+    # Round robin over three hosts: a answers every third request, with 503, which goes
+    # back to the caller as it is (no retries). Its third 503 in a row ejects it.
+    failures = 0
+    for _ in range(30):
+        if side.send("GET", "/orders").status == 503:
+            failures += 1
+        if a.request_count == 3:
+            break
+    assert (failures, a.request_count) == (3, 3)
+    # Both Envoy and a proxyless client eject at once, but Envoy on its main thread,
+    # after the request: give it a moment (the ejection lasts 30 s).
+    time.sleep(0.5)
+    replies = [side.send("GET", "/orders") for _ in range(12)]
+    assert {reply.status for reply in replies} == {200}
+    assert set(bodies(replies)) == {b"b", b"c"}
+    assert a.request_count == 3
+
+
+def test_outlier_detection_ejects_no_more_than_max_ejection_percent(
+    side: Side, upstreams: Upstreams
+) -> None:
+    a, b, c = upstreams
+    a.default = Respond(503, b"broken")
+    # max_ejection_percent unset is Envoy's 10 %: ejecting one host of three (33 %) would
+    # exceed it, so a is never ejected however often it fails.
+    snapshot = snapshots.outlier_ejection([a.port, b.port, c.port], max_ejection_percent=None)
+    side.push(snapshot)
+    for _ in range(9):
+        side.send("GET", "/orders")
+    assert a.request_count == 3  # round robin: every third request, three 503s in a row
+    time.sleep(0.5)  # as long as the ejection above was given
+    replies = [side.send("GET", "/orders") for _ in range(9)]
+    assert [reply.status for reply in replies].count(503) == 3
+    assert a.request_count == 6
+
+
+# --- faults ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [503, 418])
+def test_fault_abort_answers_without_the_upstream(
+    side: Side, upstreams: Upstreams, status: int
+) -> None:
+    a = upstreams.a
+    side.push(snapshots.aborting(a.port, status))
+    replies = [side.send("GET", "/orders") for _ in range(5)]
+    assert [reply.status for reply in replies] == [status] * 5
+    # The abort comes before the router: the route's retries (5xx) never see it.
+    assert a.request_count == 0
+
+
+def test_fault_delay_then_the_upstream_answers(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.delaying(a.port, 0.3))
+    started = time.monotonic()
+    reply = side.send("GET", "/orders")
+    elapsed = time.monotonic() - started
+    assert (reply.status, reply.body) == (200, b"a")
+    assert a.request_count == 1
+    assert elapsed >= 0.28  # a lower bound only: the delay was served
+
+
+# --- what the upstream sees -------------------------------------------------------------
+
+
+def test_upstream_sees_the_callers_host_through_a_split(side: Side, upstreams: Upstreams) -> None:
+    a, b, _ = upstreams
+    side.push(snapshots.weighted_split(a.port, b.port, (50, 50)))
+    for i in range(20):
+        assert side.send("GET", f"/orders/{i}", {"x-tenant": "blue"}).status == 200
+    seen = a.requests + b.requests
+    # Neither the cluster's name nor the endpoint's address: the authority sent.
+    assert {r.headers["host"] for r in seen} == {HOST}
+    assert {r.headers["x-tenant"] for r in seen} == {"blue"}
+    assert a.request_count and b.request_count  # both clusters (fails 1 in 500 000)
+
+
+# --- Istio -----------------------------------------------------------------------------
+
+
+def test_istio_proxyless_snapshot_with_istio_mutual(
+    side: Side, mtls_upstream: FaultServer, certs: MeshCerts
+) -> None:
+    mtls_upstream.reset_log()
+    side.push(snapshots.istio_orders(mtls_upstream.port, sans=[certs.server_id]))
+    reply = side.send("GET", "/v1/orders?id=7", authority=ISTIO_LISTENER)
+    assert (reply.status, reply.body) == (200, b"orders")
+    [seen] = mtls_upstream.requests
+    assert seen.path == "/v1/orders?id=7"
+    assert seen.headers["host"] == ISTIO_LISTENER
+    # mTLS: the upstream checked the caller's workload certificate from provider `default`.
+    assert seen.peer_cert is not None
+    assert seen.peer_cert["subjectAltName"] == (("URI", certs.client_id),)
+
+
+def test_istio_mutual_refuses_a_server_with_another_spiffe_id(
+    side: Side, mtls_upstream: FaultServer
+) -> None:
+    mtls_upstream.reset_log()
+    payments = "spiffe://cluster.local/ns/default/sa/payments"
+    side.push(snapshots.istio_orders(mtls_upstream.port, sans=[payments]))
+    reply = side.send("GET", "/v1/orders", authority=ISTIO_LISTENER)
+    # The handshake fails on the subject-alt-name check (Istio's retries on
+    # connect-failure do not help): no request reaches the upstream.
+    assert reply.status == "connect_error"
+    assert mtls_upstream.request_count == 0
