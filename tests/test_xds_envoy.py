@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import httpx
@@ -28,7 +28,7 @@ import pytest
 from meshlib.testing import FaultServer, Hang, Reset, Respond
 
 from . import xds_snapshots as snapshots
-from .xds_envoy import EnvoySide, MeshCerts, Side, mesh_certs
+from .xds_envoy import EnvoySide, MeshCerts, Reply, Side, mesh_certs
 from .xds_server import AdsServer
 from .xds_snapshots import HOST, ISTIO_LISTENER
 
@@ -95,8 +95,8 @@ def mtls_upstream(certs: MeshCerts) -> Iterator[FaultServer]:
         yield server
 
 
-def bodies(replies: list[object]) -> list[bytes]:
-    return [reply.body for reply in replies]  # type: ignore[attr-defined]
+def bodies(replies: Sequence[Reply]) -> list[bytes]:
+    return [reply.body for reply in replies]
 
 
 # --- routing ---------------------------------------------------------------------------
@@ -343,7 +343,9 @@ def test_upstream_sees_the_callers_host_through_a_split(side: Side, upstreams: U
     # Neither the cluster's name nor the endpoint's address: the authority sent.
     assert {r.headers["host"] for r in seen} == {HOST}
     assert {r.headers["x-tenant"] for r in seen} == {"blue"}
-    assert a.request_count and b.request_count  # both clusters (fails 1 in 500 000)
+    # Both clusters got some: all 20 to one of them happens once in 500 000 runs.
+    assert a.request_count > 0
+    assert b.request_count > 0
 
 
 # --- Istio -----------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def _issue(
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name)])
     issuer_name, issuer_key = issuer or (subject, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -270,7 +270,10 @@ def sds_from_providers(cluster: Any) -> tuple[Any, set[tuple[str, str]]]:
         return cluster, set()
     common = context.common_tls_context
     wanted: set[tuple[str, str]] = set()
-    for field in ("tls_certificate_provider_instance", "tls_certificate_certificate_provider_instance"):
+    for field in (
+        "tls_certificate_provider_instance",
+        "tls_certificate_certificate_provider_instance",
+    ):
         if common.HasField(field):
             instance = getattr(common, field)
             wanted.add((instance.instance_name, instance.certificate_name))
@@ -319,7 +322,7 @@ def secret(pair: tuple[str, str], providers: Mapping[str, ProviderFiles]) -> Any
     return found
 
 
-def for_envoy(snapshot: Snapshot, providers: Mapping[str, ProviderFiles] = {}) -> Snapshot:  # noqa: B006
+def for_envoy(snapshot: Snapshot, providers: Mapping[str, ProviderFiles] | None = None) -> Snapshot:
     """What Envoy is served instead of `snapshot`: the same resources, plus what only it needs.
 
     A socket listener for each api_listener (`socket_listener`), and certificate
@@ -336,7 +339,7 @@ def for_envoy(snapshot: Snapshot, providers: Mapping[str, ProviderFiles] = {}) -
     for name, cluster in snapshot.get(CLUSTER, {}).items():
         clusters[name], named = sds_from_providers(cluster)
         pairs |= named
-    secrets = {"/".join(pair): secret(pair, providers) for pair in pairs}
+    secrets = {"/".join(pair): secret(pair, providers or {}) for pair in pairs}
     return {**snapshot, LISTENER: listeners, CLUSTER: clusters, SECRET: secrets}
 
 
@@ -431,7 +434,7 @@ class EnvoySide:
         config = folder / "envoy.json"  # JSON is YAML: Envoy reads it as its bootstrap
         config.write_text(json.dumps(bootstrap(self.ads.port), indent=1))
         admin_file = folder / "admin-address"
-        self._log = open(folder / "envoy.log", "wb")  # closed in stop()
+        self._log = open(folder / "envoy.log", "wb")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
             [
                 binary,
@@ -513,7 +516,11 @@ class EnvoySide:
             headers={**(headers or {}), "host": authority},
         )
         answered = dict(response.headers)
-        return Reply(envoy_outcome(response.status_code, response.content, answered), response.content, answered)
+        return Reply(
+            envoy_outcome(response.status_code, response.content, answered),
+            response.content,
+            answered,
+        )
 
     # --- waiting for Envoy ------------------------------------------------------------
 

@@ -7,8 +7,10 @@ nonce, error detail, names). A resource the snapshot leaves out does not exist:
 Listener and Cluster responses simply omit it; for RouteConfiguration and
 ClusterLoadAssignment the server answers only when it has one of the names
 asked for, as go-control-plane does. A Listener or Cluster request without names
-(or with "*") is a wildcard subscription, as Envoy makes: it gets every one. It can be stopped and started again on
-the same port, to test reconnects.
+(or with "*") is a wildcard subscription, as Envoy makes: it gets every one. A
+node id in `views` is served a view derived from the snapshot instead (what a
+real Envoy needs beside it). It can be stopped and started again on the same
+port, to test reconnects.
 """
 
 from __future__ import annotations

@@ -247,7 +247,9 @@ def snapshot(
         LISTENER: {HOST: api_listener(http_filters=http_filters)},
         ROUTE_CONFIGURATION: {ROUTES: route_configuration(routes)},
         CLUSTER: {name: given.get(name) or eds_cluster(name) for name in endpoints},
-        CLUSTER_LOAD_ASSIGNMENT: {name: assignment(name, ports) for name, ports in endpoints.items()},
+        CLUSTER_LOAD_ASSIGNMENT: {
+            name: assignment(name, ports) for name, ports in endpoints.items()
+        },
     }
 
 
