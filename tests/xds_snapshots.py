@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -345,6 +345,25 @@ def outlier_ejection(
         [route(prefix("/"), OUTLIER_CLUSTER)],
         {OUTLIER_CLUSTER: ports},
         clusters=[eds_cluster(OUTLIER_CLUSTER, outlier_detection=detection)],
+    )
+
+
+BULKHEAD_CLUSTER = "bulkhead"
+
+
+def bulkhead(a: int, max_requests: int = 1) -> Snapshot:
+    """A cluster whose circuit_breakers allow `max_requests` requests in flight at once."""
+    limits = circuit_breaker_pb2.CircuitBreakers(
+        thresholds=[
+            circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                max_requests=wrappers_pb2.UInt32Value(value=max_requests)
+            )
+        ]
+    )
+    return snapshot(
+        [route(prefix("/"), BULKHEAD_CLUSTER)],
+        {BULKHEAD_CLUSTER: [a]},
+        clusters=[eds_cluster(BULKHEAD_CLUSTER, circuit_breakers=limits)],
     )
 
 
