@@ -27,11 +27,25 @@ from typing import NamedTuple
 
 import httpx
 import pytest
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from meshlib._xds.ads import CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION
 from meshlib.testing import FaultServer, Hang, Reset, Respond
 
 from . import xds_snapshots as snapshots
-from .xds_envoy import EnvoySide, MeshCerts, Reply, Side, mesh_certs
+from .xds_envoy import (
+    SECRET,
+    SOCKET_PREFIX,
+    EnvoySide,
+    MeshCerts,
+    Reply,
+    Side,
+    for_envoy,
+    mesh_certs,
+)
 from .xds_server import AdsServer
 from .xds_snapshots import HOST, ISTIO_LISTENER
 
@@ -411,3 +425,50 @@ def test_istio_mutual_refuses_a_server_with_another_spiffe_id(
     # connect-failure do not help): no request reaches the upstream.
     assert reply.status == "connect_error"
     assert mtls_upstream.request_count == 0
+
+
+# --- the harness itself ------------------------------------------------------------------
+
+
+def test_envoy_is_served_the_snapshots_own_resources(certs: MeshCerts) -> None:
+    """What Envoy gets differs from the snapshot only by what Envoy alone needs."""
+    original = snapshots.istio_orders(9999, sans=[certs.server_id])
+    served = for_envoy(original, {"default": certs.client})
+    assert served[ROUTE_CONFIGURATION] == original[ROUTE_CONFIGURATION]
+    assert served[CLUSTER_LOAD_ASSIGNMENT] == original[CLUSTER_LOAD_ASSIGNMENT]
+    # The api_listener is kept; beside it, a socket listener with the very same HCM.
+    assert served[LISTENER][ISTIO_LISTENER] == original[LISTENER][ISTIO_LISTENER]
+    socket_listener = served[LISTENER][SOCKET_PREFIX + ISTIO_LISTENER]
+    [chain] = socket_listener.filter_chains
+    [hcm] = chain.filters
+    api_hcm = original[LISTENER][ISTIO_LISTENER].api_listener.api_listener
+    assert hcm.typed_config.type_url == api_hcm.type_url
+    derived = hcm_pb2.HttpConnectionManager()
+    given = hcm_pb2.HttpConnectionManager()
+    hcm.typed_config.Unpack(derived)
+    api_hcm.Unpack(given)
+    derived.ClearField("stat_prefix")  # Envoy requires one; istiod sends none
+    assert derived == given
+    # Clusters: equal but for the TLS context's certificate source, which is SDS over ADS
+    # with the provider's files; the SAN check is the same.
+    assert served[CLUSTER].keys() == original[CLUSTER].keys()
+    for name, cluster in served[CLUSTER].items():
+        mine, theirs = type(cluster)(), type(cluster)()
+        mine.CopyFrom(cluster)
+        theirs.CopyFrom(original[CLUSTER][name])
+        mine.ClearField("transport_socket")
+        theirs.ClearField("transport_socket")
+        assert mine == theirs
+        context = tls_pb2.UpstreamTlsContext()
+        cluster.transport_socket.typed_config.Unpack(context)
+        common = context.common_tls_context
+        assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["default/default"]
+        validation = common.combined_validation_context
+        assert validation.validation_context_sds_secret_config.name == "default/ROOTCA"
+        sans = validation.default_validation_context.match_subject_alt_names
+        assert [m.exact for m in sans] == [certs.server_id]
+    secrets = served[SECRET]
+    assert secrets["default/default"].tls_certificate.certificate_chain.filename == (
+        certs.client.certificate
+    )
+    assert secrets["default/ROOTCA"].validation_context.trusted_ca.filename == certs.client.ca

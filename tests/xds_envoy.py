@@ -439,6 +439,7 @@ class EnvoySide:
     def start(self) -> EnvoySide:
         binary = self.binary or find_envoy()
         if binary is None:
+            self.stop()
             raise RuntimeError(ENVOY_MISSING)
         self.ads.views[ENVOY_NODE] = lambda snapshot: for_envoy(snapshot, self.providers)
         folder = Path(self._dir.name)
