@@ -224,6 +224,39 @@ def test_no_retry_policy_means_no_retries(side: Side, upstreams: Upstreams) -> N
     assert a.request_count == 1
 
 
+def test_num_retries_unset_is_one_retry(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.retries(a.port))
+    a.enqueue(Respond(503, b"busy"), Respond(503, b"still busy"))
+    reply = side.send("GET", "/unset")
+    assert (reply.status, reply.body) == (503, b"still busy")
+    assert a.request_count == 2
+
+
+def test_retriable_status_codes_retry_only_those(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.retries(a.port))
+    a.enqueue(Respond(409, b"conflict"))
+    assert side.send("GET", "/status").body == b"a"
+    assert a.request_count == 2
+    a.enqueue(Respond(503, b"busy"))  # a 5xx, but not among the codes listed
+    reply = side.send("GET", "/status")
+    assert (reply.status, reply.body) == (503, b"busy")
+    assert a.request_count == 3
+
+
+def test_a_routes_retry_policy_replaces_the_virtual_hosts(side: Side, upstreams: Upstreams) -> None:
+    a = upstreams.a
+    side.push(snapshots.virtual_host_retries(a.port))
+    a.enqueue(Respond(503, b"busy"), Respond(503, b"still busy"))
+    assert side.send("GET", "/inherit").body == b"a"  # the virtual host's: 5xx, 2 retries
+    assert a.request_count == 3
+    a.enqueue(Respond(503, b"busy"))
+    reply = side.send("GET", "/own")  # its own: resets only, so a 503 is final
+    assert (reply.status, reply.body) == (503, b"busy")
+    assert a.request_count == 4
+
+
 # --- timeouts --------------------------------------------------------------------------
 
 

@@ -141,9 +141,12 @@ def _exact_headers(headers: Mapping[str, str]) -> list[route_pb.HeaderMatcher]:
 
 
 def retry_policy(
-    retry_on: str = "5xx", num_retries: int | None = None, per_try_timeout: float | None = None
+    retry_on: str = "5xx",
+    num_retries: int | None = None,
+    per_try_timeout: float | None = None,
+    retriable_status_codes: Sequence[int] = (),
 ) -> route_pb.RetryPolicy:
-    policy = route_pb.RetryPolicy(retry_on=retry_on)
+    policy = route_pb.RetryPolicy(retry_on=retry_on, retriable_status_codes=retriable_status_codes)
     if num_retries is not None:
         policy.num_retries.value = num_retries
     if per_try_timeout is not None:
@@ -182,11 +185,13 @@ def route_configuration(
     routes: Sequence[route_pb.Route],
     name: str = ROUTES,
     domains: Sequence[str] = ("*",),
+    retry: route_pb.RetryPolicy | None = None,
 ) -> route_pb2.RouteConfiguration:
-    return route_pb2.RouteConfiguration(
-        name=name,
-        virtual_hosts=[route_pb.VirtualHost(name="orders", domains=domains, routes=routes)],
-    )
+    """One virtual host over `domains`; `retry` is its retry_policy (routes' default)."""
+    host = route_pb.VirtualHost(name="orders", domains=domains, routes=routes)
+    if retry is not None:
+        host.retry_policy.CopyFrom(retry)
+    return route_pb2.RouteConfiguration(name=name, virtual_hosts=[host])
 
 
 def eds_cluster(name: str, *, service_name: str = "", **fields: Any) -> cluster_pb2.Cluster:
@@ -235,17 +240,19 @@ def snapshot(
     *,
     clusters: Sequence[cluster_pb2.Cluster] = (),
     http_filters: Sequence[hcm_pb2.HttpFilter] = (),
+    vhost_retry: route_pb.RetryPolicy | None = None,
 ) -> Snapshot:
     """The listener `HOST`, its routes `ROUTES`, and one EDS cluster per `endpoints` key.
 
     Args:
         endpoints: cluster name -> upstream ports.
         clusters: Clusters to use instead of a plain `eds_cluster` of the same name.
+        vhost_retry: the virtual host's retry_policy.
     """
     given = {found.name: found for found in clusters}
     return {
         LISTENER: {HOST: api_listener(http_filters=http_filters)},
-        ROUTE_CONFIGURATION: {ROUTES: route_configuration(routes)},
+        ROUTE_CONFIGURATION: {ROUTES: route_configuration(routes, retry=vhost_retry)},
         CLUSTER: {name: given.get(name) or eds_cluster(name) for name in endpoints},
         CLUSTER_LOAD_ASSIGNMENT: {
             name: assignment(name, ports) for name, ports in endpoints.items()
@@ -291,13 +298,38 @@ def path_and_header_routes(a: int, b: int, c: int) -> Snapshot:
 
 
 def retries(a: int) -> Snapshot:
-    """`/retry`: retry_on 5xx, 2 retries; `/once`: no retry_policy (Envoy: no retries)."""
+    """Retry policies on routes, all to a.
+
+    - `/retry`: retry_on 5xx, 2 retries;
+    - `/once`: no retry_policy (Envoy: no retries);
+    - `/unset`: retry_on 5xx, num_retries unset (Envoy: 1 retry);
+    - `/status`: retry_on retriable-status-codes, 409 only.
+    """
     return snapshot(
         [
             route(prefix("/retry"), "a", retry=retry_policy("5xx", num_retries=2)),
             route(prefix("/once"), "a"),
+            route(prefix("/unset"), "a", retry=retry_policy("5xx")),
+            route(
+                prefix("/status"),
+                "a",
+                retry=retry_policy("retriable-status-codes", 2, retriable_status_codes=[409]),
+            ),
         ],
         {"a": [a]},
+    )
+
+
+def virtual_host_retries(a: int) -> Snapshot:
+    """The virtual host retries 5xx twice; `/own` has a policy of its own (no retry on 5xx,
+    only on resets), which replaces the virtual host's entirely; `/inherit` has none."""
+    return snapshot(
+        [
+            route(prefix("/own"), "a", retry=retry_policy("reset", num_retries=3)),
+            route(prefix("/inherit"), "a"),
+        ],
+        {"a": [a]},
+        vhost_retry=retry_policy("5xx", num_retries=2),
     )
 
 
