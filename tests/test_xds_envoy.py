@@ -59,6 +59,7 @@ class Upstreams(NamedTuple):
     a: FaultServer
     b: FaultServer
     c: FaultServer
+    d: FaultServer
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +85,13 @@ def side(request: pytest.FixtureRequest, ads: AdsServer, certs: MeshCerts) -> It
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Upstreams]:
-    with FaultServer() as a, FaultServer() as b, FaultServer() as c:
-        yield Upstreams(a, b, c)
+    with FaultServer() as a, FaultServer() as b, FaultServer() as c, FaultServer() as d:
+        yield Upstreams(a, b, c, d)
 
 
 @pytest.fixture
 def upstreams(servers: Upstreams) -> Iterator[Upstreams]:
-    """Three upstreams that answer 200 with their own name, with empty logs."""
+    """Four upstreams that answer 200 with their own name, with empty logs."""
     for name, server in zip(Upstreams._fields, servers, strict=True):
         server.default = Respond(200, name.encode())
         server.reset_log()
@@ -120,7 +121,7 @@ def bodies(replies: Sequence[Reply]) -> list[bytes]:
 
 
 def test_weighted_split_follows_the_weights(side: Side, upstreams: Upstreams) -> None:
-    a, b, _ = upstreams
+    a, b = upstreams.a, upstreams.b
     side.push(snapshots.weighted_split(a.port, b.port, (75, 25)))
     count = 300
     replies = [side.send("GET", f"/orders/{i}") for i in range(count)]
@@ -134,7 +135,7 @@ def test_weighted_split_follows_the_weights(side: Side, upstreams: Upstreams) ->
 
 
 def test_path_routes_prefix_exact_and_regex(side: Side, upstreams: Upstreams) -> None:
-    a, b, c = upstreams
+    a, b, c = upstreams.a, upstreams.b, upstreams.c
     side.push(snapshots.path_and_header_routes(a.port, b.port, c.port))
     expected = {
         "/healthz": b"c",  # exact path
@@ -158,7 +159,7 @@ def test_path_routes_prefix_exact_and_regex(side: Side, upstreams: Upstreams) ->
 
 
 def test_header_routes_come_first_and_match_exactly(side: Side, upstreams: Upstreams) -> None:
-    a, b, c = upstreams
+    a, b, c = upstreams.a, upstreams.b, upstreams.c
     side.push(snapshots.path_and_header_routes(a.port, b.port, c.port))
     cases = [
         ({"x-canary": "yes"}, b"b"),  # the header route wins over the later prefix route
@@ -172,6 +173,58 @@ def test_header_routes_come_first_and_match_exactly(side: Side, upstreams: Upstr
         assert (headers, reply.status, reply.body) == (headers, 200, upstream)
     assert [r.headers.get("x-canary") for r in b.requests] == ["yes", "yes"]
     assert a.request_count == 0
+
+
+def test_header_matchers_as_envoy_reads_them(side: Side, upstreams: Upstreams) -> None:
+    a, b = upstreams.a, upstreams.b
+    side.push(snapshots.header_matchers(a.port, b.port))
+    cases: list[tuple[dict[str, str], bytes]] = [
+        ({"x-exact": "blue"}, b"b"),
+        ({"x-exact": "blue2"}, b"a"),
+        ({"x-prefix": "blueberry"}, b"b"),
+        ({"x-prefix": "navyblue"}, b"a"),
+        ({"x-suffix": "navyblue"}, b"b"),
+        ({"x-suffix": "blueberry"}, b"a"),
+        ({"x-present": ""}, b"b"),  # present, even with an empty value
+        ({"x-regex": "v12"}, b"b"),
+        ({"x-regex": "v12a"}, b"a"),  # the regex must match the whole value
+        ({"x-use-not": "1", "x-not": "green"}, b"b"),  # inverted exact
+        ({"x-use-not": "1", "x-not": "blue"}, b"a"),
+        # An absent header matches no matcher but "present", inverted or not.
+        ({"x-use-not": "1"}, b"a"),
+        ({}, b"a"),
+    ]
+    for headers, upstream in cases:
+        reply = side.send("GET", "/orders", headers)
+        assert (headers, reply.status, reply.body) == (headers, 200, upstream)
+
+
+def test_runtime_fraction_is_a_share_of_requests(side: Side, upstreams: Upstreams) -> None:
+    a, b = upstreams.a, upstreams.b
+    side.push(snapshots.runtime_fraction(a.port, b.port, percent=30))
+    count = 300
+    replies = [side.send("GET", f"/orders/{i}") for i in range(count)]
+    to_b = bodies(replies).count(b"b")
+    # binomial(300, 0.3): mean 90, standard deviation 7.9; 4.5 of them either side.
+    assert 54 <= to_b <= 126
+    assert (a.request_count, b.request_count) == (count - to_b, to_b)
+
+
+def test_virtual_host_by_domain(side: Side, upstreams: Upstreams) -> None:
+    side.push(snapshots.virtual_hosts(*(server.port for server in upstreams)))
+    for authority, upstream in snapshots.DOMAIN_HOSTS.items():
+        reply = side.send("GET", "/orders", authority=authority)
+        assert (authority, reply.status, reply.body) == (authority, 200, upstream.encode())
+    hosts = {
+        name: [r.headers["host"] for r in server.requests]
+        for name, server in zip(Upstreams._fields, upstreams, strict=True)
+    }
+    assert hosts == {
+        "a": ["orders.test:8080"],
+        "b": ["payments.test:8080", "orders.eu.test:8080"],
+        "c": ["orders.example:8080"],
+        "d": ["other:8080"],
+    }
 
 
 # --- retries ---------------------------------------------------------------------------
@@ -301,7 +354,7 @@ def test_per_try_timeout_on_every_try_is_a_timeout(side: Side, upstreams: Upstre
 
 
 def test_eds_push_moves_traffic_without_a_restart(side: Side, upstreams: Upstreams) -> None:
-    a, b, _ = upstreams
+    a, b = upstreams.a, upstreams.b
     side.push(snapshots.one_cluster([a.port]))
     assert bodies([side.send("GET", "/orders") for _ in range(4)]) == [b"a"] * 4
 
@@ -315,8 +368,25 @@ def test_eds_push_moves_traffic_without_a_restart(side: Side, upstreams: Upstrea
     assert a.request_count + b.request_count == 18
 
 
+def test_eds_unhealthy_endpoints_get_no_traffic(side: Side, upstreams: Upstreams) -> None:
+    a, b = upstreams.a, upstreams.b
+    side.push(snapshots.health([a.port, b.port], unhealthy=[b.port]))
+    assert bodies([side.send("GET", "/orders") for _ in range(6)]) == [b"a"] * 6
+    assert b.request_count == 0
+
+
+def test_below_half_healthy_traffic_spreads_over_all(side: Side, upstreams: Upstreams) -> None:
+    a, b, c = upstreams.a, upstreams.b, upstreams.c
+    # One healthy endpoint of three is below Envoy's 50 % panic threshold: then every
+    # endpoint gets traffic, the unhealthy ones included.
+    side.push(snapshots.health([a.port, b.port, c.port], unhealthy=[b.port, c.port]))
+    replies = [side.send("GET", "/orders") for _ in range(30)]
+    assert {reply.status for reply in replies} == {200}
+    assert set(bodies(replies)) == {b"a", b"b", b"c"}
+
+
 def test_outlier_detection_ejects_after_consecutive_5xx(side: Side, upstreams: Upstreams) -> None:
-    a, b, c = upstreams
+    a, b, c = upstreams.a, upstreams.b, upstreams.c
     a.default = Respond(503, b"broken")
     side.push(snapshots.outlier_ejection([a.port, b.port, c.port], consecutive_5xx=3))
     # Round robin over three hosts: a answers every third request, with 503, which goes
@@ -340,7 +410,7 @@ def test_outlier_detection_ejects_after_consecutive_5xx(side: Side, upstreams: U
 def test_outlier_detection_ejects_no_more_than_max_ejection_percent(
     side: Side, upstreams: Upstreams
 ) -> None:
-    a, b, c = upstreams
+    a, b, c = upstreams.a, upstreams.b, upstreams.c
     a.default = Respond(503, b"broken")
     # max_ejection_percent unset is Envoy's 10 %: ejecting one host of three (33 %) would
     # exceed it, so a is never ejected however often it fails.
@@ -416,7 +486,7 @@ def test_fault_delay_then_the_upstream_answers(side: Side, upstreams: Upstreams)
 
 
 def test_upstream_sees_the_callers_host_through_a_split(side: Side, upstreams: Upstreams) -> None:
-    a, b, _ = upstreams
+    a, b = upstreams.a, upstreams.b
     side.push(snapshots.weighted_split(a.port, b.port, (50, 50)))
     for i in range(20):
         assert side.send("GET", f"/orders/{i}", {"x-tenant": "blue"}).status == 200

@@ -210,8 +210,13 @@ def eds_cluster(name: str, *, service_name: str = "", **fields: Any) -> cluster_
     return found
 
 
-def assignment(name: str, ports: Sequence[int]) -> endpoint_pb2.ClusterLoadAssignment:
-    """Endpoints 127.0.0.1:port for each of `ports`, one locality, all HEALTHY."""
+def assignment(
+    name: str, ports: Sequence[int], health: Mapping[int, int] | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Endpoints 127.0.0.1:port for each of `ports`, one locality.
+
+    Each is HEALTHY unless `health` (port -> a `health_check_pb2` HealthStatus) says.
+    """
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=name,
         endpoints=[
@@ -225,7 +230,7 @@ def assignment(name: str, ports: Sequence[int]) -> endpoint_pb2.ClusterLoadAssig
                                 )
                             )
                         ),
-                        health_status=health_check_pb2.HEALTHY,
+                        health_status=(health or {}).get(port, health_check_pb2.HEALTHY),
                     )
                     for port in ports
                 ]
@@ -411,6 +416,118 @@ def aborting(a: int, status: int = 503) -> Snapshot:
 def delaying(a: int, delay: float = 0.3) -> Snapshot:
     """The fault filter delays every request by `delay` seconds, then it goes on to a."""
     return snapshot([route(prefix("/"), "a")], {"a": [a]}, http_filters=[fault_delay(delay)])
+
+
+def header_matchers(a: int, b: int) -> Snapshot:
+    """One route to b per kind of header matcher, in this order; everything else to a.
+
+    - `x-exact` exactly `blue`;
+    - `x-prefix` starting with `blue`;
+    - `x-suffix` ending with `blue`;
+    - `x-present` present, any value;
+    - `x-regex` matching `v[0-9]+` as a whole;
+    - `x-not` anything but `blue` (inverted: a request without the header matches too,
+      so the route also requires `x-use-not` to be present).
+    """
+
+    def header(name: str, **fields: Any) -> route_pb.HeaderMatcher:
+        return route_pb.HeaderMatcher(name=name, **fields)
+
+    matchers = [
+        header("x-exact", string_match=string_pb2.StringMatcher(exact="blue")),
+        header("x-prefix", string_match=string_pb2.StringMatcher(prefix="blue")),
+        header("x-suffix", string_match=string_pb2.StringMatcher(suffix="blue")),
+        header("x-present", present_match=True),
+        header(
+            "x-regex",
+            string_match=string_pb2.StringMatcher(
+                safe_regex=regex_pb2.RegexMatcher(regex="v[0-9]+")
+            ),
+        ),
+    ]
+    routes = [
+        route_pb.Route(match=route_pb.RouteMatch(prefix="/", headers=[matcher]), route=action)
+        for matcher in matchers
+        for action in [route_pb.RouteAction(cluster="b")]
+    ]
+    inverted = route_pb.RouteMatch(
+        prefix="/",
+        headers=[
+            header("x-use-not", present_match=True),
+            header("x-not", string_match=string_pb2.StringMatcher(exact="blue"), invert_match=True),
+        ],
+    )
+    routes.append(route_pb.Route(match=inverted, route=route_pb.RouteAction(cluster="b")))
+    routes.append(route(prefix("/"), "a"))
+    return snapshot(routes, {"a": [a], "b": [b]})
+
+
+def runtime_fraction(a: int, b: int, percent: int = 30) -> Snapshot:
+    """A route to b that matches `percent` % of requests (runtime_fraction), else a."""
+    share = route_pb.RouteMatch(
+        prefix="/",
+        runtime_fraction=base_pb2.RuntimeFractionalPercent(
+            default_value=percent_pb2.FractionalPercent(
+                numerator=percent, denominator=percent_pb2.FractionalPercent.HUNDRED
+            ),
+            runtime_key="routes.orders.canary",
+        ),
+    )
+    return snapshot(
+        [
+            route_pb.Route(match=share, route=route_pb.RouteAction(cluster="b")),
+            route(prefix("/"), "a"),
+        ],
+        {"a": [a], "b": [b]},
+    )
+
+
+#: The authorities `virtual_hosts` is for, each an api_listener, and where each goes.
+DOMAIN_HOSTS = {
+    "orders.test:8080": "a",  # exact wins over both wildcards it also matches
+    "payments.test:8080": "b",  # *.test:8080
+    "orders.eu.test:8080": "b",  # *.test:8080 and orders.*: a suffix wins over a prefix
+    "orders.example:8080": "c",  # orders.*
+    "other:8080": "d",  # *
+}
+
+
+def virtual_hosts(a: int, b: int, c: int, d: int) -> Snapshot:
+    """Virtual hosts chosen by domain, in Envoy's order: exact, `*.suffix`, `prefix.*`, `*`.
+
+    `orders.test:8080` -> a, `*.test:8080` -> b, `orders.*` -> c, `*` -> d. Every name in
+    `DOMAIN_HOSTS` is a Listener (a proxyless client looks up the listener `host:port`)
+    naming the same RouteConfiguration.
+    """
+    hosts = [
+        ("any", "*", "d"),  # listed first: the order of virtual hosts does not matter
+        ("prefix", "orders.*", "c"),
+        ("suffix", "*.test:8080", "b"),
+        ("exact", "orders.test:8080", "a"),
+    ]
+    config = route_pb2.RouteConfiguration(
+        name=ROUTES,
+        virtual_hosts=[
+            route_pb.VirtualHost(name=name, domains=[domain], routes=[route(prefix("/"), cluster)])
+            for name, domain, cluster in hosts
+        ],
+    )
+    ports = {"a": a, "b": b, "c": c, "d": d}
+    return {
+        LISTENER: {name: api_listener(name) for name in DOMAIN_HOSTS},
+        ROUTE_CONFIGURATION: {ROUTES: config},
+        CLUSTER: {name: eds_cluster(name) for name in ports},
+        CLUSTER_LOAD_ASSIGNMENT: {name: assignment(name, [port]) for name, port in ports.items()},
+    }
+
+
+def health(ports: Sequence[int], unhealthy: Sequence[int]) -> Snapshot:
+    """One cluster over `ports`, the `unhealthy` ones marked UNHEALTHY by EDS."""
+    statuses = {port: health_check_pb2.UNHEALTHY for port in unhealthy}
+    return {
+        **one_cluster([]),
+        CLUSTER_LOAD_ASSIGNMENT: {"orders": assignment("orders", ports, statuses)},
+    }
 
 
 # --- Istio ----------------------------------------------------------------------------
