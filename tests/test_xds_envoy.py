@@ -370,7 +370,7 @@ def test_eds_push_moves_traffic_without_a_restart(side: Side, upstreams: Upstrea
 
 def test_eds_unhealthy_endpoints_get_no_traffic(side: Side, upstreams: Upstreams) -> None:
     a, b = upstreams.a, upstreams.b
-    side.push(snapshots.health([a.port, b.port], unhealthy=[b.port]))
+    side.push(snapshots.health([a.port, b.port], unhealthy=[b.port], cluster="health-1"))
     assert bodies([side.send("GET", "/orders") for _ in range(6)]) == [b"a"] * 6
     assert b.request_count == 0
 
@@ -379,10 +379,38 @@ def test_below_half_healthy_traffic_spreads_over_all(side: Side, upstreams: Upst
     a, b, c = upstreams.a, upstreams.b, upstreams.c
     # One healthy endpoint of three is below Envoy's 50 % panic threshold: then every
     # endpoint gets traffic, the unhealthy ones included.
-    side.push(snapshots.health([a.port, b.port, c.port], unhealthy=[b.port, c.port]))
+    ports = [a.port, b.port, c.port]
+    side.push(snapshots.health(ports, unhealthy=[b.port, c.port], cluster="health-2"))
     replies = [side.send("GET", "/orders") for _ in range(30)]
     assert {reply.status for reply in replies} == {200}
     assert set(bodies(replies)) == {b"a", b"b", b"c"}
+
+
+def test_priorities_spill_over_with_overprovisioning(side: Side, upstreams: Upstreams) -> None:
+    a, b, c = upstreams.a, upstreams.b, upstreams.c
+    side.push(snapshots.priorities(a.port, b.port, c.port))
+    count = 300
+    replies = [side.send("GET", f"/orders/{i}") for i in range(count)]
+    assert {reply.status for reply in replies} == {200}
+    to_c = bodies(replies).count(b"c")
+    # Priority 1 takes 30 %: binomial(300, 0.3), mean 90, sd 7.9, 4.5 of them either side.
+    # Without the factor 1.4 it would be 50 %; without spill-over, none.
+    assert 54 <= to_c <= 126
+    assert (a.request_count, b.request_count, c.request_count) == (count - to_c, 0, to_c)
+
+
+@pytest.mark.parametrize(("weighted", "low", "high"), [(True, 191, 259), (False, 105, 195)])
+def test_locality_weights_only_with_locality_weighted_lb_config(
+    side: Side, upstreams: Upstreams, weighted: bool, low: int, high: int
+) -> None:
+    a, b = upstreams.a, upstreams.b
+    side.push(snapshots.localities(a.port, b.port, weighted=weighted))
+    count = 300
+    to_b = bodies([side.send("GET", f"/orders/{i}") for i in range(count)]).count(b"b")
+    # Weighted: b's share is 3/4 (mean 225, sd 7.5); ignored: 1/2 (mean 150, sd 8.7);
+    # bounds about 4.5 sd either side, which keep the two cases far apart.
+    assert low <= to_b <= high
+    assert a.request_count + b.request_count == count
 
 
 def test_outlier_detection_ejects_after_consecutive_5xx(side: Side, upstreams: Upstreams) -> None:

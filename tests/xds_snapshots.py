@@ -521,12 +521,69 @@ def virtual_hosts(a: int, b: int, c: int, d: int) -> Snapshot:
     }
 
 
-def health(ports: Sequence[int], unhealthy: Sequence[int]) -> Snapshot:
-    """One cluster over `ports`, the `unhealthy` ones marked UNHEALTHY by EDS."""
+def health(ports: Sequence[int], unhealthy: Sequence[int], cluster: str) -> Snapshot:
+    """One cluster over `ports`, the `unhealthy` ones marked UNHEALTHY by EDS.
+
+    Give each snapshot a `cluster` name of its own: Envoy merges an EDS change of health
+    alone (no host added or removed) into one update per `update_merge_window` (1 s),
+    after its ACK, while a new cluster starts with its endpoints' health as given.
+    """
     statuses = {port: health_check_pb2.UNHEALTHY for port in unhealthy}
     return {
-        **one_cluster([]),
-        CLUSTER_LOAD_ASSIGNMENT: {"orders": assignment("orders", ports, statuses)},
+        **snapshot([route(prefix("/"), cluster)], {cluster: ports}),
+        CLUSTER_LOAD_ASSIGNMENT: {cluster: assignment(cluster, ports, statuses)},
+    }
+
+
+def _locality(
+    zone: str, ports: Sequence[int], *, priority: int = 0, weight: int = 0, unhealthy: int = 0
+) -> endpoint_components_pb2.LocalityLbEndpoints:
+    found = assignment("", ports, {unhealthy: health_check_pb2.UNHEALTHY}).endpoints[0]
+    found.locality.zone = zone
+    found.priority = priority
+    if weight:
+        found.load_balancing_weight.value = weight
+    return found
+
+
+def priorities(a: int, b: int, c: int) -> Snapshot:
+    """Priority 0 holds a (healthy) and b (UNHEALTHY), priority 1 holds c.
+
+    Half of priority 0 is healthy; with Envoy's overprovisioning factor 1.4 it takes
+    70 % of the traffic (all of it to a) and 30 % spills over to priority 1.
+    """
+    name = "priorities"
+    load = endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name,
+        endpoints=[
+            _locality("z1", [a, b], unhealthy=b),
+            _locality("z2", [c], priority=1),
+        ],
+    )
+    return {
+        **snapshot([route(prefix("/"), name)], {name: []}),
+        CLUSTER_LOAD_ASSIGNMENT: {name: load},
+    }
+
+
+def localities(a: int, b: int, *, weighted: bool) -> Snapshot:
+    """Two localities of one endpoint each, weights 1 (a) and 3 (b).
+
+    Envoy applies locality weights only when the cluster says
+    `common_lb_config.locality_weighted_lb_config`: with it, b gets 3/4 of the traffic;
+    without it, the weights are ignored and round robin gives each half.
+    """
+    name = "localities-weighted" if weighted else "localities"
+    cluster = eds_cluster(name)
+    if weighted:
+        cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
+    load = endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name,
+        endpoints=[_locality("z1", [a], weight=1), _locality("z2", [b], weight=3)],
+    )
+    return {
+        **snapshot([route(prefix("/"), name)], {name: []}, clusters=[cluster]),
+        CLUSTER_LOAD_ASSIGNMENT: {name: load},
     }
 
 
