@@ -298,6 +298,53 @@ def test_retriable_status_codes_retry_only_those(side: Side, upstreams: Upstream
     assert a.request_count == 3
 
 
+@pytest.fixture
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        return int(placeholder.getsockname()[1])
+
+
+def test_gateway_error_retries_502_503_504_only(
+    side: Side, upstreams: Upstreams, closed_port: int
+) -> None:
+    a = upstreams.a
+    side.push(snapshots.more_retries(a.port, closed_port))
+    a.enqueue(Respond(502), Respond(503), Respond(200, b"third"))
+    assert side.send("GET", "/gateway").body == b"third"
+    a.enqueue(Respond(504), Respond(200, b"second"))
+    assert side.send("GET", "/gateway").body == b"second"
+    a.enqueue(Respond(500, b"broken"))
+    reply = side.send("GET", "/gateway")
+    assert (reply.status, reply.body) == (500, b"broken")
+    assert a.request_count == 3 + 2 + 1
+
+
+def test_connect_failure_retries_on_another_endpoint(
+    side: Side, upstreams: Upstreams, closed_port: int
+) -> None:
+    a = upstreams.a
+    side.push(snapshots.more_retries(a.port, closed_port))
+    # Round robin over a dead endpoint and a: without the retry, every other request
+    # would be a connect error; with it, every request ends at a.
+    replies = [side.send("GET", "/connect") for _ in range(6)]
+    assert [(reply.status, reply.body) for reply in replies] == [(200, b"a")] * 6
+    assert a.request_count == 6
+
+
+def test_retry_after_delays_the_retry(side: Side, upstreams: Upstreams, closed_port: int) -> None:
+    a = upstreams.a
+    side.push(snapshots.more_retries(a.port, closed_port))
+    a.enqueue(Respond(503, b"later", headers={"Retry-After": "1"}))
+    started = time.monotonic()
+    reply = side.send("GET", "/later")
+    elapsed = time.monotonic() - started
+    assert (reply.status, reply.body) == (200, b"a")
+    assert a.request_count == 2
+    assert elapsed >= 0.9  # a lower bound only: the retry waited for Retry-After (1 s)
+
+
 def test_a_routes_retry_policy_replaces_the_virtual_hosts(side: Side, upstreams: Upstreams) -> None:
     a = upstreams.a
     side.push(snapshots.virtual_host_retries(a.port))
@@ -454,12 +501,9 @@ def test_outlier_detection_ejects_no_more_than_max_ejection_percent(
 
 
 def test_an_endpoint_that_refuses_connections_is_a_connect_error(
-    side: Side, upstreams: Upstreams
+    side: Side, upstreams: Upstreams, closed_port: int
 ) -> None:
-    with socket.socket() as placeholder:  # a port that nothing listens on once closed
-        placeholder.bind(("127.0.0.1", 0))
-        closed = placeholder.getsockname()[1]
-    side.push(snapshots.one_cluster([closed]))
+    side.push(snapshots.one_cluster([closed_port]))
     assert side.send("GET", "/orders").status == "connect_error"
 
 

@@ -325,6 +325,30 @@ def retries(a: int) -> Snapshot:
     )
 
 
+def more_retries(a: int, closed: int) -> Snapshot:
+    """More retry_on conditions.
+
+    - `/gateway` to a: retry_on gateway-error (502, 503, 504), 2 retries;
+    - `/later` to a: retry_on 5xx, 1 retry, rate-limited back-off from `Retry-After`
+      (seconds, at most 5 s);
+    - `/connect` to cluster `spread` over 127.0.0.1:`closed` (nothing listens) and a,
+      round robin: retry_on connect-failure, 1 retry.
+    """
+    later = retry_policy("5xx", num_retries=1)
+    later.rate_limited_retry_back_off.reset_headers.add(
+        name="retry-after", format=route_pb.RetryPolicy.SECONDS
+    )
+    later.rate_limited_retry_back_off.max_interval.CopyFrom(seconds(5.0))
+    return snapshot(
+        [
+            route(prefix("/gateway"), "a", retry=retry_policy("gateway-error", num_retries=2)),
+            route(prefix("/later"), "a", retry=later),
+            route(prefix("/connect"), "spread", retry=retry_policy("connect-failure", 1)),
+        ],
+        {"a": [a], "spread": [closed, a]},
+    )
+
+
 def virtual_host_retries(a: int) -> Snapshot:
     """The virtual host retries 5xx twice; `/own` has a policy of its own (no retry on 5xx,
     only on resets), which replaces the virtual host's entirely; `/inherit` has none."""
