@@ -36,16 +36,8 @@ from meshlib._xds.ads import CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_C
 from meshlib.testing import FaultServer, Hang, Reset, Respond
 
 from . import xds_snapshots as snapshots
-from .xds_envoy import (
-    SECRET,
-    SOCKET_PREFIX,
-    EnvoySide,
-    MeshCerts,
-    Reply,
-    Side,
-    for_envoy,
-    mesh_certs,
-)
+from .spiffe import MeshCerts, mesh_certs
+from .xds_envoy import SECRET, SOCKET_PREFIX, EnvoySide, Reply, Side, for_envoy
 from .xds_server import AdsServer
 from .xds_snapshots import HOST, ISTIO_LISTENER
 
