@@ -128,7 +128,7 @@ def test_a_dns_name_counts_as_a_subject_alt_name(tmp_path: Path, server: FaultSe
 def test_names_that_are_not_a_list_of_names_are_a_config_error(
     certs: MeshCerts, bad: object
 ) -> None:
-    with pytest.raises(meshlib.ConfigError, match="TLS.subject_alt_names"):
+    with pytest.raises(meshlib.ConfigError, match=r"TLS\.subject_alt_names"):
         tls(certs, bad)  # type: ignore[arg-type]
 
 
