@@ -510,8 +510,8 @@ ERRORS: list[tuple[str, str]] = [
     ),
     (
         "[defaults]\nretry = false",
-        "mesh.toml: defaults: unknown top-level key 'defaults'; allowed: default, destinations"
-        " (did you mean 'default'?)",
+        "mesh.toml: defaults: unknown top-level key 'defaults'; allowed: default, destinations,"
+        " clusters (did you mean 'default'?)",
     ),
     (
         '"payments.internal" = { retry = false }',
@@ -553,7 +553,7 @@ def test_errors_name_the_file_the_path_and_the_value(text: str, message: str) ->
 JSON_ERRORS: list[tuple[str, str]] = [
     ('{\n  "default": {\n    "retry": }\n}', "mesh.json, line 3, column 14: invalid JSON: "),
     ('{"default": {}, "default": {}}', "mesh.json: invalid JSON: duplicate key 'default'"),
-    ("[1, 2]", "mesh.json: expected a table with default and destinations, got an array"),
+    ("[1, 2]", "mesh.json: expected a table with default, destinations, clusters, got an array"),
     (
         '{"destinations": {"a": {"retry": {"budget": {"ttl": null}}}}}',
         'mesh.json: destinations."a".retry.budget.ttl: expected a duration (seconds, or a string'
