@@ -289,6 +289,8 @@ class MeshConfig:
         named: the layers each table named: ``None`` for ``[default]``, else the pattern.
         clusters: cluster name to its effective policy, read-only.
         cluster_named: the layers each ``[clusters."NAME"]`` table named.
+        owners: clusters that are views of another, sharing its state and name
+            (from xDS: a route's view of a cluster; a file has none).
     """
 
     default: Policy
@@ -304,9 +306,17 @@ class MeshConfig:
     cluster_named: Mapping[str, frozenset[str]] = field(
         default_factory=lambda: types.MappingProxyType({}), repr=False
     )
+    owners: Mapping[str, str] = field(
+        default_factory=lambda: types.MappingProxyType({}), repr=False
+    )
 
     def _compared(self) -> tuple[Any, ...]:
-        return (self.default, tuple(self.destinations.items()), tuple(self.clusters.items()))
+        return (
+            self.default,
+            tuple(self.destinations.items()),
+            tuple(self.clusters.items()),
+            tuple(self.owners.items()),
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MeshConfig):

@@ -149,8 +149,15 @@ class Mesh:
         self._plans.invalidate()
 
     def _apply_config(self, config: MeshConfig) -> None:
-        """Take a new policy document from a source (the callback sources report to)."""
-        self.update(config.default, config.destinations, config.clusters)
+        """Take a new policy document from a source (the callback sources report to).
+
+        Raises:
+            ConfigError: the new table is invalid; the old one stays.
+        """
+        self._table = PolicyTable(
+            config.default, config.destinations, config.clusters, config.owners
+        )
+        self._plans.invalidate()
 
     @classmethod
     def from_file(
@@ -275,11 +282,14 @@ class Mesh:
         self, requested: Policy | None, name: str, destination: Destination
     ) -> Plan | None:
         """Build the plan for cluster `name` reached from `destination`; None: no such cluster."""
-        policy = self._table.clusters.get(name)
+        table = self._table
+        policy = table.clusters.get(name)
         if policy is None:
             return None
-        # State keyed by the cluster's name alone: one breaker for every route to it.
-        return self._plan(requested, policy, destination, Destination("cluster", name, 0), name)
+        # State keyed by the cluster's name alone: one breaker for every route to it,
+        # and for every view of it (xDS: a route's retry and timeout over the cluster).
+        owner = table.owners.get(name, name)
+        return self._plan(requested, policy, destination, Destination("cluster", owner, 0), owner)
 
     def _plan(
         self,

@@ -173,14 +173,17 @@ class PolicyTable:
     else the default. Clusters are looked up by their exact name.
     """
 
-    __slots__ = ("clusters", "default", "destinations", "globs")
+    __slots__ = ("clusters", "default", "destinations", "globs", "owners")
 
     def __init__(
         self,
         default: Policy,
         destinations: Mapping[str, Policy] | None,
         clusters: Mapping[str, Policy] | None = None,
+        owners: Mapping[str, str] | None = None,
     ) -> None:
+        """`owners`: a cluster that is a view of another (xDS's per-route views) uses
+        that one's state and name."""
         if not isinstance(default, Policy):
             raise ConfigError(f"Mesh.default: expected a meshlib.Policy, got {default!r}")
         refuse_destination_layers(default, "Mesh.default")
@@ -227,6 +230,7 @@ class PolicyTable:
             lambda pattern: f"Mesh.destinations[{pattern!r}].routes",
         )
         self.clusters: Mapping[str, Policy] = types.MappingProxyType(named)
+        self.owners: Mapping[str, str] = types.MappingProxyType(dict(owners or {}))
         self.default = default
         self.destinations: Mapping[str, Policy] = types.MappingProxyType(table)
         # Longest first; sorted() is stable, so equal lengths keep the file's order.

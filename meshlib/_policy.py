@@ -248,6 +248,11 @@ class Retry:
         retry_after_cap: the longest ``Retry-After`` honoured, in seconds; 0
             ignores the header (the backoff applies, as for a value of zero).
         budget: the retry budget per destination, or None for no budget.
+        on_error: which transport errors are retried: ``"all"``, connection
+            failures (for any request) and the errors after which the server
+            may have seen the request, such as resets and timeouts (for
+            idempotent, replayable requests); ``"connect"``, connection
+            failures only; ``"none"``, none (only statuses are retried).
     """
 
     attempts: int = 3
@@ -256,6 +261,7 @@ class Retry:
     methods: frozenset[str] = IDEMPOTENT_METHODS
     retry_after_cap: float = field(default=30.0, metadata=DURATION)
     budget: Budget | None = field(default_factory=Budget)
+    on_error: Literal["all", "connect", "none"] = "all"
 
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, int) or isinstance(self.attempts, bool):
@@ -271,6 +277,8 @@ class Retry:
         _set(self, "retry_after_cap", duration("Retry", "retry_after_cap", self.retry_after_cap))
         if self.budget is not None and not isinstance(self.budget, Budget):
             raise _fail("Retry", "budget", self.budget, "a meshlib.Budget or None")
+        if self.on_error not in ("all", "connect", "none"):
+            raise _fail("Retry", "on_error", self.on_error, "one of 'all', 'connect', 'none'")
 
 
 class StatusCodes(frozenset[int]):
@@ -570,14 +578,25 @@ class Ejection:
     An endpoint with `consecutive` failures in a row (connection errors,
     timeouts, 5xx; a success resets the count) is left out for ``base × k``
     seconds on its k-th ejection, capped at `cap`. At most `max_share` of the
-    endpoints are out at once (at least one, when there are two or more);
-    if all are out, all are used.
+    endpoints are out at once (at least one, when there are two or more,
+    unless `at_least_one` is False); if all are out, all are used.
+
+    Args:
+        consecutive: failures in a row that eject an endpoint.
+        base: seconds out on the first ejection; ``base × k`` on the k-th.
+        cap: the longest ejection, in seconds.
+        max_share: the share of the endpoints that may be out at once.
+        at_least_one: True: one endpoint may be out even when `max_share` of
+            the pool is less than one. False: Envoy's rule, an endpoint is
+            ejected only while the share out, itself included, stays within
+            `max_share` (with Envoy's 10 %, none of fewer than ten endpoints).
     """
 
     consecutive: int = 5
     base: float = field(default=30.0, metadata=DURATION)
     cap: float = field(default=300.0, metadata=DURATION)
     max_share: float = 0.5
+    at_least_one: bool = True
 
     def __post_init__(self) -> None:
         _count("Ejection", "consecutive", self.consecutive)
@@ -589,6 +608,8 @@ class Ejection:
         if share > 1:
             raise _fail("Ejection", "max_share", self.max_share, "a share between 0 and 1")
         _set(self, "max_share", share)
+        if not isinstance(self.at_least_one, bool):
+            raise _fail("Ejection", "at_least_one", self.at_least_one, "true or false")
 
 
 BALANCERS = ("p2c", "round_robin")

@@ -184,7 +184,10 @@ class EndpointPool:
             if ejection is None or endpoint.failures_in_a_row < ejection.consecutive:
                 return
             total = len(self.endpoints)
-            allowed = max(1, math.floor(ejection.max_share * total)) if total >= 2 else 0
+            # The small epsilon: 0.1 x 10 endpoints must allow one, not 0.999... of one.
+            allowed = math.floor(ejection.max_share * total + 1e-9)
+            if ejection.at_least_one:
+                allowed = max(1, allowed) if total >= 2 else 0
             out = sum(1 for e in self.endpoints if e.ejected_until > now)
             if out < allowed and endpoint.ejected_until <= now:
                 endpoint.ejections += 1

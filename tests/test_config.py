@@ -45,6 +45,7 @@ methods = ["get", "PUT"]
 retry_after_cap = "20s"
 backoff = { base = "100ms", cap = "2s", jitter = "equal" }
 budget = { ratio = 0.3, min_per_second = 5, ttl = "30s" }
+on_error = "connect"
 
 [default.timeout]
 total = 20
@@ -94,6 +95,7 @@ FULL_DEFAULT = Policy(
         retry_after_cap=20.0,
         backoff=Backoff(base=0.1, cap=2.0, jitter="equal"),
         budget=Budget(ratio=0.3, min_per_second=5.0, ttl=30.0),
+        on_error="connect",
     ),
     timeout=Timeout(total=20.0, attempt=5.5, header="x-deadline-ms"),
     breaker=Breaker(
@@ -123,6 +125,7 @@ FULL_JSON = {
             "retry_after_cap": "20s",
             "backoff": {"base": 0.1, "cap": 2, "jitter": "equal"},
             "budget": {"ratio": 0.3, "min_per_second": 5, "ttl": 30},
+            "on_error": "connect",
         },
         "timeout": {"total": 20, "attempt": 5.5, "header": "x-deadline-ms"},
         "breaker": {
@@ -502,7 +505,7 @@ ERRORS: list[tuple[str, str]] = [
     (
         D + "retry = { attemps = 2 }",
         f"{P}.retry.attemps: unknown setting 'attemps' of Retry; allowed: attempts, backoff,"
-        " on_status, methods, retry_after_cap, budget (did you mean 'attempts'?)",
+        " on_status, methods, retry_after_cap, budget, on_error (did you mean 'attempts'?)",
     ),
     (
         D + "retry = { backoff = { max = 1 } }",

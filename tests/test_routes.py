@@ -684,3 +684,46 @@ def test_a_reload_keeps_the_pools_and_the_state_of_addresses_still_there(
     breakers = {b.destination: b for b in mesh.breakers()}
     assert breakers["http://orders.internal:80"].calls == 3
     assert breakers["backend"].calls == 3
+
+
+# Retry.on_error: which transport errors are retried (Envoy's retry_on says so per route)
+
+
+@pytest.mark.parametrize(
+    ("on_error", "error", "attempts"),
+    [
+        ("all", httpx.ConnectError("refused"), 3),
+        ("all", httpx.ReadError("reset"), 3),
+        ("connect", httpx.ConnectError("refused"), 3),
+        ("connect", httpx.ReadError("reset"), 1),
+        ("connect", httpx.ReadTimeout("slow"), 1),
+        ("none", httpx.ConnectError("refused"), 1),
+    ],
+)
+def test_retry_on_error_narrows_the_transport_errors_retried(
+    on_error: str, error: httpx.TransportError, attempts: int
+) -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        raise error
+
+    retry = meshlib.Retry(attempts=3, budget=None, on_error=on_error)  # type: ignore[arg-type]
+    policy = meshlib.Policy(retry=retry, breaker=None)
+    with (
+        meshlib.wrap(httpx.Client(transport=httpx.MockTransport(handler)), policy) as client,
+        pytest.raises(type(error)),
+    ):
+        client.get("http://orders.internal/")
+    assert calls == attempts
+
+
+def test_retry_on_error_is_validated_and_read_from_the_file() -> None:
+    with pytest.raises(meshlib.ConfigError, match=r"Retry\.on_error: expected one of"):
+        meshlib.Retry(on_error="sometimes")  # type: ignore[arg-type]
+    config = parse_config('[default]\nretry = { on_error = "connect" }\n', "mesh.toml")
+    assert config.default.retry == meshlib.Retry(on_error="connect")
+    with pytest.raises(meshlib.ConfigError, match=r"mesh\.toml: default\.retry\.on_error"):
+        parse_config('[default]\nretry = { on_error = "never" }\n', "mesh.toml")
