@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from ._sources import FileSource, UrlSource
 from ._state import Destination, SharedState
 from ._telemetry import log_breaker, logger, watch_breakers
 from ._traffic import EndpointPool, EndpointSnapshot, LatencyWindow
+from ._xds.bootstrap import load_bootstrap
 
 __all__ = ["Mesh", "default_mesh"]
 
@@ -91,6 +92,7 @@ class Mesh:
         self._measuring = False  # latency sketches: only once a status page asks
         self._hooks: list[TransitionHook] = []
         self._source: Any = None  # a file or URL watcher, kept alive with the Mesh
+        self._xds: Any = None  # the control plane's source, when from_xds made the Mesh
         self._origin = "code"  # where the policies came from, for repr: "code", a path or URL
         watch_breakers(self)
 
@@ -264,15 +266,76 @@ class Mesh:
             source.close()
         return mesh
 
+    @classmethod
+    def from_xds(
+        cls,
+        bootstrap: str | os.PathLike[str] | None = None,
+        *,
+        default: Policy = STANDARD,
+        ready_timeout: float = 1.0,
+        watch: Iterable[str] = (),
+        max_destinations: int = 10_000,
+    ) -> Mesh:
+        """Build a Mesh that the control plane configures, as a proxyless xDS client.
+
+        The bootstrap is gRPC's (`bootstrap`, else ``$MESHLIB_XDS_BOOTSTRAP``,
+        else ``$GRPC_XDS_BOOTSTRAP``); see docs/xds.md. A request to
+        ``host:port`` looks up the Listener of that name, its routes, clusters
+        and endpoints, subscribed to on the first request (which, like every
+        request until the answer arrives, goes out on `default`), or up front
+        for the names in `watch`, which this call waits for, at most
+        `ready_timeout` seconds. Destinations the control plane does not know
+        use `default` and plain DNS. `close` stops following it.
+
+        Raises:
+            ConfigError: the ``meshlib[xds]`` extra is missing, the bootstrap is
+                missing or invalid, or an argument is.
+        """
+        # The extra is optional: its modules (grpc, protobuf) load only when asked for.
+        from ._xds.source import XdsSource
+
+        if (
+            isinstance(ready_timeout, bool)
+            or not isinstance(ready_timeout, int | float)
+            or not ready_timeout >= 0
+        ):
+            raise ConfigError(
+                f"Mesh.from_xds.ready_timeout: expected seconds >= 0, got {ready_timeout!r}"
+            )
+        if isinstance(watch, str):
+            raise ConfigError(
+                f"Mesh.from_xds.watch: expected a list of 'host:port' names, got {watch!r}"
+            )
+        names = list(watch)
+        for name in names:
+            host, _, port = name.rpartition(":") if isinstance(name, str) else ("", "", "")
+            if not host or not port.isdigit():
+                raise ConfigError(
+                    f"Mesh.from_xds.watch: expected 'host:port' listener names, got {name!r}"
+                )
+        found = load_bootstrap(bootstrap)
+        mesh = cls(default, max_destinations=max_destinations)
+        source = XdsSource(found, default, mesh._apply_config)
+        mesh._origin = source.where
+        mesh._source = mesh._xds = source
+        for name in names:
+            source.want(name)
+        if names:
+            source.wait_ready(names, ready_timeout)
+        return mesh
+
     def close(self) -> None:
-        """Stop following the Mesh's file or URL, if any."""
+        """Stop following the Mesh's file, URL or control plane, if any."""
         if self._source is not None:
             self._source.close()
-            self._source = None
+            self._source = self._xds = None
 
     def _new_plan(self, requested: Policy | None, target: httpx.URL | Destination) -> Plan:
         """Build the plan for `target` (the plan cache calls this on a miss)."""
         destination = target if isinstance(target, Destination) else Destination.of(target)
+        if self._xds is not None and destination.scheme in ("http", "https"):
+            # Subscribed on first use; until the answer, this plan is the default's.
+            self._xds.want(str(destination).partition("://")[2])
         policy = requested
         if policy is None:
             policy = self.policy_for(destination.host, destination.port)

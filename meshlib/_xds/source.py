@@ -1,0 +1,271 @@
+"""A Mesh's policies from a control plane: the ADS client, the translation, and the table.
+
+`XdsSource` watches Listeners by destination name (``host:port``), follows each to
+its RouteConfiguration, the Clusters its routes name and their ClusterLoadAssignments,
+translates every resource as it arrives (a `Refused` one is NACKed, and its last good
+version stays) and, after each accepted change, hands the Mesh one new table built
+from everything in force (`MeshConfig`, through the callback sources report to). A
+destination whose Listener does not exist, or whose routes are not known yet, is not
+in the table: `default` applies to it, with plain DNS.
+
+Importing this module needs the ``meshlib[xds]`` extra (through `ads`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .._config import MeshConfig
+from .._errors import ConfigError
+from .._patterns import normalise_pattern
+from .._policy import Endpoints, Policy
+from .ads import (
+    CLUSTER,
+    CLUSTER_LOAD_ASSIGNMENT,
+    LISTENER,
+    ROUTE_CONFIGURATION,
+    AdsClient,
+    AdsStatus,
+    Update,
+)
+from .bootstrap import Bootstrap
+from .clusters import ClusterSettings, cluster_settings, load_assignment_endpoints
+from .fields import Refused
+from .routes import route_table
+from .translate import ListenerRoutes, compose, listener_routes
+
+__all__ = ["XdsSource", "authority"]
+
+
+def authority(listener: str) -> str:
+    """Return the Host header a request to the destination `listener` (``host:port``) sends.
+
+    httpx leaves out the scheme's own port; for 80 and 443 that is the host alone.
+    """
+    host, _, port = listener.rpartition(":")
+    return host if port in ("80", "443") else listener
+
+
+class XdsSource:
+    """Follow a control plane for a Mesh; `apply` takes each new table.
+
+    Thread-safe: `want` is called from request threads (on a plan cache miss),
+    the handler from the ADS client's thread.
+    """
+
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        default: Policy,
+        apply: Callable[[MeshConfig], None],
+        client: Callable[..., AdsClient] = AdsClient,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.where = f"xDS {bootstrap.xds_server.server_uri}"
+        self._default = default
+        self._apply = apply
+        self._changed = threading.Condition()
+        self._listeners: dict[str, ListenerRoutes] = {}
+        self._missing_listeners: set[str] = set()
+        self._routes: dict[str, Any] = {}  # RouteConfiguration messages by name
+        self._clusters: dict[str, ClusterSettings] = {}
+        self._missing_clusters: set[str] = set()
+        self._assignments: dict[str, Any] = {}  # ClusterLoadAssignment messages by name
+        self._missing_assignments: set[str] = set()
+        self._wanted: set[str] = set()
+        self.client = client(bootstrap, self._handle)  # last: it may call back at once
+
+    # --- from request threads ------------------------------------------------------
+
+    def want(self, listener: str) -> None:
+        """Watch the destination `listener` (``host:port``) from now on."""
+        if listener in self._wanted:  # a set read: no lock on the common path
+            return
+        with self._changed:
+            if listener in self._wanted:
+                return
+            self._wanted.add(listener)
+        self.client.subscribe(LISTENER, [listener])
+
+    def wait_ready(self, listeners: Iterable[str], timeout: float) -> bool:
+        """Wait until each of `listeners` is known to the end (or does not exist).
+
+        Known to the end: its routes, every cluster they name and, for EDS, the
+        cluster's endpoints have an answer. Returns False at `timeout` seconds.
+        """
+        names = list(listeners)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not all(self._resolved(name) for name in names):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
+    def status(self) -> AdsStatus:
+        """Return the ADS client's view: what is in force, what was refused."""
+        return self.client.status()
+
+    def close(self) -> None:
+        """Stop following the control plane; the last table stays in force."""
+        self.client.close()
+
+    # --- from the ADS client's thread ------------------------------------------------
+
+    def _resolved(self, listener: str) -> bool:
+        if listener in self._missing_listeners:
+            return True
+        found = self._listeners.get(listener)
+        if found is None:
+            return False
+        config = found.inline if found.rds is None else self._routes.get(found.rds)
+        if config is None:
+            return False
+        for name in _cluster_names(config):
+            if name in self._missing_clusters:
+                continue
+            settings = self._clusters.get(name)
+            if settings is None:
+                return False
+            eds = settings.eds_name
+            if (
+                eds is not None
+                and eds not in self._assignments
+                and eds not in self._missing_assignments
+            ):
+                return False
+        return True
+
+    def _handle(self, update: Update) -> Mapping[str, str]:
+        refused: dict[str, str] = {}
+        subscribe: dict[str, set[str]] = {}
+        with self._changed:
+            take = {
+                LISTENER: self._take_listener,
+                ROUTE_CONFIGURATION: self._take_routes,
+                CLUSTER: self._take_cluster,
+                CLUSTER_LOAD_ASSIGNMENT: self._take_assignment,
+            }[update.type_url]
+            for name, message in update.resources.items():
+                try:
+                    for type_url, names in take(name, message).items():
+                        subscribe.setdefault(type_url, set()).update(names)
+                except Refused as exc:
+                    refused[name] = exc.detail
+            self._forget(update.type_url, update.missing)
+            try:
+                self._apply(self._table())
+            except (ConfigError, Refused) as exc:  # a change that fits no table: refuse it
+                refused.update(dict.fromkeys(update.resources, f"does not fit the rest: {exc}"))
+            self._changed.notify_all()
+        for type_url, names in subscribe.items():
+            self.client.subscribe(type_url, sorted(names))
+        return refused
+
+    def _take_listener(self, name: str, message: Any) -> dict[str, set[str]]:
+        read = listener_routes(message)
+        try:
+            normalise_pattern(name)
+        except ConfigError as exc:
+            raise Refused(f"Listener {name}", "name", name, "not a host:port") from exc
+        if read.inline is not None:
+            self._check(name, read, read.inline)
+        self._listeners[name] = read
+        self._missing_listeners.discard(name)
+        if read.rds is not None:
+            return {ROUTE_CONFIGURATION: {read.rds}}
+        return {CLUSTER: set(_cluster_names(read.inline))}
+
+    def _take_routes(self, name: str, message: Any) -> dict[str, set[str]]:
+        for listener, read in self._listeners.items():
+            if read.rds == name:
+                self._check(listener, read, message)
+        self._routes[name] = message
+        return {CLUSTER: set(_cluster_names(message))}
+
+    def _check(self, listener: str, read: ListenerRoutes, config: Any) -> None:
+        """Refuse routes that no table could hold (translated now, not at the next change)."""
+        table = route_table(config, authority(listener))
+        compose(self._default, listener, read.faults, table, {}, {})
+
+    def _take_cluster(self, name: str, message: Any) -> dict[str, set[str]]:
+        settings = cluster_settings(message)
+        if settings.eds_name is not None and settings.eds_name in self._assignments:
+            where = f"ClusterLoadAssignment {settings.eds_name}"
+            load_assignment_endpoints(self._assignments[settings.eds_name], settings, where)
+        self._clusters[name] = settings
+        self._missing_clusters.discard(name)
+        return {} if settings.eds_name is None else {CLUSTER_LOAD_ASSIGNMENT: {settings.eds_name}}
+
+    def _take_assignment(self, name: str, message: Any) -> dict[str, set[str]]:
+        where = f"ClusterLoadAssignment {name}"
+        for settings in self._clusters.values():
+            if settings.eds_name == name:
+                load_assignment_endpoints(message, settings, where)
+        self._assignments[name] = message
+        self._missing_assignments.discard(name)
+        return {}
+
+    def _forget(self, type_url: str, names: frozenset[str]) -> None:
+        for name in names:
+            if type_url == LISTENER:
+                self._listeners.pop(name, None)
+                self._missing_listeners.add(name)
+            elif type_url == ROUTE_CONFIGURATION:
+                self._routes.pop(name, None)
+            elif type_url == CLUSTER:
+                self._clusters.pop(name, None)
+                self._missing_clusters.add(name)
+            else:
+                self._assignments.pop(name, None)
+                self._missing_assignments.add(name)
+
+    def _endpoints(self, settings: ClusterSettings) -> Endpoints | None:
+        if settings.eds_name is None:
+            return settings.static
+        message = self._assignments.get(settings.eds_name)
+        if message is None:
+            return None
+        where = f"ClusterLoadAssignment {settings.eds_name}"
+        return load_assignment_endpoints(message, settings, where)
+
+    def _table(self) -> MeshConfig:
+        """Build the Mesh's table from everything in force."""
+        destinations: dict[str, Policy] = {}
+        views: dict[str, Policy] = {}
+        owners: dict[str, str] = {}
+        endpoints = {name: self._endpoints(s) for name, s in self._clusters.items()}
+        for listener, read in self._listeners.items():
+            config = read.inline if read.rds is None else self._routes.get(read.rds)
+            if config is None:
+                continue  # its routes are not known yet: default applies meanwhile
+            table = route_table(config, authority(listener))
+            done = compose(self._default, listener, read.faults, table, self._clusters, endpoints)
+            destinations[listener] = done.policy
+            views.update(done.clusters)
+            owners.update(done.owners)
+        return MeshConfig(
+            default=self._default,
+            destinations=types.MappingProxyType(destinations),
+            source=self.where,
+            digest="",
+            clusters=types.MappingProxyType(views),
+            owners=types.MappingProxyType(owners),
+        )
+
+
+def _cluster_names(config: Any) -> list[str]:
+    """Return every cluster the routes of a RouteConfiguration name, in order."""
+    names: list[str] = []
+    for vhost in config.virtual_hosts:
+        for route in vhost.routes:
+            action = route.route
+            if action.cluster:
+                names.append(action.cluster)
+            names.extend(entry.name for entry in action.weighted_clusters.clusters)
+    return list(dict.fromkeys(names))
