@@ -975,3 +975,104 @@ def test_views_of_one_cluster_share_its_endpoints_and_keep_the_requests_host(clo
     assert list(mesh.endpoints()) == ["orders-v1"]
     with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(handler)), mesh) as client:
         assert client.get("http://orders:8080/nowhere").status_code == 404  # no route takes it
+
+
+# The source: each update translated, the Mesh's table rebuilt, refusals keep the last good
+
+
+class _Client:
+    """Stands for the ADS client: records subscriptions, sends nothing."""
+
+    def __init__(self, bootstrap: Any, handler: Any) -> None:
+        self.watched: dict[str, list[str]] = collections.defaultdict(list)
+
+    def subscribe(self, type_url: str, names: list[str]) -> None:
+        self.watched[type_url].extend(names)
+
+    def close(self) -> None:
+        pass
+
+
+def _source() -> tuple[Any, meshlib.Mesh]:
+    import types
+
+    from meshlib._xds.ads import CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION
+    from meshlib._xds.ads import Update as AdsUpdate
+    from meshlib._xds.bootstrap import parse_bootstrap
+    from meshlib._xds.source import XdsSource
+
+    boot = parse_bootstrap(
+        '{"xds_servers": [{"server_uri": "127.0.0.1:1", "channel_creds": [{"type": "insecure"}]}]}',
+        "b.json",
+    )
+    mesh = meshlib.Mesh()
+    source = XdsSource(boot, meshlib.STANDARD, mesh._apply_config, client=_Client)
+    kinds = {
+        "lds": LISTENER,
+        "rds": ROUTE_CONFIGURATION,
+        "cds": CLUSTER,
+        "eds": CLUSTER_LOAD_ASSIGNMENT,
+    }
+
+    def send(kind: str, *resources: Any, missing: tuple[str, ...] = ()) -> dict[str, str]:
+        by_name = {getattr(r, "cluster_name", "") or r.name: r for r in resources}
+        update = AdsUpdate(kinds[kind], "1", types.MappingProxyType(by_name), frozenset(missing))
+        return dict(source._handle(update))
+
+    source.send = send
+    return source, mesh
+
+
+def test_the_source_follows_listener_to_endpoints_and_subscribes_along() -> None:
+    from meshlib._xds.ads import CLUSTER, CLUSTER_LOAD_ASSIGNMENT, ROUTE_CONFIGURATION
+
+    source, mesh = _source()
+    assert source.send("lds", listener()) == {}
+    assert source.client.watched[ROUTE_CONFIGURATION] == ["orders-routes"]
+    assert "orders:8080" not in mesh.destinations  # routes not known yet: default
+    assert source.send("rds", routes(route())) == {}
+    assert source.client.watched[CLUSTER] == ["orders-v1"]
+    view = "orders-v1@orders:8080#0"
+    assert mesh.clusters[view].faults == meshlib.Faults(abort=1.0, status=503)  # no cluster yet
+    assert source.send("cds", cluster()) == {}
+    assert source.client.watched[CLUSTER_LOAD_ASSIGNMENT] == ["orders-v1"]
+    assert source.send("eds", assignment(hosts("10.0.0.1:80"))) == {}
+    assert mesh.clusters[view].endpoints == meshlib.Endpoints(
+        ["10.0.0.1:80"], balance="round_robin", ejection=None
+    )
+    assert mesh.clusters[view].faults is None
+    assert source.wait_ready(["orders:8080"], 0)
+
+
+def test_a_refused_update_keeps_the_last_good_table() -> None:
+    source, mesh = _source()
+    source.send("lds", listener())
+    source.send("rds", routes(route(timeout="3s")))
+    source.send("cds", cluster())
+    source.send("eds", assignment(hosts("10.0.0.1:80")))
+    view = "orders-v1@orders:8080#0"
+    before = mesh.clusters[view]
+    bad = routes(route({"prefix": "/", "query_parameters": [{"name": "q"}]}))
+    errors = source.send("rds", bad)
+    assert list(errors) == ["orders-routes"]
+    assert "match.query_parameters" in errors["orders-routes"]
+    assert mesh.clusters[view] == before  # still 3 s
+    errors = source.send("cds", cluster(lb_policy="MAGLEV"))
+    assert errors == {
+        "orders-v1": "lb_policy: only ROUND_ROBIN and LEAST_REQUEST are supported (got 'MAGLEV')"
+    }
+    assert mesh.clusters[view] == before
+
+
+def test_what_does_not_exist_falls_back_as_envoy_does() -> None:
+    source, mesh = _source()
+    source.send("lds", listener())
+    source.send("rds", routes(route()))
+    source.send("cds", cluster())
+    source.send("eds", assignment(hosts("10.0.0.1:80")))
+    source.send("cds", missing=("orders-v1",))  # the cluster is gone: 503, as Envoy
+    assert mesh.clusters["orders-v1@orders:8080#0"].faults == meshlib.Faults(abort=1.0, status=503)
+    source.send("lds", missing=("orders:8080",))  # the listener is gone: default and DNS
+    assert "orders:8080" not in mesh.destinations
+    assert mesh.policy_for("orders", 8080) == meshlib.STANDARD
+    assert source.wait_ready(["orders:8080"], 0)

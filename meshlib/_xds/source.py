@@ -35,7 +35,7 @@ from .ads import (
 from .bootstrap import Bootstrap
 from .clusters import ClusterSettings, cluster_settings, load_assignment_endpoints
 from .fields import Refused
-from .routes import route_table
+from .routes import XdsRoute, route_table
 from .translate import ListenerRoutes, compose, listener_routes
 
 __all__ = ["XdsSource", "authority"]
@@ -76,6 +76,10 @@ class XdsSource:
         self._missing_clusters: set[str] = set()
         self._assignments: dict[str, Any] = {}  # ClusterLoadAssignment messages by name
         self._missing_assignments: set[str] = set()
+        # Translated once, when what they come from arrives: a change to one cluster's
+        # endpoints does not translate every other resource again.
+        self._tables: dict[str, list[XdsRoute] | None] = {}  # listener: its routes
+        self._found: dict[str, Endpoints | None] = {}  # cluster: its endpoints
         self._wanted: set[str] = set()
         self.client = client(bootstrap, self._handle)  # last: it may call back at once
 
@@ -173,41 +177,53 @@ class XdsSource:
             normalise_pattern(name)
         except ConfigError as exc:
             raise Refused(f"Listener {name}", "name", name, "not a host:port") from exc
-        if read.inline is not None:
-            self._check(name, read, read.inline)
+        config = read.inline if read.rds is None else self._routes.get(read.rds)
+        table = None if config is None else self._translate(name, read, config)
         self._listeners[name] = read
         self._missing_listeners.discard(name)
+        self._tables.pop(name, None)
+        if config is not None:
+            self._tables[name] = table
         if read.rds is not None:
             return {ROUTE_CONFIGURATION: {read.rds}}
         return {CLUSTER: set(_cluster_names(read.inline))}
 
     def _take_routes(self, name: str, message: Any) -> dict[str, set[str]]:
-        for listener, read in self._listeners.items():
-            if read.rds == name:
-                self._check(listener, read, message)
+        tables = {
+            listener: self._translate(listener, read, message)
+            for listener, read in self._listeners.items()
+            if read.rds == name
+        }  # every listener's first: one refusal keeps all of them as they were
         self._routes[name] = message
+        self._tables.update(tables)
         return {CLUSTER: set(_cluster_names(message))}
 
-    def _check(self, listener: str, read: ListenerRoutes, config: Any) -> None:
-        """Refuse routes that no table could hold (translated now, not at the next change)."""
+    def _translate(self, listener: str, read: ListenerRoutes, config: Any) -> list[XdsRoute] | None:
+        """Read `listener`'s routes from `config`; refuse routes no table could hold."""
         table = route_table(config, authority(listener))
         compose(self._default, listener, read.faults, table, {}, {})
+        return table
 
     def _take_cluster(self, name: str, message: Any) -> dict[str, set[str]]:
         settings = cluster_settings(message)
+        found = settings.static
         if settings.eds_name is not None and settings.eds_name in self._assignments:
             where = f"ClusterLoadAssignment {settings.eds_name}"
-            load_assignment_endpoints(self._assignments[settings.eds_name], settings, where)
+            found = load_assignment_endpoints(self._assignments[settings.eds_name], settings, where)
         self._clusters[name] = settings
+        self._found[name] = found
         self._missing_clusters.discard(name)
         return {} if settings.eds_name is None else {CLUSTER_LOAD_ASSIGNMENT: {settings.eds_name}}
 
     def _take_assignment(self, name: str, message: Any) -> dict[str, set[str]]:
         where = f"ClusterLoadAssignment {name}"
-        for settings in self._clusters.values():
-            if settings.eds_name == name:
-                load_assignment_endpoints(message, settings, where)
+        found = {
+            cluster: load_assignment_endpoints(message, settings, where)
+            for cluster, settings in self._clusters.items()
+            if settings.eds_name == name
+        }
         self._assignments[name] = message
+        self._found.update(found)
         self._missing_assignments.discard(name)
         return {}
 
@@ -215,37 +231,32 @@ class XdsSource:
         for name in names:
             if type_url == LISTENER:
                 self._listeners.pop(name, None)
+                self._tables.pop(name, None)
                 self._missing_listeners.add(name)
             elif type_url == ROUTE_CONFIGURATION:
                 self._routes.pop(name, None)
+                for listener, read in self._listeners.items():
+                    if read.rds == name:
+                        self._tables.pop(listener, None)
             elif type_url == CLUSTER:
                 self._clusters.pop(name, None)
+                self._found.pop(name, None)
                 self._missing_clusters.add(name)
             else:
                 self._assignments.pop(name, None)
                 self._missing_assignments.add(name)
-
-    def _endpoints(self, settings: ClusterSettings) -> Endpoints | None:
-        if settings.eds_name is None:
-            return settings.static
-        message = self._assignments.get(settings.eds_name)
-        if message is None:
-            return None
-        where = f"ClusterLoadAssignment {settings.eds_name}"
-        return load_assignment_endpoints(message, settings, where)
+                for cluster, settings in self._clusters.items():
+                    if settings.eds_name == name:
+                        self._found[cluster] = None
 
     def _table(self) -> MeshConfig:
         """Build the Mesh's table from everything in force."""
         destinations: dict[str, Policy] = {}
         views: dict[str, Policy] = {}
         owners: dict[str, str] = {}
-        endpoints = {name: self._endpoints(s) for name, s in self._clusters.items()}
-        for listener, read in self._listeners.items():
-            config = read.inline if read.rds is None else self._routes.get(read.rds)
-            if config is None:
-                continue  # its routes are not known yet: default applies meanwhile
-            table = route_table(config, authority(listener))
-            done = compose(self._default, listener, read.faults, table, self._clusters, endpoints)
+        for listener, table in self._tables.items():
+            faults = self._listeners[listener].faults
+            done = compose(self._default, listener, faults, table, self._clusters, self._found)
             destinations[listener] = done.policy
             views.update(done.clusters)
             owners.update(done.owners)
