@@ -322,6 +322,7 @@ class Mesh:
             source.want(name)
         if names:
             source.wait_ready(names, ready_timeout)
+        source.ready_timeout = ready_timeout  # from now on, for requests' first answers
         return mesh
 
     def close(self) -> None:

@@ -269,3 +269,48 @@ def test_without_the_extra_from_xds_is_a_config_error_naming_it() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ConfigError: ")
     assert "meshlib[xds]" in done.stdout
+
+
+def test_the_first_request_to_a_destination_waits_for_its_answer(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    upstream, _ = upstreams
+    server, path = bootstrap
+    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
+    server.snapshot = _snapshot(routes, {"orders-v1": (upstream,)})
+    # No watch=: subscribed by the first request, which waits for the whole chain
+    # (orders.internal resolves nowhere: on default it could not be sent at all).
+    mesh = meshlib.Mesh.from_xds(path, ready_timeout=30)
+    try:
+        assert ORDERS not in mesh.destinations
+        with meshlib.wrap(httpx.Client(), mesh) as client:
+            assert client.get(f"http://{ORDERS}/first").status_code == 200
+        assert [r.path for r in upstream.requests] == ["/first"]
+        assert server.requests_of(LISTENER)[0].resource_names == [ORDERS]
+    finally:
+        mesh.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_request_never_blocks_its_loop_and_the_answer_applies_next(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    upstream, _ = upstreams
+    server, path = bootstrap
+    direct = f"127.0.0.1:{upstream.port}"
+    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
+    snapshot = _snapshot(routes, {"orders-v1": (upstream,)})
+    server.snapshot = {**snapshot, LISTENER: {direct: _listener(direct)}}
+    server.snapshot[ROUTE_CONFIGURATION]["orders-routes"].virtual_hosts[0].domains[:] = ["*"]
+    mesh = meshlib.Mesh.from_xds(path, ready_timeout=30)
+    try:
+        async with meshlib.wrap(httpx.AsyncClient(), mesh) as client:
+            # In the loop the first request does not wait: it goes out on default, direct.
+            first = await client.get(f"http://{direct}/first")
+            assert first.status_code == 200
+            poll(lambda: direct in mesh.destinations, what="the listener's routes")
+            poll(lambda: mesh.clusters[f"orders-v1@{direct}#0"].faults is None, what="endpoints")
+            await client.get(f"http://{direct}/second")
+        assert list(mesh.endpoints()) == ["orders-v1"]  # the second went through the cluster
+    finally:
+        mesh.close()

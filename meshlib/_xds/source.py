@@ -13,6 +13,8 @@ Importing this module needs the ``meshlib[xds]`` extra (through `ads`).
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
 import time
 import types
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .._config import MeshConfig
+from .._deadline import remaining
 from .._errors import ConfigError
 from .._patterns import normalise_pattern
 from .._policy import Endpoints, Policy
@@ -63,8 +66,10 @@ class XdsSource:
         default: Policy,
         apply: Callable[[MeshConfig], None],
         client: Callable[..., AdsClient] = AdsClient,
+        ready_timeout: float = 0.0,
     ) -> None:
         self.bootstrap = bootstrap
+        self.ready_timeout = ready_timeout
         self.where = f"xDS {bootstrap.xds_server.server_uri}"
         self._default = default
         self._apply = apply
@@ -86,7 +91,12 @@ class XdsSource:
     # --- from request threads ------------------------------------------------------
 
     def want(self, listener: str) -> None:
-        """Watch the destination `listener` (``host:port``) from now on."""
+        """Watch the destination `listener` (``host:port``) from now on.
+
+        The request that asks first waits for the answer, at most `ready_timeout`
+        seconds and what is left of its deadline, unless it runs in an event loop
+        (which must never block): it then goes out on what is in force now.
+        """
         if listener in self._wanted:  # a set read: no lock on the common path
             return
         with self._changed:
@@ -94,6 +104,12 @@ class XdsSource:
                 return
             self._wanted.add(listener)
         self.client.subscribe(LISTENER, [listener])
+        wait = self.ready_timeout
+        left = remaining()
+        if left is not None:
+            wait = min(wait, left)
+        if wait > 0 and not _in_event_loop():
+            self.wait_ready([listener], wait)
 
     def wait_ready(self, listeners: Iterable[str], timeout: float) -> bool:
         """Wait until each of `listeners` is known to the end (or does not exist).
@@ -268,6 +284,24 @@ class XdsSource:
             clusters=types.MappingProxyType(views),
             owners=types.MappingProxyType(owners),
         )
+
+
+def _in_event_loop() -> bool:
+    """Return whether this thread runs an asyncio or trio event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return True
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _cluster_names(config: Any) -> list[str]:
