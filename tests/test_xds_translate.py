@@ -440,6 +440,33 @@ def test_the_route_timeout_is_envoys_15s_unless_set_and_0_is_none() -> None:
     assert one(route(timeout="0s")).total is None
 
 
+def test_max_stream_duration_bounds_the_request_too() -> None:
+    bounded = one(route(timeout="5s", max_stream_duration={"max_stream_duration": "2s"}))
+    assert bounded.total == 2.0
+    unbounded = one(route(timeout="0s", max_stream_duration={"max_stream_duration": "3s"}))
+    assert unbounded.total == 3.0
+    grpc_only = one(route(max_stream_duration={"grpc_timeout_header_max": "0s"}))
+    assert grpc_only.total == 15.0
+
+
+def test_a_hedge_policy_that_hedges_nothing_is_accepted() -> None:
+    calm = {"initial_requests": 1, "additional_request_chance": {"numerator": 0}}
+    assert one(route(hedge_policy=calm)).route.to == "orders-v1"
+    refused(
+        lambda: one(route(hedge_policy={"initial_requests": 2})),
+        "RouteConfiguration orders-routes",
+        "virtual_hosts[0].routes[0].route.hedge_policy.initial_requests",
+        "2",
+    )
+
+
+def test_ignore_port_in_host_matching_matches_the_host_alone() -> None:
+    config = routes(route(), domains=["orders"])
+    assert route_table(config, "orders:8080") is None
+    config.ignore_port_in_host_matching = True
+    assert route_table(config, "orders:8080") is not None
+
+
 def test_no_retry_policy_means_no_retries() -> None:
     assert one(route()).retry is None
 

@@ -163,9 +163,7 @@ def route_table(config: Any, authority: str) -> list[XdsRoute] | None:
     where = f"RouteConfiguration {config.name}"
     only(config, where, "", _ROUTE_CONFIG_FIELDS)
     if config.ignore_port_in_host_matching:
-        authority = (
-            authority.rpartition(":")[0] or authority if not authority.endswith("]") else authority
-        )
+        authority = _without_port(authority)
     chosen = pick_virtual_host([list(vh.domains) for vh in config.virtual_hosts], authority)
     if chosen is None:
         return None
@@ -205,6 +203,8 @@ def route_table(config: Any, authority: str) -> list[XdsRoute] | None:
         total: float | None = ROUTE_TIMEOUT
         if action.HasField("timeout"):
             total = seconds(action.timeout) or None  # 0: no timeout
+        if action.HasField("max_stream_duration"):
+            total = _max_stream_duration(action.max_stream_duration, total, where, here)
         attempt = None
         chosen_retry = action.retry_policy if action.HasField("retry_policy") else default_retry
         if chosen_retry is not None and chosen_retry.HasField("per_try_timeout"):
@@ -213,6 +213,30 @@ def route_table(config: Any, authority: str) -> list[XdsRoute] | None:
                 attempt = min(attempt, total)  # the route's timeout bounds every try
         routes.append(XdsRoute(meshlib_route, retry, total, attempt))
     return routes
+
+
+def _without_port(authority: str) -> str:
+    host, colon, port = authority.rpartition(":")
+    if colon and port.isdigit() and not authority.endswith("]"):
+        return host
+    return authority
+
+
+def _max_stream_duration(config: Any, total: float | None, where: str, path: str) -> float | None:
+    """Return the route's bound with its max_stream_duration (both bound the request)."""
+    here = f"{path}.route.max_stream_duration"
+    only(
+        config,
+        where,
+        here,
+        ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"),
+    )
+    if not config.HasField("max_stream_duration"):
+        return total  # the rest is about gRPC's grpc-timeout header
+    longest = seconds(config.max_stream_duration)
+    if longest <= 0:
+        return total  # 0: no bound, as Envoy
+    return longest if total is None else min(total, longest)
 
 
 def _no_filter_overrides(message: Any, where: str, path: str) -> None:
@@ -226,8 +250,29 @@ def _no_filter_overrides(message: Any, where: str, path: str) -> None:
 
 
 def _hedge(policy: Any, where: str, path: str) -> None:
-    # The defaults hedge nothing; anything else is hedging meshlib does not do this way.
-    only(policy, where, path, ())
+    """Accept a hedge_policy that hedges nothing (its defaults); refuse one that hedges."""
+    only(
+        policy,
+        where,
+        path,
+        ("initial_requests", "additional_request_chance", "hedge_on_per_try_timeout"),
+    )
+    if policy.HasField("initial_requests") and policy.initial_requests.value > 1:
+        raise Refused(
+            where,
+            f"{path}.initial_requests",
+            policy.initial_requests.value,
+            "hedging is not supported",
+        )
+    if policy.HasField("additional_request_chance") and policy.additional_request_chance.numerator:
+        raise Refused(
+            where,
+            f"{path}.additional_request_chance",
+            policy.additional_request_chance,
+            "hedging is not supported",
+        )
+    if policy.hedge_on_per_try_timeout:
+        raise Refused(where, f"{path}.hedge_on_per_try_timeout", True, "hedging is not supported")
 
 
 def _targets(action: Any, where: str, path: str) -> str | dict[str, float]:
