@@ -677,9 +677,9 @@ def test_round_robin_and_least_request_are_meshlibs_balancers() -> None:
             "ANY_ENDPOINT",
         ),
         (
-            {"common_lb_config": {"locality_weighted_lb_config": {}}},
-            "common_lb_config.locality_weighted_lb_config",
-            "{",
+            {"outlier_detection": {"enforcing_success_rate": 100}},
+            "outlier_detection.enforcing_success_rate",
+            "100",
         ),
         (
             {"outlier_detection": {"enforcing_consecutive_5xx": 50}},
@@ -836,6 +836,49 @@ def test_below_the_panic_threshold_every_endpoint_is_used() -> None:
     found = load_assignment_endpoints(cla, lower, "x")
     assert found is not None
     assert found.addresses == ("10.0.0.4:80",)
+
+
+def test_locality_weights_count_only_with_locality_weighted_lb_config() -> None:
+    cla = assignment(
+        hosts("10.0.1.1:80", load_balancing_weight=1),
+        hosts("10.0.2.1:80", load_balancing_weight=3),
+        hosts("10.0.3.1:80"),  # no weight
+    )
+    plain = load_assignment_endpoints(cla, _settings(), "x")  # Envoy ignores them
+    assert plain is not None
+    assert len(plain.addresses) == 3
+    weighted = _settings(common_lb_config={"locality_weighted_lb_config": {}})
+    refused(
+        lambda: load_assignment_endpoints(cla, weighted, "ClusterLoadAssignment orders-v1"),
+        "ClusterLoadAssignment orders-v1",
+        "endpoints.load_balancing_weight",
+        "[1, 3]",
+    )
+    even = assignment(
+        hosts("10.0.1.1:80", load_balancing_weight=2),
+        hosts("10.0.2.1:80", load_balancing_weight=2),
+        hosts("10.0.3.1:80"),  # weight 0: takes nothing
+    )
+    found = load_assignment_endpoints(even, weighted, "x")
+    assert found is not None
+    assert found.addresses == ("10.0.1.1:80", "10.0.2.1:80")
+
+
+def test_istios_outlier_detection_with_success_rate_off_is_taken() -> None:
+    detection = {
+        "consecutive_5xx": 7,
+        "interval": "10s",
+        "base_ejection_time": "30s",
+        "max_ejection_percent": 100,
+        "enforcing_consecutive_5xx": 100,
+        "enforcing_success_rate": 0,
+        "consecutive_gateway_failure": 5,
+        "enforcing_consecutive_gateway_failure": 0,
+    }
+    ejection = cluster_settings(cluster(outlier_detection=detection)).ejection
+    assert ejection == meshlib.Ejection(
+        consecutive=7, base=30.0, cap=300.0, max_share=1.0, at_least_one=False
+    )
 
 
 def test_no_usable_endpoint_is_none_and_unequal_weights_are_refused() -> None:

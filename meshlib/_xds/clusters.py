@@ -8,6 +8,7 @@ ClusterLoadAssignment (EDS, or a STATIC cluster's inline one) gives its
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,7 @@ _OUTLIER_FIELDS = (
     # Off unless enforced: refused below when they would be.
     "consecutive_gateway_failure",
     "enforcing_consecutive_gateway_failure",
+    "enforcing_success_rate",
     "enforcing_failure_percentage",
     "enforcing_consecutive_local_origin_failure",
     "enforcing_local_origin_success_rate",
@@ -119,6 +121,8 @@ class ClusterSettings:
         budget: the retry budget for the routes' retries to this cluster.
         panic: below this share of healthy endpoints, all are used.
         static: a STATIC cluster's endpoints (None: none usable, or EDS).
+        locality_weighted: ``locality_weighted_lb_config`` is set: localities of
+            weight 0 take nothing, and localities of different weights are refused.
     """
 
     name: str
@@ -129,6 +133,7 @@ class ClusterSettings:
     budget: Budget
     panic: float
     static: Endpoints | None = None
+    locality_weighted: bool = False
 
 
 def cluster_settings(cluster: Any) -> ClusterSettings:
@@ -145,11 +150,18 @@ def cluster_settings(cluster: Any) -> ClusterSettings:
         raise Refused(where, "type", kind, "only EDS and STATIC clusters are supported")
     balance = _balance(cluster, where)
     panic = PANIC_THRESHOLD
+    locality_weighted = False
     if cluster.HasField("common_lb_config"):
         common = cluster.common_lb_config
-        only(common, where, "common_lb_config", ("healthy_panic_threshold",))
+        only(
+            common,
+            where,
+            "common_lb_config",
+            ("healthy_panic_threshold", "locality_weighted_lb_config"),
+        )
         if common.HasField("healthy_panic_threshold"):
             panic = min(1.0, common.healthy_panic_threshold.value / 100)
+        locality_weighted = common.HasField("locality_weighted_lb_config")
     if cluster.HasField("transport_socket") and cluster.transport_socket.name != _RAW_BUFFER:
         raise Refused(
             where,
@@ -161,15 +173,15 @@ def cluster_settings(cluster: Any) -> ClusterSettings:
     ejection = _outlier_detection(cluster, where) if cluster.HasField("outlier_detection") else None
     eds_name: str | None = None
     static: Endpoints | None = None
-    settings = ClusterSettings(cluster.name, None, balance, ejection, bulkhead, budget, panic)
+    settings = ClusterSettings(
+        cluster.name, None, balance, ejection, bulkhead, budget, panic, None, locality_weighted
+    )
     if cluster.type == _CLUSTER.EDS:
         eds = cluster.eds_cluster_config
         eds_name = eds.service_name or cluster.name
     else:
         static = load_assignment_endpoints(cluster.load_assignment, settings, where)
-    return ClusterSettings(
-        cluster.name, eds_name, balance, ejection, bulkhead, budget, panic, static
-    )
+    return dataclasses.replace(settings, eds_name=eds_name, static=static)
 
 
 def _balance(cluster: Any, where: str) -> str:
@@ -259,6 +271,7 @@ def _outlier_detection(cluster: Any, where: str) -> Ejection | None:
     only(detection, where, path, _OUTLIER_FIELDS)
     for name in (
         "enforcing_consecutive_gateway_failure",
+        "enforcing_success_rate",
         "enforcing_failure_percentage",
         "enforcing_consecutive_local_origin_failure",
         "enforcing_local_origin_success_rate",
@@ -330,6 +343,7 @@ def load_assignment_endpoints(cla: Any, cluster: ClusterSettings, where: str) ->
     if cla.HasField("policy"):
         only(cla.policy, where, "policy", ("overprovisioning_factor", "endpoint_stale_after"))
     levels: dict[int, tuple[list[str], list[str], list[int]]] = {}
+    shares: dict[int, set[int]] = {}  # per priority, the locality weights (locality-weighted)
     for index, locality in enumerate(cla.endpoints):
         path = f"endpoints[{index}]"
         only(
@@ -339,6 +353,11 @@ def load_assignment_endpoints(cla: Any, cluster: ClusterSettings, where: str) ->
             ("locality", "lb_endpoints", "load_balancing_weight", "priority", "metadata"),
         )
         usable, every, weights = levels.setdefault(locality.priority, ([], [], []))
+        if cluster.locality_weighted:
+            weight = locality.load_balancing_weight.value  # unset: 0, as Envoy reads it
+            if weight == 0:
+                continue  # a locality of weight 0 takes nothing
+            shares.setdefault(locality.priority, set()).add(weight)
         for position, lb_endpoint in enumerate(locality.lb_endpoints):
             here = f"{path}.lb_endpoints[{position}]"
             only(
@@ -358,10 +377,17 @@ def load_assignment_endpoints(cla: Any, cluster: ClusterSettings, where: str) ->
             every.append(address)
             if lb_endpoint.health_status in _USABLE:
                 usable.append(address)
-    chosen = next((level for _, level in sorted(levels.items()) if level[0]), None)
+    chosen = next(((p, level) for p, level in sorted(levels.items()) if level[0]), None)
     if chosen is None:
         return None
-    usable, every, weights = chosen
+    priority, (usable, every, weights) = chosen
+    if len(shares.get(priority, ())) > 1:
+        raise Refused(
+            where,
+            "endpoints.load_balancing_weight",
+            sorted(shares[priority]),
+            "localities of different weights are not supported",
+        )
     if len(set(weights)) > 1:
         raise Refused(
             where,
