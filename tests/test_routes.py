@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import meshlib
 from meshlib._cli import main
-from meshlib._config import load_config, parse_config
+from meshlib._config import parse_config
 from meshlib._traffic import choose_route
 
 pytestmark = pytest.mark.usefixtures("rng", "no_waits")
@@ -639,7 +640,7 @@ def test_a_reload_keeps_the_pools_and_the_state_of_addresses_still_there(
             backend='["10.9.0.1:8080", "10.9.0.2:8080"]',
         ),
     )
-    mesh = meshlib.Mesh.from_file(path, reload=False)
+    mesh = meshlib.Mesh.from_file(path, interval=0.05)  # followed, polled every 50 ms
     failing = {"10.0.0.1:8080", "10.9.0.1:8080"}
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -663,7 +664,10 @@ def test_a_reload_keeps_the_pools_and_the_state_of_addresses_still_there(
                 backend='["10.9.0.3:8080", "10.9.0.1:8080"]',
             ),
         )
-        mesh._apply_config(load_config(path))  # what the file source calls
+        deadline = time.monotonic() + 30  # generous: only a failing run waits this long
+        while "10.9.0.3:8080" not in mesh.clusters["backend"].endpoints.addresses:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the file was not reloaded"
+            time.sleep(0.01)
         client.get("http://orders.internal/a")
         client.get("http://orders.internal/b/")
         after = {label: {e.address: e for e in pool} for label, pool in mesh.endpoints().items()}
@@ -684,6 +688,7 @@ def test_a_reload_keeps_the_pools_and_the_state_of_addresses_still_there(
     breakers = {b.destination: b for b in mesh.breakers()}
     assert breakers["http://orders.internal:80"].calls == 3
     assert breakers["backend"].calls == 3
+    mesh.close()
 
 
 # Retry.on_error: which transport errors are retried (Envoy's retry_on says so per route)
