@@ -29,6 +29,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 from google.protobuf import json_format
 
 import meshlib
+from meshlib._snapshot import snapshot
 from meshlib._xds.ads import CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION
 from meshlib.testing import FaultServer, Respond
 
@@ -227,6 +228,11 @@ def test_a_refused_cluster_is_nacked_naming_the_field(
             nack.error_detail.message
         )
         assert "MAGLEV" in nack.error_detail.message
+        status = snapshot(mesh)["source"]
+        assert status["kind"] == "xds"
+        assert status["location"] == server.address
+        assert status["failing"] is False
+        assert "orders-v1: lb_policy: only ROUND_ROBIN" in status["last_refusal"]["reason"]
         # The route's cluster has no good version: Envoy's 503, without sending.
         with meshlib.wrap(httpx.Client(), mesh) as client:
             assert client.get(f"http://{ORDERS}/").status_code == 503

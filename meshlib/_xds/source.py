@@ -58,7 +58,12 @@ class XdsSource:
 
     Thread-safe: `want` is called from request threads (on a plan cache miss),
     the handler from the ADS client's thread.
+
+    For the status page: `kind` (``"xds"``), ``str()`` (the server), `failing`
+    (not connected) and `refused` (the time and reason of the last NACK).
     """
+
+    kind = "xds"
 
     def __init__(
         self,
@@ -86,6 +91,7 @@ class XdsSource:
         self._tables: dict[str, list[XdsRoute] | None] = {}  # listener: its routes
         self._found: dict[str, Endpoints | None] = {}  # cluster: its endpoints
         self._wanted: set[str] = set()
+        self.refused: tuple[float, str] | None = None
         self.client = client(bootstrap, self._handle)  # last: it may call back at once
 
     # --- from request threads ------------------------------------------------------
@@ -126,6 +132,14 @@ class XdsSource:
                     return False
                 self._changed.wait(left)
             return True
+
+    def __str__(self) -> str:
+        return self.bootstrap.xds_server.server_uri
+
+    @property
+    def failing(self) -> bool:
+        """Whether the control plane is out of reach (the last good table stays)."""
+        return not self.client.connected
 
     def status(self) -> AdsStatus:
         """Return the ADS client's view: what is in force, what was refused."""
@@ -182,6 +196,9 @@ class XdsSource:
                 self._apply(self._table())
             except (ConfigError, Refused) as exc:  # a change that fits no table: refuse it
                 refused.update(dict.fromkeys(update.resources, f"does not fit the rest: {exc}"))
+            if refused:
+                reasons = "; ".join(f"{name}: {reason}" for name, reason in refused.items())
+                self.refused = (time.time(), reasons)  # wall-clock ok: shown as a date
             self._changed.notify_all()
         for type_url, names in subscribe.items():
             self.client.subscribe(type_url, sorted(names))
