@@ -83,7 +83,7 @@ from ._retry import (
 from ._runtime import runtime
 from ._streams import AsyncDeadlineStream, SyncDeadlineStream
 from ._telemetry import AttemptSpan, function_span, logger
-from ._traffic import Endpoint, choose_route, route_target
+from ._traffic import Endpoint, choose_route, route_name, route_target
 from ._traffic import draw_fault as _draw
 
 if TYPE_CHECKING:
@@ -247,9 +247,14 @@ class Call:
         chosen = choose_route(plan.routes, request)
         if chosen is None:
             return plan
-        # The request goes to `to` as if sent there: its URL and Host header, then
-        # its policy and state; `to`'s own routes are not followed.
-        host, port = route_target(chosen)
+        name = route_name(chosen, request)
+        # A cluster: its endpoints, policy and state; the request keeps its URL and Host.
+        cluster = plans.for_cluster(policy, name, plan)
+        if cluster is not None:
+            return cluster
+        # A host: the request goes there as if sent there (its URL and Host header,
+        # then its policy and state); `to`'s own routes are not followed.
+        host, port = route_target(name)
         request.url = request.url.copy_with(
             host=host, port=port if port is not None else request.url.port
         )
@@ -727,6 +732,7 @@ class Attempt:
                 destination.port,
                 resend,
                 plan.propagate,
+                plan.cluster,
             )
         endpoint = self.endpoint
         if endpoint is not None:

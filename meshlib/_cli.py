@@ -91,11 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("check: - (standard input) may be given only once")
         return _check(args.files)
     if args.command == "explain":
+        problem = None
         try:
             host, port = _destination(args.destination)
-        except ValueError as exc:
-            parser.error(str(exc))
-        return _explain(args.file, host, port)
+        except ValueError as exc:  # unless the file names a cluster so
+            host, port, problem = args.destination, None, str(exc)
+        return _explain(args.file, host, port, problem, parser)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse refuses first
     return 2  # pragma: no cover
 
@@ -164,13 +165,17 @@ def _destination(text: str) -> tuple[str, int | None]:
     return host, port
 
 
-def _explain(file: str, host: str, port: int | None) -> int:
+def _explain(
+    file: str, host: str, port: int | None, problem: str | None, parser: argparse.ArgumentParser
+) -> int:
     try:
         config = _load(file)
-        mesh = Mesh(config.default, config.destinations)
+        mesh = Mesh(config.default, config.destinations, clusters=config.clusters)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    if problem is not None and host not in config.clusters:
+        parser.error(problem)
     shown = STDIN_SOURCE if file == STDIN else file
     print(f"{shown}: {explain(config, host, port, mesh=mesh)}")
     return 0

@@ -32,13 +32,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
-from ._patterns import normalise_pattern, refuse_destination_layers
+from ._patterns import check_clusters, normalise_pattern, refuse_destination_layers
 from ._policy import SECONDS_EXPECTED, Policy, did_you_mean
 from ._schema import Setting, layer_settings, parse_duration, settings_of
 
 __all__ = [
     "ENV_VAR",
     "MAX_CONFIG_BYTES",
+    "cluster_path",
     "MeshConfig",
     "load_config",
     "parse_config",
@@ -54,7 +55,7 @@ ENV_VAR = "MESHLIB_CONFIG"
 #: 2 GB to check) must not stall a reload poller.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
-_TOP_LEVEL = ("default", "destinations")
+_TOP_LEVEL = ("default", "destinations", "clusters")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 # The validators speak Python; a file says ``false`` and writes durations as strings.
@@ -76,6 +77,10 @@ def _join(path: str, name: str) -> str:
 def pattern_path(pattern: str) -> str:
     # Patterns are always quoted: they are written so in a table header.
     return f"destinations.{json.dumps(pattern, ensure_ascii=False)}"
+
+
+def cluster_path(name: str) -> str:
+    return f"clusters.{json.dumps(name, ensure_ascii=False)}"
 
 
 def _spell(value: object) -> str:
@@ -177,6 +182,8 @@ class _Reader:
                 return None
             if value is True and setting.table is not None and not setting.many:
                 return self.build(setting.table, {}, path)
+        if setting.choices and isinstance(value, dict):
+            return self.build(self.choice(setting, value, path), value, path)
         if setting.table is not None:
             if setting.many and isinstance(value, list):
                 return tuple(
@@ -204,6 +211,19 @@ class _Reader:
         if isinstance(value, list):
             return tuple(value)  # hashable, order and duplicates kept for the validator
         return value
+
+    def choice(self, setting: Setting, value: dict[str, Any], path: str) -> type:
+        """Return the settings class a table stands for: the one that takes its keys."""
+        for cls in setting.choices:
+            if value and set(value) <= set(settings_of(cls)):
+                return cls
+        keys = [name for cls in setting.choices for name in settings_of(cls)]
+        raise self.error(
+            path,
+            f"expected a table with one of {', '.join(keys)}, got "
+            + ("an empty table" if not value else f"{', '.join(map(repr, value))}"),
+            value,
+        )
 
     def table_of(self, cls: type, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
@@ -254,7 +274,8 @@ class _Reader:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class MeshConfig:
-    """A parsed policy file: the default policy and one policy per destination pattern.
+    """A parsed policy file: the default policy, one policy per destination pattern and
+    one per cluster.
 
     Two configs are equal when they configure the same mesh: the same default and the
     same patterns with the same policies, in the same order (order breaks ties between
@@ -266,6 +287,10 @@ class MeshConfig:
         source: the file path or URL the document came from.
         digest: the sha256 of the document's raw bytes, in hex.
         named: the layers each table named: ``None`` for ``[default]``, else the pattern.
+        clusters: cluster name to its effective policy, read-only.
+        cluster_named: the layers each ``[clusters."NAME"]`` table named.
+        owners: clusters that are views of another, sharing its state and name
+            (from xDS: a route's view of a cluster; a file has none).
     """
 
     default: Policy
@@ -275,28 +300,47 @@ class MeshConfig:
     named: Mapping[str | None, frozenset[str]] = field(
         default_factory=lambda: types.MappingProxyType({}), repr=False
     )
+    clusters: Mapping[str, Policy] = field(
+        default_factory=lambda: types.MappingProxyType({}), repr=False
+    )
+    cluster_named: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: types.MappingProxyType({}), repr=False
+    )
+    owners: Mapping[str, str] = field(
+        default_factory=lambda: types.MappingProxyType({}), repr=False
+    )
+
+    def _compared(self) -> tuple[Any, ...]:
+        return (
+            self.default,
+            tuple(self.destinations.items()),
+            tuple(self.clusters.items()),
+            tuple(self.owners.items()),
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MeshConfig):
             return NotImplemented
-        return self.default == other.default and tuple(self.destinations.items()) == tuple(
-            other.destinations.items()
-        )
+        return self._compared() == other._compared()
 
     def __hash__(self) -> int:
-        return hash((self.default, tuple(self.destinations.items())))
+        return hash(self._compared())
 
-    def layer_origins(self, pattern: str | None) -> dict[str, str]:
+    def layer_origins(self, pattern: str | None, *, cluster: bool = False) -> dict[str, str]:
         """Return, per layer, the table it comes from for `pattern` (None: the default).
 
-        Each value is ``destinations."PATTERN"``, ``default`` or ``STANDARD``.
+        Each value is ``destinations."PATTERN"`` (``clusters."NAME"`` when
+        `cluster`: `pattern` is a cluster's name), ``default`` or ``STANDARD``.
         """
-        own = self.named.get(pattern, frozenset()) if pattern is not None else frozenset()
+        if cluster and pattern is not None:
+            own = self.cluster_named.get(pattern, frozenset())
+        else:
+            own = self.named.get(pattern, frozenset()) if pattern is not None else frozenset()
         default = self.named.get(None, frozenset())
         origins: dict[str, str] = {}
         for layer in layer_settings():
             if layer in own and pattern is not None:
-                origins[layer] = pattern_path(pattern)
+                origins[layer] = cluster_path(pattern) if cluster else pattern_path(pattern)
             elif layer in default:
                 origins[layer] = "default"
             else:
@@ -407,7 +451,7 @@ def parse_config(
     reader = _Reader(source)
     if not isinstance(document, dict):
         raise reader.error(
-            "", f"expected a table with {' and '.join(_TOP_LEVEL)}, got {_show(document)}", document
+            "", f"expected a table with {', '.join(_TOP_LEVEL)}, got {_show(document)}", document
         )
     for key in document:
         if key not in _TOP_LEVEL:
@@ -441,12 +485,30 @@ def parse_config(
             )
         layers, named[pattern] = reader.layers(layer_table, path)
         destinations[pattern] = reader.policy(default, layers, path)
+    table = document.get("clusters", {})
+    if not isinstance(table, dict):
+        raise reader.error(
+            "clusters", f"expected a table of cluster names, got {_show(table)}", table
+        )
+    clusters: dict[str, Policy] = {}
+    cluster_named: dict[str, frozenset[str]] = {}
+    for name, layer_table in table.items():
+        path = cluster_path(name)
+        if not name.strip() or name != name.strip():
+            raise reader.error(path, "expected a cluster name without surrounding spaces", name)
+        layers, cluster_named[name] = reader.layers(layer_table, path)
+        clusters[name] = reader.policy(default, layers, path)
+    check_clusters(
+        destinations, clusters, cluster_path, lambda p: f"{pattern_path(p)}.routes", where=source
+    )
     return MeshConfig(
         default=default,
         destinations=types.MappingProxyType(destinations),
         source=source,
         digest=hashlib.sha256(raw).hexdigest(),
         named=types.MappingProxyType(named),
+        clusters=types.MappingProxyType(clusters),
+        cluster_named=types.MappingProxyType(cluster_named),
     )
 
 

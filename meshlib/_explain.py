@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from ._config import MeshConfig, pattern_path
+from ._config import MeshConfig, cluster_path, pattern_path
 from ._patterns import PolicyTable, normalise_pattern
 from ._policy import Policy
 from ._schema import format_duration, layer_settings, settings_of, trim_number
@@ -111,21 +111,57 @@ def _tracing(tracing: Any) -> str:
     )
 
 
+def _header(name: str, match: Any) -> str:
+    if isinstance(match, str):
+        return f"{name}: {match}"
+    kind = next(
+        k
+        for k in ("exact", "prefix", "suffix", "regex", "present")
+        if getattr(match, k) is not None
+    )
+    value = getattr(match, kind)
+    shown = {
+        "exact": f"{name}: {value}",
+        "prefix": f"{name}: {value}*",
+        "suffix": f"{name}: *{value}",
+        "regex": f"{name} ~ {value}",
+        "present": f"{name} sent" if value else f"{name} not sent",
+    }[kind]
+    return f"not ({shown})" if match.invert else shown
+
+
+def _path(path: Any) -> str:
+    if isinstance(path, str):
+        return f"path {path}*"
+    if hasattr(path, "exact"):
+        return f"path {path.exact}"
+    return f"path ~ {path.regex}"
+
+
+def _to(to: Any) -> str:
+    if isinstance(to, str):
+        return to
+    total = sum(weight for _, weight in to)
+    return ", ".join(f"{name} {_percent(weight / total)}" for name, weight in to)
+
+
 def _routes(routes: Any) -> str:
     """Render routes in the order they are tried: what each takes, then ``-> where``."""
     shown: list[str] = []
     for route in routes:
         takes: list[str] = []
+        if getattr(route, "path", None) is not None:
+            takes.append(_path(route.path))
         if route.headers:
-            takes.append(", ".join(f"{name}: {value}" for name, value in route.headers))
+            takes.append(", ".join(_header(name, value) for name, value in route.headers))
         if route.weight is not None:
             share = _percent(route.weight)
-            if route.headers:
+            if route.headers or getattr(route, "path", None) is not None:
                 share += " of those"
             if route.sticky is not None:
                 share += f" (sticky on {route.sticky})"
             takes.append(share)
-        shown.append(f"{' '.join(takes) or 'every request'} -> {route.to}")
+        shown.append(f"{' '.join(takes) or 'every request'} -> {_to(route.to)}")
     return "; ".join(shown) or "none"
 
 
@@ -218,6 +254,9 @@ def explain(
 ) -> str:
     """Return what ``meshlib explain`` shows for `host` (and `port`) under `config`.
 
+    A `host` (without `port`) that is one of the file's clusters shows that
+    cluster: ``NAME -> clusters."NAME"``.
+
     The first line names the table that applies, ``destinations."PATTERN"`` (as the file
     writes it) or ``default``; then `describe`'s lines for the effective policy,
     indented, each with the table its layer comes from. The pattern is the one
@@ -229,8 +268,13 @@ def explain(
         port: its port; None matches ``host`` and globs only, never ``host:port``.
         mesh: the Mesh built from `config`, if there is one; else its policy table is.
     """
+    if port is None and host in config.clusters:
+        lines = describe(
+            config.clusters[host], config.layer_origins(host, cluster=True)
+        ).splitlines()
+        return "\n".join([f"{host} -> {cluster_path(host)}", *(f"  {line}" for line in lines)])
     if mesh is None:
-        mesh = PolicyTable(config.default, config.destinations)
+        mesh = PolicyTable(config.default, config.destinations, config.clusters)
     found = mesh.pattern_for(host, port)
     written = {normalise_pattern(p): p for p in config.destinations}
     pattern = None if found is None else written.get(found, found)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -19,13 +19,14 @@ from ._errors import ConfigError
 from ._patterns import PolicyTable
 from ._patterns import refuse_destination_layers as refuse_destination_layers
 from ._plan import Plan, Plans
-from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Policy
+from ._policy import STANDARD, Breaker, Budget, Bulkhead, Policy
 from ._runtime import runtime
 from ._sketch import LatencySketch
 from ._sources import FileSource, UrlSource
 from ._state import Destination, SharedState
 from ._telemetry import log_breaker, logger, watch_breakers
 from ._traffic import EndpointPool, EndpointSnapshot, LatencyWindow
+from ._xds.bootstrap import load_bootstrap
 
 __all__ = ["Mesh", "default_mesh"]
 
@@ -46,14 +47,21 @@ class Mesh:
     flight finish on the policy they started with, and a destination keeps
     its breaker, budget and bulkhead when their settings did not change.
 
+    Clusters are destinations a route sends to by name (``Route(to="orders-v2")``),
+    as Envoy's are: each has its endpoints, its policy and its own state
+    (breaker, budget, bulkhead, ejections), shared by every route that sends to
+    it, while the request keeps its own URL and Host header.
+
     Args:
         default: the policy for destinations no pattern names.
         destinations: pattern to policy.
+        clusters: cluster name to policy; each has endpoints.
         max_destinations: how many destinations keep state at once; the least
             recently used are forgotten first.
 
     Raises:
-        ConfigError: a pattern is not a non-empty string or a value is not a Policy.
+        ConfigError: a pattern is not a non-empty string or a value is not a Policy;
+            a cluster has no endpoints; a route names neither a cluster nor a host.
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class Mesh:
         default: Policy = STANDARD,
         destinations: Mapping[str, Policy] | None = None,
         *,
+        clusters: Mapping[str, Policy] | None = None,
         max_destinations: int = 10_000,
     ) -> None:
         if (
@@ -71,17 +80,19 @@ class Mesh:
             raise ConfigError(
                 f"Mesh.max_destinations: expected an int >= 1, got {max_destinations!r}"
             )
-        self._table = PolicyTable(default, destinations)
-        self._plans = Plans(max_destinations, self._new_plan)
+        self._table = PolicyTable(default, destinations, clusters)
+        self._plans = Plans(max_destinations, self._new_plan, self._new_cluster_plan)
         self._budgets: SharedState[tuple[Destination, Budget], BudgetState] = SharedState()
         self._breakers: SharedState[tuple[Destination, Breaker], BreakerState] = SharedState()
         self._bulkheads: SharedState[tuple[Destination, Bulkhead], BulkheadState] = SharedState()
-        self._endpoints: SharedState[tuple[Destination, Endpoints], EndpointPool] = SharedState()
+        # By destination alone: a pool outlives a change of its addresses (`EndpointPool.update`).
+        self._endpoints: SharedState[Destination, EndpointPool] = SharedState()
         self._latencies: SharedState[Destination, LatencyWindow] = SharedState()
         self._sketches: SharedState[Destination, LatencySketch] = SharedState()
         self._measuring = False  # latency sketches: only once a status page asks
         self._hooks: list[TransitionHook] = []
         self._source: Any = None  # a file or URL watcher, kept alive with the Mesh
+        self._xds: Any = None  # the control plane's source, when from_xds made the Mesh
         self._origin = "code"  # where the policies came from, for repr: "code", a path or URL
         watch_breakers(self)
 
@@ -106,6 +117,11 @@ class Mesh:
         """Pattern to policy, read-only (normalised: lowercase, no trailing dot)."""
         return self._table.destinations
 
+    @property
+    def clusters(self) -> Mapping[str, Policy]:
+        """Cluster name to policy, read-only."""
+        return self._table.clusters
+
     def policy_for(self, host: str, port: int | None = None) -> Policy:
         """Return the policy that applies to `host` (and `port`)."""
         return self._table.policy_for(host, port)
@@ -114,22 +130,36 @@ class Mesh:
         """Return the pattern that decides `host`'s policy, or None when the default does."""
         return self._table.pattern_for(host, port)
 
-    def update(self, default: Policy, destinations: Mapping[str, Policy] | None = None) -> None:
+    def update(
+        self,
+        default: Policy,
+        destinations: Mapping[str, Policy] | None = None,
+        clusters: Mapping[str, Policy] | None = None,
+    ) -> None:
         """Replace every policy at once; the next request uses the new ones.
 
-        Requests in flight finish on their old policy. A destination whose
-        breaker, budget or bulkhead settings did not change keeps that state.
+        Requests in flight finish on their old policy. A destination (or
+        cluster) whose breaker, budget or bulkhead settings did not change keeps
+        that state; one whose endpoints changed keeps its endpoint pool and the
+        state (ejections, latency estimates) of the addresses still there.
 
         Raises:
             ConfigError: the new table is invalid; the old one stays.
         """
-        table = PolicyTable(default, destinations)
+        table = PolicyTable(default, destinations, clusters)
         self._table = table
         self._plans.invalidate()
 
     def _apply_config(self, config: MeshConfig) -> None:
-        """Take a new policy document from a source (the callback sources report to)."""
-        self.update(config.default, config.destinations)
+        """Take a new policy document from a source (the callback sources report to).
+
+        Raises:
+            ConfigError: the new table is invalid; the old one stays.
+        """
+        self._table = PolicyTable(
+            config.default, config.destinations, config.clusters, config.owners
+        )
+        self._plans.invalidate()
 
     @classmethod
     def from_file(
@@ -154,7 +184,12 @@ class Mesh:
         """
         path = os.path.abspath(path)
         config = load_config(path)
-        mesh = cls(config.default, config.destinations, max_destinations=max_destinations)
+        mesh = cls(
+            config.default,
+            config.destinations,
+            clusters=config.clusters,
+            max_destinations=max_destinations,
+        )
         mesh._origin = config.source
         if reload:
             mesh._source = FileSource(mesh._apply_config, path, config.digest, interval)
@@ -214,7 +249,12 @@ class Mesh:
         source = UrlSource(url, interval, timeout, headers or {}, verify)
         config = source.fetch_first()  # closes the source itself when it fails
         try:
-            mesh = cls(config.default, config.destinations, max_destinations=max_destinations)
+            mesh = cls(
+                config.default,
+                config.destinations,
+                clusters=config.clusters,
+                max_destinations=max_destinations,
+            )
         except BaseException:  # e.g. a bad max_destinations: no client left open; re-raised
             source.close()
             raise
@@ -226,49 +266,136 @@ class Mesh:
             source.close()
         return mesh
 
+    @classmethod
+    def from_xds(
+        cls,
+        bootstrap: str | os.PathLike[str] | None = None,
+        *,
+        default: Policy = STANDARD,
+        ready_timeout: float = 1.0,
+        watch: Iterable[str] = (),
+        max_destinations: int = 10_000,
+    ) -> Mesh:
+        """Build a Mesh that the control plane configures, as a proxyless xDS client.
+
+        The bootstrap is gRPC's (`bootstrap`, else ``$MESHLIB_XDS_BOOTSTRAP``,
+        else ``$GRPC_XDS_BOOTSTRAP``); see docs/xds.md. A request to
+        ``host:port`` looks up the Listener of that name, its routes, clusters
+        and endpoints, subscribed to on the first request (which, like every
+        request until the answer arrives, goes out on `default`), or up front
+        for the names in `watch`, which this call waits for, at most
+        `ready_timeout` seconds. Destinations the control plane does not know
+        use `default` and plain DNS. `close` stops following it.
+
+        Raises:
+            ConfigError: the ``meshlib[xds]`` extra is missing, the bootstrap is
+                missing or invalid, or an argument is.
+        """
+        # The extra is optional: its modules (grpc, protobuf) load only when asked for.
+        from ._xds.source import XdsSource
+
+        if (
+            isinstance(ready_timeout, bool)
+            or not isinstance(ready_timeout, int | float)
+            or not ready_timeout >= 0
+        ):
+            raise ConfigError(
+                f"Mesh.from_xds.ready_timeout: expected seconds >= 0, got {ready_timeout!r}"
+            )
+        if isinstance(watch, str):
+            raise ConfigError(
+                f"Mesh.from_xds.watch: expected a list of 'host:port' names, got {watch!r}"
+            )
+        names = list(watch)
+        for name in names:
+            host, _, port = name.rpartition(":") if isinstance(name, str) else ("", "", "")
+            if not host or not port.isdigit():
+                raise ConfigError(
+                    f"Mesh.from_xds.watch: expected 'host:port' listener names, got {name!r}"
+                )
+        found = load_bootstrap(bootstrap)
+        mesh = cls(default, max_destinations=max_destinations)
+        source = XdsSource(found, default, mesh._apply_config)
+        mesh._origin = source.where
+        mesh._source = mesh._xds = source
+        for name in names:
+            source.want(name)
+        if names:
+            source.wait_ready(names, ready_timeout)
+        source.ready_timeout = ready_timeout  # from now on, for requests' first answers
+        return mesh
+
     def close(self) -> None:
-        """Stop following the Mesh's file or URL, if any."""
+        """Stop following the Mesh's file, URL or control plane, if any."""
         if self._source is not None:
             self._source.close()
-            self._source = None
+            self._source = self._xds = None
 
     def _new_plan(self, requested: Policy | None, target: httpx.URL | Destination) -> Plan:
         """Build the plan for `target` (the plan cache calls this on a miss)."""
         destination = target if isinstance(target, Destination) else Destination.of(target)
+        if self._xds is not None and destination.scheme in ("http", "https"):
+            # Subscribed on first use; until the answer, this plan is the default's.
+            self._xds.want(str(destination).partition("://")[2])
         policy = requested
         if policy is None:
             policy = self.policy_for(destination.host, destination.port)
-        label = str(destination)
+        return self._plan(requested, policy, destination, destination, None)
+
+    def _new_cluster_plan(
+        self, requested: Policy | None, name: str, destination: Destination
+    ) -> Plan | None:
+        """Build the plan for cluster `name` reached from `destination`; None: no such cluster."""
+        table = self._table
+        policy = table.clusters.get(name)
+        if policy is None:
+            return None
+        # State keyed by the cluster's name alone: one breaker for every route to it,
+        # and for every view of it (xDS: a route's retry and timeout over the cluster).
+        owner = table.owners.get(name, name)
+        return self._plan(requested, policy, destination, Destination("cluster", owner, 0), owner)
+
+    def _plan(
+        self,
+        requested: Policy | None,
+        policy: Policy,
+        destination: Destination,
+        owner: Destination,
+        cluster: str | None,
+    ) -> Plan:
+        """Build a plan for `destination` under `policy`, with the state `owner` keys."""
+        label = str(destination) if cluster is None else cluster
         budget = breaker = bulkhead = None
         retry = policy.retry
         if retry is not None and retry.budget is not None:
             budget_settings = retry.budget
             budget = self._budgets.get_or_create(
-                (destination, budget_settings), lambda: BudgetState(budget_settings)
+                (owner, budget_settings), lambda: BudgetState(budget_settings)
             )
         if policy.breaker is not None:
             breaker_settings = policy.breaker
             breaker = self._breakers.get_or_create(
-                (destination, breaker_settings),
+                (owner, breaker_settings),
                 lambda: BreakerState(breaker_settings, label, self._breaker_moved),
             )
         if policy.bulkhead is not None:
             bulkhead_settings = policy.bulkhead
             bulkhead = self._bulkheads.get_or_create(
-                (destination, bulkhead_settings),
+                (owner, bulkhead_settings),
                 lambda: BulkheadState(bulkhead_settings, label),
             )
-        plan = Plan(requested, policy, destination, budget, breaker, bulkhead)
+        plan = Plan(requested, policy, destination, budget, breaker, bulkhead, cluster)
         if policy.endpoints is not None:
             endpoint_settings = policy.endpoints
-            plan.endpoints = self._endpoints.get_or_create(
-                (destination, endpoint_settings),
-                lambda: EndpointPool(endpoint_settings, label),
+            pool = self._endpoints.get_or_create(
+                owner, lambda: EndpointPool(endpoint_settings, label)
             )
+            pool.update(endpoint_settings)  # the addresses may have changed
+            plan.endpoints = pool
         if policy.hedge is not None and policy.hedge.delay == "p95":
-            plan.latencies = self._latencies.get_or_create(destination, LatencyWindow)
+            plan.latencies = self._latencies.get_or_create(owner, LatencyWindow)
         if self._measuring:
-            plan.sketch = self._sketches.get_or_create(destination, LatencySketch)
+            plan.sketch = self._sketches.get_or_create(owner, LatencySketch)
         return plan
 
     def _measure_latency(self) -> None:

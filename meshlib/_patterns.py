@@ -13,12 +13,18 @@ from __future__ import annotations
 import fnmatch
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ._errors import ConfigError
-from ._policy import Policy, is_host
+from ._policy import Policy, is_host, is_host_name
 
-__all__ = ["PolicyTable", "normalise_host", "normalise_pattern", "refuse_destination_layers"]
+__all__ = [
+    "PolicyTable",
+    "check_clusters",
+    "normalise_host",
+    "normalise_pattern",
+    "refuse_destination_layers",
+]
 
 
 def normalise_host(host: str) -> str:
@@ -123,16 +129,61 @@ def refuse_destination_layers(policy: Policy, field: str, *, where: str | None =
             )
 
 
+def check_clusters(
+    destinations: Mapping[str, Policy],
+    clusters: Mapping[str, Policy],
+    cluster_field: Callable[[str], str],
+    route_field: Callable[[str], str],
+    *,
+    where: str | None = None,
+) -> None:
+    """Raise ConfigError unless every cluster has endpoints (and no routes) and every
+    route's name is a cluster or a host.
+
+    The one rule for code (`Mesh`) and files: `cluster_field` and `route_field`
+    say how the caller names a cluster's table and a destination's routes, `where`
+    the file.
+    """
+    for name, policy in clusters.items():
+        if policy.endpoints is None or policy.routes is not None:
+            layer = "endpoints" if policy.endpoints is None else "routes"
+            raise ConfigError(
+                "a cluster is a set of endpoints: it needs endpoints, and its requests are "
+                f"not routed again; got {layer} = {getattr(policy, layer)!r}",
+                where=where,
+                field=f"{cluster_field(name)}.{layer}",
+                value=getattr(policy, layer),
+            )
+    for pattern, policy in destinations.items():
+        for route in policy.routes or ():
+            for name in route.names():
+                if name not in clusters and not is_host_name(name):
+                    raise ConfigError(
+                        f"names no cluster and is not a host name: {name!r}",
+                        where=where,
+                        field=route_field(pattern),
+                        value=name,
+                    )
+
+
 class PolicyTable:
     """An immutable map from destination patterns to policies, swapped whole on reload.
 
     Precedence: ``host:port``, then ``host``, then the longest matching glob,
-    else the default.
+    else the default. Clusters are looked up by their exact name.
     """
 
-    __slots__ = ("default", "destinations", "globs")
+    __slots__ = ("clusters", "default", "destinations", "globs", "owners")
 
-    def __init__(self, default: Policy, destinations: Mapping[str, Policy] | None) -> None:
+    def __init__(
+        self,
+        default: Policy,
+        destinations: Mapping[str, Policy] | None,
+        clusters: Mapping[str, Policy] | None = None,
+        owners: Mapping[str, str] | None = None,
+    ) -> None:
+        """`owners`: a cluster that is a view of another (xDS's per-route views) uses
+        that one's state and name."""
         if not isinstance(default, Policy):
             raise ConfigError(f"Mesh.default: expected a meshlib.Policy, got {default!r}")
         refuse_destination_layers(default, "Mesh.default")
@@ -158,6 +209,28 @@ class PolicyTable:
                     "ignore case, surrounding spaces and a trailing dot); one would be lost"
                 )
             table[normal] = policy
+        if clusters is not None and not isinstance(clusters, Mapping):
+            raise ConfigError(
+                "Mesh.clusters: expected a mapping of cluster name to meshlib.Policy, "
+                f"got {type(clusters).__name__}"
+            )
+        named: dict[str, Policy] = {}
+        for name, policy in (clusters or {}).items():
+            if not isinstance(name, str) or not name.strip() or name != name.strip():
+                raise ConfigError(f"Mesh.clusters: expected a cluster name, got {name!r}")
+            if not isinstance(policy, Policy):
+                raise ConfigError(
+                    f"Mesh.clusters[{name!r}]: expected a meshlib.Policy, got {policy!r}"
+                )
+            named[name] = policy
+        check_clusters(
+            table,
+            named,
+            lambda name: f"Mesh.clusters[{name!r}]",
+            lambda pattern: f"Mesh.destinations[{pattern!r}].routes",
+        )
+        self.clusters: Mapping[str, Policy] = types.MappingProxyType(named)
+        self.owners: Mapping[str, str] = types.MappingProxyType(dict(owners or {}))
         self.default = default
         self.destinations: Mapping[str, Policy] = types.MappingProxyType(table)
         # Longest first; sorted() is stable, so equal lengths keep the file's order.

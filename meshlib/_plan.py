@@ -41,6 +41,7 @@ class Plan:
         "breaker",
         "budget",
         "bulkhead",
+        "cluster",
         "deadline_key",
         "deadline_max",
         "deadline_unit",
@@ -77,11 +78,15 @@ class Plan:
         budget: BudgetState | None,
         breaker: BreakerState | None,
         bulkhead: BulkheadState | None,
+        cluster: str | None = None,
     ) -> None:
         self.requested = requested  # the policy asked for, or None for the Mesh's own
         self.policy = policy
+        # The request's own destination (its host for spans, propagation and TLS), also
+        # when a route sent it to a cluster: `cluster` then names whose state this is.
         self.destination = destination
-        self.label = str(destination)
+        self.cluster = cluster
+        self.label = str(destination) if cluster is None else cluster
         self.budget = budget
         self.breaker = breaker
         self.bulkhead = bulkhead
@@ -119,13 +124,14 @@ class Plan:
         # Whether to trace or measure this call, asked once per call (a slot: the
         # cheapest read of a function kept on another object).
         self.observing = None if self.telemetry is None else self.telemetry.active
-        self.report = Reporter(
-            self.telemetry,
-            self.label,
+        names: dict[str, object] = (
             {"code.function.name": destination.host}
             if destination.scheme == "function"
-            else {"server.address": destination.host, "server.port": destination.port},
+            else {"server.address": destination.host, "server.port": destination.port}
         )
+        if cluster is not None:
+            names["meshlib.cluster"] = cluster
+        self.report = Reporter(self.telemetry, self.label, names)
         header = DEFAULT_HEADER if timeout is None else timeout.header
         # The header as httpx stores it (its names are lowercase ASCII tokens);
         # gRPC's needs its unit, every other name carries bare milliseconds.
@@ -136,6 +142,13 @@ class Plan:
 
 
 Build = Callable[[Policy | None, "httpx.URL | Destination"], Plan]
+#: Build the plan of cluster `name` for a request to `destination`; None: no such cluster.
+BuildCluster = Callable[[Policy | None, str, Destination], "Plan | None"]
+_Key = tuple[int, str, str, int | str | None]
+
+
+def _no_clusters(policy: Policy | None, name: str, destination: Destination) -> Plan | None:
+    return None
 
 
 class Plans:
@@ -147,11 +160,14 @@ class Plans:
     at once (a new policy table, a status page that wants latency sketches).
     """
 
-    __slots__ = ("_build", "_last", "_map", "generation")
+    __slots__ = ("_build", "_build_cluster", "_last", "_map", "generation")
 
-    def __init__(self, capacity: int, build: Build) -> None:
+    def __init__(
+        self, capacity: int, build: Build, build_cluster: BuildCluster = _no_clusters
+    ) -> None:
         self._build = build
-        self._map: BoundedMap[tuple[int, str, str, int | None], Plan] = BoundedMap(capacity)
+        self._build_cluster = build_cluster
+        self._map: BoundedMap[_Key, Plan] = BoundedMap(capacity)
         self._last: Plan | None = None  # the plan handed out last: one destination's fast path
         self.generation = 0  # bumped whenever cached plans stop being valid
 
@@ -184,9 +200,27 @@ class Plans:
             return found
         return self._store(key, policy, Destination("function", name, 0))
 
+    def for_cluster(self, policy: Policy | None, name: str, origin: Plan) -> Plan | None:
+        """Return the plan for a request that a route of `origin` sends to cluster `name`.
+
+        None when the Mesh has no cluster of that name (the name is then a host).
+        One plan per cluster and requesting destination (spans and trace context
+        follow the request's host), all sharing the cluster's state.
+        """
+        key = (id(policy), "cluster", name, origin.label)
+        found = self._map.get(key)
+        if found is not None and found.requested is policy and found.generation == self.generation:
+            return found
+        generation = self.generation
+        plan = self._build_cluster(policy, name, origin.destination)
+        if plan is None:
+            return None
+        plan.generation = generation
+        return self._map.replace(key, plan)
+
     def _store(
         self,
-        key: tuple[int, str, str, int | None],
+        key: _Key,
         policy: Policy | None,
         target: httpx.URL | Destination,
     ) -> Plan:

@@ -33,7 +33,10 @@ __all__ = [
     "Ejection",
     "Endpoints",
     "Faults",
+    "HeaderMatch",
     "Hedge",
+    "PathExact",
+    "PathRegex",
     "Policy",
     "Retry",
     "Route",
@@ -245,6 +248,11 @@ class Retry:
         retry_after_cap: the longest ``Retry-After`` honoured, in seconds; 0
             ignores the header (the backoff applies, as for a value of zero).
         budget: the retry budget per destination, or None for no budget.
+        on_error: which transport errors are retried: ``"all"``, connection
+            failures (for any request) and the errors after which the server
+            may have seen the request, such as resets and timeouts (for
+            idempotent, replayable requests); ``"connect"``, connection
+            failures only; ``"none"``, none (only statuses are retried).
     """
 
     attempts: int = 3
@@ -253,6 +261,7 @@ class Retry:
     methods: frozenset[str] = IDEMPOTENT_METHODS
     retry_after_cap: float = field(default=30.0, metadata=DURATION)
     budget: Budget | None = field(default_factory=Budget)
+    on_error: Literal["all", "connect", "none"] = "all"
 
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, int) or isinstance(self.attempts, bool):
@@ -268,6 +277,8 @@ class Retry:
         _set(self, "retry_after_cap", duration("Retry", "retry_after_cap", self.retry_after_cap))
         if self.budget is not None and not isinstance(self.budget, Budget):
             raise _fail("Retry", "budget", self.budget, "a meshlib.Budget or None")
+        if self.on_error not in ("all", "connect", "none"):
+            raise _fail("Retry", "on_error", self.on_error, "one of 'all', 'connect', 'none'")
 
 
 class StatusCodes(frozenset[int]):
@@ -567,14 +578,25 @@ class Ejection:
     An endpoint with `consecutive` failures in a row (connection errors,
     timeouts, 5xx; a success resets the count) is left out for ``base × k``
     seconds on its k-th ejection, capped at `cap`. At most `max_share` of the
-    endpoints are out at once (at least one, when there are two or more);
-    if all are out, all are used.
+    endpoints are out at once (at least one, when there are two or more,
+    unless `at_least_one` is False); if all are out, all are used.
+
+    Args:
+        consecutive: failures in a row that eject an endpoint.
+        base: seconds out on the first ejection; ``base × k`` on the k-th.
+        cap: the longest ejection, in seconds.
+        max_share: the share of the endpoints that may be out at once.
+        at_least_one: True: one endpoint may be out even when `max_share` of
+            the pool is less than one. False: Envoy's rule, an endpoint is
+            ejected only while the share out, itself included, stays within
+            `max_share` (with Envoy's 10 %, none of fewer than ten endpoints).
     """
 
     consecutive: int = 5
     base: float = field(default=30.0, metadata=DURATION)
     cap: float = field(default=300.0, metadata=DURATION)
     max_share: float = 0.5
+    at_least_one: bool = True
 
     def __post_init__(self) -> None:
         _count("Ejection", "consecutive", self.consecutive)
@@ -586,6 +608,8 @@ class Ejection:
         if share > 1:
             raise _fail("Ejection", "max_share", self.max_share, "a share between 0 and 1")
         _set(self, "max_share", share)
+        if not isinstance(self.at_least_one, bool):
+            raise _fail("Ejection", "at_least_one", self.at_least_one, "true or false")
 
 
 BALANCERS = ("p2c", "round_robin")
@@ -639,35 +663,177 @@ class Endpoints:
         )
 
 
+def _regex(owner: str, name: str, value: object) -> re.Pattern[str]:
+    """Compile `value`, or raise a ConfigError naming the field and the value."""
+    if not isinstance(value, str):
+        raise _fail(owner, name, value, "a regular expression (a string)")
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise _fail(owner, name, value, f"a regular expression ({exc})") from exc
+
+
+def _path_text(owner: str, name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise _fail(owner, name, value, "a path starting with '/'")
+    return value
+
+
+@_known_keywords("setting")
+@dataclass(frozen=True, slots=True)
+class PathExact:
+    """Match a request's path exactly, without its query (Envoy's route ``path``).
+
+    The path is compared as sent (percent-encoding kept) and case-sensitively.
+    A policy file writes it ``path = { exact = "/x" }``.
+    """
+
+    exact: str
+
+    def __post_init__(self) -> None:
+        _path_text("PathExact", "exact", self.exact)
+
+    def matches(self, path: str) -> bool:
+        """Return whether `path` (without the query) is this one."""
+        return path == self.exact
+
+
+@_known_keywords("setting")
+@dataclass(frozen=True, slots=True)
+class PathRegex:
+    """Match a request's whole path, without its query, against a regular expression.
+
+    As Envoy's route ``safe_regex``: the expression must match the entire path
+    (``^`` and ``$`` are implied), as sent (percent-encoding kept). Python's
+    `re` syntax; for the expressions RE2 accepts, they mean the same. A policy
+    file writes it ``path = { regex = "^/v[0-9]+/.*" }``.
+    """
+
+    regex: str
+    _compiled: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _set(self, "_compiled", _regex("PathRegex", "regex", self.regex))
+
+    def matches(self, path: str) -> bool:
+        """Return whether the regex matches all of `path` (without the query)."""
+        return self._compiled.fullmatch(path) is not None
+
+
+_HEADER_KINDS = ("exact", "prefix", "suffix", "regex", "present")
+
+
+@_known_keywords("setting")
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    """How one request header must look for a route to take the request (Envoy's HeaderMatcher).
+
+    Exactly one of `exact`, `prefix`, `suffix`, `regex` and `present` is given.
+    A header sent several times is matched as its values joined by ``,``, as
+    Envoy joins them. A header that is absent matches only ``present=False``
+    (or, inverted, ``present=True``): with `invert`, an absent header still
+    does not match `exact`, `prefix`, `suffix` or `regex`, as in Envoy. A
+    policy file writes it as a table: ``headers = { x-user = { prefix = "beta-" } }``.
+
+    Args:
+        exact: the value, whole and case-sensitive.
+        prefix: what the value starts with.
+        suffix: what the value ends with.
+        regex: a regular expression the whole value must match.
+        present: True: the header is sent (any value); False: it is not.
+        invert: take the requests that do not match instead.
+    """
+
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+    invert: bool = False
+    _compiled: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        given = [name for name in _HEADER_KINDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ConfigError(
+                f"expected exactly one of {', '.join(_HEADER_KINDS)}, got "
+                + (", ".join(given) if given else "none"),
+                field="HeaderMatch",
+                value=given,
+                expected=f"exactly one of {', '.join(_HEADER_KINDS)}",
+            )
+        for name in ("exact", "prefix", "suffix"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise _fail("HeaderMatch", name, value, "a string")
+        if self.present is not None and not isinstance(self.present, bool):
+            raise _fail("HeaderMatch", "present", self.present, "true or false")
+        if not isinstance(self.invert, bool):
+            raise _fail("HeaderMatch", "invert", self.invert, "true or false")
+        compiled = None if self.regex is None else _regex("HeaderMatch", "regex", self.regex)
+        _set(self, "_compiled", compiled)
+
+    def matches(self, values: list[str]) -> bool:
+        """Return whether a header sent with `values` (none: absent) matches."""
+        if not values:
+            # Envoy: an absent header matches only a presence test, inverted or not.
+            return self.present is not None and self.present is self.invert
+        value = ",".join(values)
+        if self.exact is not None:
+            found = value == self.exact
+        elif self.prefix is not None:
+            found = value.startswith(self.prefix)
+        elif self.suffix is not None:
+            found = value.endswith(self.suffix)
+        elif self._compiled is not None:
+            found = self._compiled.fullmatch(value) is not None
+        else:
+            found = bool(self.present)
+        return found is not self.invert
+
+
+PathMatch = str | PathExact | PathRegex
+
+
 @_known_keywords("setting")
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Send some of a destination's requests to another destination (canary, A/B).
+    """Send some of a destination's requests to another destination or a cluster (canary, A/B).
 
-    Routes are tried in order; the first that takes a request wins, and the
-    request then goes to `to` as if sent there (its Host header, policy and
-    state are `to`'s; `to`'s own routes are not followed).
+    Routes are tried in order; the first that takes a request wins. The
+    request then goes to `to`: to a cluster's endpoints, with the cluster's
+    policy and state, keeping its own URL and Host header (as Envoy keeps the
+    authority); or, when `to` names no cluster, to that host as if sent there
+    (its Host header, policy and state are `to`'s; `to`'s own routes are not
+    followed).
 
     Args:
-        to: the destination host (``orders-v2.internal``, or ``host:port``).
-        headers: take only requests whose headers all have these values.
-        weight: take this share (0 to 1) of the requests; with `headers`, of
-            those that match. The weights of a destination's routes add up
-            to at most 1.
+        to: a cluster's name or a destination host (``orders-v2.internal``, or
+            ``host:port``); or a mapping of such names to relative positive
+            weights (``{"orders-v1": 90, "orders-v2": 10}``): each request the
+            route takes goes to one of them, drawn by weight.
+        headers: take only requests whose headers all match: header name to
+            its exact value, or to a `HeaderMatch`.
+        path: take only requests whose path (without the query) matches: a
+            string is a prefix (``"/v2/"``); or a `PathExact` or `PathRegex`.
+        weight: take this share (0 to 1) of the requests; with `headers` or
+            `path`, of those that match. The weights of a destination's routes
+            add up to at most 1.
         sticky: a header whose value keeps a caller on the same side of the
-            split; without it (or when absent), the draw is random.
+            split (and on the same name of a weighted `to`); without it (or
+            when absent), the draw is random.
     """
 
-    to: str
-    headers: tuple[tuple[str, str], ...] | None = None
+    to: str | Mapping[str, float] | tuple[tuple[str, float], ...]
+    headers: Mapping[str, str | HeaderMatch] | tuple[tuple[str, str | HeaderMatch], ...] | None = (
+        None
+    )
     weight: float | None = None
     sticky: str | None = None
+    path: str | PathExact | PathRegex | None = None
 
     def __post_init__(self) -> None:
-        host = _address("Route", self.to, "to")[0] if isinstance(self.to, str) else ""
-        if not host:
-            raise _fail("Route", "to", self.to, "a destination host")
-        _set(self, "to", self.to.strip().lower())
+        _set(self, "to", _route_to(self.to))
         headers = self.headers
         if headers is not None:
             items = headers.items() if isinstance(headers, Mapping) else headers
@@ -678,8 +844,12 @@ class Route:
                 name, value = item
                 if not isinstance(name, str) or not _TOKEN.fullmatch(name):
                     raise _fail("Route", "headers", name, "HTTP header names")
-                if not isinstance(value, str):
-                    raise _fail("Route", "headers", value, "header values (strings)")
+                if isinstance(value, Mapping):  # a policy file's table
+                    value = HeaderMatch(**value)
+                if not isinstance(value, str | HeaderMatch):
+                    raise _fail(
+                        "Route", "headers", value, "header values (strings) or meshlib.HeaderMatch"
+                    )
                 pairs.append((name.lower(), value))
             _set(self, "headers", tuple(pairs))
         if self.weight is not None:
@@ -691,6 +861,69 @@ class Route:
             if not isinstance(self.sticky, str) or not _TOKEN.fullmatch(self.sticky):
                 raise _fail("Route", "sticky", self.sticky, "a header name")
             _set(self, "sticky", self.sticky.lower())
+        path = self.path
+        if isinstance(path, str):
+            _path_text("Route", "path", path)
+        elif path is not None and not isinstance(path, PathExact | PathRegex):
+            raise _fail(
+                "Route",
+                "path",
+                path,
+                "a path prefix (a string), meshlib.PathExact, meshlib.PathRegex or None",
+            )
+
+    def targets(self) -> tuple[tuple[str, float], ...]:
+        """Return the names this route sends to, each with its weight (one name: weight 1)."""
+        to = self.to
+        return ((to, 1.0),) if isinstance(to, str) else cast(tuple[tuple[str, float], ...], to)
+
+    def names(self) -> tuple[str, ...]:
+        """Return the destinations and clusters this route may send to."""
+        return tuple(name for name, _ in self.targets())
+
+    def matchers(self) -> tuple[tuple[str, str | HeaderMatch], ...]:
+        """Return the header conditions: (lowercase name, exact value or HeaderMatch) pairs."""
+        return cast(tuple[tuple[str, str | HeaderMatch], ...], self.headers or ())
+
+
+def is_host_name(name: str) -> bool:
+    """Return whether a route's `to` name can be a host (``host`` or ``host:port``)."""
+    try:
+        _address("Route", name, "to")
+    except ConfigError:
+        return False
+    return True
+
+
+def _route_name(value: object) -> str:
+    # A cluster's name may be anything Envoy's may (Istio's hold "|"); whether a name that
+    # is no cluster is a host is checked where the clusters are known (the Mesh, the file).
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+        raise _fail("Route", "to", value, "a host name or a cluster's name, without spaces")
+    return value.strip()
+
+
+def _route_to(to: object) -> str | tuple[tuple[str, float], ...]:
+    """Return a route's `to` as stored: a name, or (name, weight) pairs in the given order."""
+    if isinstance(to, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in to):
+        to = dict(to)  # as stored: Policy.replace and the status page hand it back
+    if not isinstance(to, Mapping):
+        return _route_name(to)
+    if not to:
+        raise _fail("Route", "to", dict(to), "at least one name with its weight")
+    pairs: list[tuple[str, float]] = []
+    seen: set[str] = set()
+    for name, weight in to.items():
+        normal = _route_name(name)
+        if normal in seen:
+            raise _fail("Route", "to", name, "each name once")
+        seen.add(normal)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise _fail("Route", "to", weight, "positive weights (numbers)")
+        if not math.isfinite(weight) or weight <= 0:
+            raise _fail("Route", "to", weight, "positive weights (numbers)")
+        pairs.append((normal, float(weight)))
+    return tuple(pairs)
 
 
 @_known_keywords("setting")

@@ -75,12 +75,15 @@ def exception_is_retryable(
     `body` is the request's stream as it was before the first attempt.
     Connection failures (the request never left) are retried for any method.
     Other transport errors only for idempotent, replayable requests. meshlib's
-    own rejections and TLS verification failures never are.
+    own rejections and TLS verification failures never are. `Retry.on_error`
+    narrows this to connection failures, or to none.
     """
-    if isinstance(exc, MeshError):
+    if isinstance(exc, MeshError) or retry.on_error == "none":
         return False
     if isinstance(exc, _NOT_SENT):
         return not _tls_verification_failed(exc)
+    if retry.on_error == "connect":
+        return False
     if isinstance(exc, _MAYBE_SENT):
         return request_is_idempotent(request, retry) and body_is_replayable(body)
     return False

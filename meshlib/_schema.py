@@ -81,6 +81,9 @@ class Setting:
     takes_bool: bool
     takes_str: bool
     in_file: bool  # False for Python objects (``Any``), which a file cannot spell
+    # Several settings classes (``str | PathExact | PathRegex``): a table is the one
+    # whose settings hold its keys.
+    choices: tuple[type, ...] = ()
 
 
 # The hint of a setting whose type could not be resolved: its value is passed as is.
@@ -104,6 +107,7 @@ def _setting(name: str, hint: object, required: bool, duration: bool) -> Setting
         members = typing.get_args(members[0])
     optional = type(None) in members
     table: type | None = None
+    choices: list[type] = []
     many = takes_bool = takes_str = False
     for member in members:
         origin = typing.get_origin(member)
@@ -117,12 +121,24 @@ def _setting(name: str, hint: object, required: bool, duration: bool) -> Setting
         elif _is_settings_class(member):
             assert isinstance(member, type)
             table = member
+            choices.append(member)
         elif member is bool:
             takes_bool = True
         elif member is str or member is _UNKNOWN:
             takes_str = True
     in_file = hint is not Any
-    return Setting(name, required, table, many, optional, duration, takes_bool, takes_str, in_file)
+    return Setting(
+        name,
+        required,
+        table,
+        many,
+        optional,
+        duration,
+        takes_bool,
+        takes_str,
+        in_file,
+        tuple(choices) if len(choices) > 1 else (),
+    )
 
 
 _SETTINGS: dict[type, dict[str, Setting]] = {}

@@ -117,7 +117,7 @@ def _source(source: Any) -> dict[str, Any] | None:
     version = getattr(source, "version", None)
     loaded = getattr(source, "loaded_at", None)
     return {
-        "kind": "url" if hasattr(source, "url") else "file",
+        "kind": getattr(source, "kind", None) or ("url" if hasattr(source, "url") else "file"),
         "location": scrub(str(location)),
         "version": version[:12] if isinstance(version, str) else None,
         "loaded_at": _iso(loaded) if isinstance(loaded, float) else None,
@@ -133,7 +133,11 @@ def _destination(
     mesh: Mesh, plan: Plan, now: float, wall: float, source: dict[str, Any] | None
 ) -> dict[str, Any]:
     destination = plan.destination
-    if plan.requested is not None:
+    origin: dict[str, str | None]
+    if plan.cluster is not None:
+        policy = mesh.clusters.get(plan.cluster, plan.policy)
+        origin = {"from": "cluster", "pattern": plan.cluster}
+    elif plan.requested is not None:
         policy, origin = plan.requested, {"from": "client", "pattern": None}
     else:
         port = destination.port if destination.scheme != "function" else None
@@ -202,7 +206,11 @@ def _destination(
         ]
     row: dict[str, Any] = {
         "name": plan.label,
-        "kind": "function" if destination.scheme == "function" else "http",
+        "kind": "function"
+        if destination.scheme == "function"
+        else "cluster"
+        if plan.cluster is not None
+        else "http",
         "policy": origin,
         "breaker": breaker,
         "budget": budget,
@@ -212,23 +220,25 @@ def _destination(
     }
     row |= _summary(row)
     row["effective"], row["described"] = _rendered(
-        policy, origin["pattern"], plan.requested is not None
+        policy, origin["pattern"], plan.requested is not None, plan.cluster is not None
     )
     return row
 
 
 @functools.lru_cache(maxsize=512)
-def _rendered(policy: Policy, pattern: str | None, client: bool) -> tuple[str, str]:
+def _rendered(
+    policy: Policy, pattern: str | None, client: bool, cluster: bool = False
+) -> tuple[str, str]:
     # Destinations share a few policies: each is written out once, not once per poll.
     shown = redacted(policy)
-    return policy_toml(shown, pattern, client=client), describe(shown)
+    return policy_toml(shown, pattern, client=client, cluster=cluster), describe(shown)
 
 
 def redacted(policy: Policy) -> Policy:
     """Return `policy` with the values of route header matches on credentials redacted."""
     routes = policy.routes
     if not routes or not any(
-        name in NEVER_RECORDED for route in routes for name, _ in route.headers or ()
+        name in NEVER_RECORDED for route in routes for name, _ in route.matchers()
     ):
         return policy
     return policy.replace(
@@ -237,7 +247,7 @@ def redacted(policy: Policy) -> Policy:
                 route,
                 headers=tuple(
                     (name, "REDACTED" if name in NEVER_RECORDED else value)
-                    for name, value in route.headers
+                    for name, value in route.matchers()
                 ),
             )
             if route.headers
@@ -307,14 +317,21 @@ def _seconds(value: float) -> str:
 # -- the effective policy, as the policy file writes it ---------------------------------
 
 
-def table_toml(default: Policy, destinations: Mapping[str, Policy]) -> str:
-    """Return a Mesh's whole table as a policy file: ``[default]``, then each pattern."""
+def table_toml(
+    default: Policy,
+    destinations: Mapping[str, Policy],
+    clusters: Mapping[str, Policy] | None = None,
+) -> str:
+    """Return a Mesh's whole table as a policy file: ``[default]``, each pattern, each cluster."""
     parts = [policy_toml(redacted(default), None)]
     parts += [policy_toml(redacted(p), pattern) for pattern, p in destinations.items()]
+    parts += [policy_toml(redacted(p), name, cluster=True) for name, p in (clusters or {}).items()]
     return "\n".join(parts)
 
 
-def policy_toml(policy: Policy, pattern: str | None, *, client: bool = False) -> str:
+def policy_toml(
+    policy: Policy, pattern: str | None, *, client: bool = False, cluster: bool = False
+) -> str:
     """Return `policy` as a policy file table that reads back to the same Policy.
 
     Every layer is written out, so what is in force is explicit: ``false`` when
@@ -326,6 +343,8 @@ def policy_toml(policy: Policy, pattern: str | None, *, client: bool = False) ->
         header = "# the client's own policy (wrap / Transport), not the Mesh's table\n[default]"
     elif pattern is None:
         header = "[default]"
+    elif cluster:
+        header = f"[clusters.{json.dumps(pattern, ensure_ascii=False)}]"
     else:
         header = f"[destinations.{json.dumps(pattern, ensure_ascii=False)}]"
     lines = [header]
@@ -375,7 +394,8 @@ def _toml(value: Any, duration: bool = False, header: str | None = None) -> str:
     if isinstance(value, frozenset | set):
         return "[" + ", ".join(_toml(v) for v in sorted(value)) + "]"
     if isinstance(value, tuple | list):
-        if header == "headers" and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+        if header in ("headers", "to") and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+            # A route's header matches and weighted names: tables, as the file writes them.
             pairs = [
                 f"{_key(k)} = {_toml('REDACTED' if k.lower() in NEVER_RECORDED else v)}"
                 for k, v in value

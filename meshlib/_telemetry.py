@@ -311,6 +311,7 @@ class AttemptSpan:
         destination_port: int,
         resend_count: int,
         propagate_context: bool,
+        cluster: str | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.instruments = telemetry.instruments()
@@ -322,6 +323,8 @@ class AttemptSpan:
             "server.address": destination_host,
             "server.port": destination_port,
         }
+        if cluster is not None:  # a route sent the request to a cluster: name it
+            self.attributes["meshlib.cluster"] = cluster
         ctx = otel_context.get_current()
         self.span: trace.Span = trace.INVALID_SPAN
         if tracer is not None:

@@ -26,6 +26,8 @@ __all__ = [
     "LatencyWindow",
     "choose_route",
     "draw_fault",
+    "request_path",
+    "route_name",
     "route_target",
 ]
 
@@ -121,6 +123,21 @@ class EndpointPool:
         self._next = 0
         self._lock = threading.Lock()
 
+    def update(self, settings: Endpoints) -> None:
+        """Take new settings: the endpoints still listed keep their state, in the new order.
+
+        New addresses start unmeasured; an attempt in flight to a removed one
+        ends normally (its outcome no longer counts for the pool).
+        """
+        if settings == self.settings:
+            return
+        with self._lock:
+            kept = {(e.host, e.port): e for e in self.endpoints}
+            self.endpoints = [
+                kept.get((host, port)) or Endpoint(host, port) for host, port in settings.parsed()
+            ]
+            self.settings = settings
+
     def _healthy(self, now: float) -> list[Endpoint]:
         healthy = [e for e in self.endpoints if e.ejected_until <= now]
         return healthy or self.endpoints  # all out: all are used
@@ -167,7 +184,10 @@ class EndpointPool:
             if ejection is None or endpoint.failures_in_a_row < ejection.consecutive:
                 return
             total = len(self.endpoints)
-            allowed = max(1, math.floor(ejection.max_share * total)) if total >= 2 else 0
+            # The small epsilon: 0.1 x 10 endpoints must allow one, not 0.999... of one.
+            allowed = math.floor(ejection.max_share * total + 1e-9)
+            if ejection.at_least_one:
+                allowed = max(1, allowed) if total >= 2 else 0
             out = sum(1 for e in self.endpoints if e.ejected_until > now)
             if out < allowed and endpoint.ejected_until <= now:
                 endpoint.ejections += 1
@@ -191,28 +211,52 @@ class EndpointPool:
             ]
 
 
-def _share(route: Route, request: httpx.Request, draw: float) -> float:
+def _share(route: Route, request: httpx.Request, draw: float, salt: str = "") -> float:
     """The caller's place in [0, 1): from the sticky header's value, else `draw`."""
     if route.sticky is not None:
         value = request.headers.get(route.sticky)
         if value is not None:
-            return zlib.crc32(f"{route.to}\0{value}".encode()) / 2**32
+            return zlib.crc32(f"{salt}{route.to}\0{value}".encode()) / 2**32
     return draw
+
+
+def request_path(request: httpx.Request) -> str:
+    """Return the path a route matches: as sent (percent-encoding kept), without the query."""
+    return request.url.raw_path.partition(b"?")[0].decode("ascii")
+
+
+def _takes(route: Route, request: httpx.Request) -> bool:
+    """Return whether `request` meets `route`'s path and header conditions."""
+    path = route.path
+    if path is not None:
+        sent = request_path(request)
+        if isinstance(path, str):
+            if not sent.startswith(path):
+                return False
+        elif not path.matches(sent):
+            return False
+    if route.headers is not None:
+        headers = request.headers
+        for name, expected in route.matchers():
+            if isinstance(expected, str):
+                if headers.get(name) != expected:
+                    return False
+            elif not expected.matches(headers.get_list(name)):
+                return False
+    return True
 
 
 def choose_route(routes: Sequence[Route], request: httpx.Request) -> Route | None:
     """Return the route that takes `request`, or None when it stays.
 
-    Routes are tried in order. Header routes take matching requests; weighted
-    routes split the requests by consecutive slices of [0, 1), so the same
-    sticky value lands in the same slice every time.
+    Routes are tried in order. A route takes the requests that meet its path
+    and header conditions; weighted routes split those by consecutive slices
+    of [0, 1), so the same sticky value lands in the same slice every time.
     """
     draw = runtime.rng.random()
     start = 0.0
     for route in routes:
-        if route.headers is not None and any(
-            request.headers.get(name) != value for name, value in route.headers
-        ):
+        if (route.path is not None or route.headers is not None) and not _takes(route, request):
             continue
         if route.weight is None:
             return route
@@ -223,12 +267,28 @@ def choose_route(routes: Sequence[Route], request: httpx.Request) -> Route | Non
     return None
 
 
-def route_target(route: Route) -> tuple[str, int | None]:
-    """Return the (host, port or None) a route sends to."""
-    host, _, port = route.to.rpartition(":")
+def route_name(route: Route, request: httpx.Request) -> str:
+    """Return the name (cluster or host) `route` sends `request` to: one drawn by weight."""
+    to = route.to
+    if isinstance(to, str):
+        return to
+    # A draw of its own (salted apart from the route's weight, when sticky): the
+    # same caller may be on any side of this split, whatever side of the other.
+    targets = route.targets()
+    share = _share(route, request, runtime.rng.random(), "\1") * sum(w for _, w in targets)
+    for name, weight in targets:
+        share -= weight
+        if share < 0:
+            return name
+    return targets[-1][0]  # rounding
+
+
+def route_target(name: str) -> tuple[str, int | None]:
+    """Return the (host, port or None) a route's name stands for, when it is a host."""
+    host, _, port = name.rpartition(":")
     if host and port.isdigit() and not host.endswith(":"):
         return host.strip("[]"), int(port)
-    return route.to.strip("[]"), None
+    return name.strip("[]"), None
 
 
 def draw_fault(faults: Faults) -> tuple[bool, float]:

@@ -150,7 +150,9 @@ class _Pages:
                 + ", ".join(d["key"] for d in clients)
                 + "; see /destination?name=..."
             )
-        return "\n".join(lines) + "\n\n" + table_toml(mesh.default, mesh.destinations)
+        return (
+            "\n".join(lines) + "\n\n" + table_toml(mesh.default, mesh.destinations, mesh.clusters)
+        )
 
     def _overview(self, base: str, fragment: bool) -> _Response:
         data = snapshot(self.mesh)

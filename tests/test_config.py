@@ -45,6 +45,7 @@ methods = ["get", "PUT"]
 retry_after_cap = "20s"
 backoff = { base = "100ms", cap = "2s", jitter = "equal" }
 budget = { ratio = 0.3, min_per_second = 5, ttl = "30s" }
+on_error = "connect"
 
 [default.timeout]
 total = 20
@@ -94,6 +95,7 @@ FULL_DEFAULT = Policy(
         retry_after_cap=20.0,
         backoff=Backoff(base=0.1, cap=2.0, jitter="equal"),
         budget=Budget(ratio=0.3, min_per_second=5.0, ttl=30.0),
+        on_error="connect",
     ),
     timeout=Timeout(total=20.0, attempt=5.5, header="x-deadline-ms"),
     breaker=Breaker(
@@ -123,6 +125,7 @@ FULL_JSON = {
             "retry_after_cap": "20s",
             "backoff": {"base": 0.1, "cap": 2, "jitter": "equal"},
             "budget": {"ratio": 0.3, "min_per_second": 5, "ttl": 30},
+            "on_error": "connect",
         },
         "timeout": {"total": 20, "attempt": 5.5, "header": "x-deadline-ms"},
         "breaker": {
@@ -502,7 +505,7 @@ ERRORS: list[tuple[str, str]] = [
     (
         D + "retry = { attemps = 2 }",
         f"{P}.retry.attemps: unknown setting 'attemps' of Retry; allowed: attempts, backoff,"
-        " on_status, methods, retry_after_cap, budget (did you mean 'attempts'?)",
+        " on_status, methods, retry_after_cap, budget, on_error (did you mean 'attempts'?)",
     ),
     (
         D + "retry = { backoff = { max = 1 } }",
@@ -510,8 +513,8 @@ ERRORS: list[tuple[str, str]] = [
     ),
     (
         "[defaults]\nretry = false",
-        "mesh.toml: defaults: unknown top-level key 'defaults'; allowed: default, destinations"
-        " (did you mean 'default'?)",
+        "mesh.toml: defaults: unknown top-level key 'defaults'; allowed: default, destinations,"
+        " clusters (did you mean 'default'?)",
     ),
     (
         '"payments.internal" = { retry = false }',
@@ -553,7 +556,7 @@ def test_errors_name_the_file_the_path_and_the_value(text: str, message: str) ->
 JSON_ERRORS: list[tuple[str, str]] = [
     ('{\n  "default": {\n    "retry": }\n}', "mesh.json, line 3, column 14: invalid JSON: "),
     ('{"default": {}, "default": {}}', "mesh.json: invalid JSON: duplicate key 'default'"),
-    ("[1, 2]", "mesh.json: expected a table with default and destinations, got an array"),
+    ("[1, 2]", "mesh.json: expected a table with default, destinations, clusters, got an array"),
     (
         '{"destinations": {"a": {"retry": {"budget": {"ttl": null}}}}}',
         'mesh.json: destinations."a".retry.budget.ttl: expected a duration (seconds, or a string'

@@ -155,7 +155,7 @@ def test_an_unknown_keyword_to_policy_is_the_config_error_replace_gives() -> Non
         (
             lambda: Retry(attemps=2),
             "Retry: unknown setting 'attemps'; allowed: attempts, backoff, on_status, methods,"
-            " retry_after_cap, budget (did you mean 'attempts'?)",
+            " retry_after_cap, budget, on_error (did you mean 'attempts'?)",
         ),
         (
             lambda: Backoff(jiter="full"),

@@ -346,3 +346,30 @@ def test_breaker_since_counts_from_its_last_change(clock: FakeClock) -> None:
     clock.advance(2.0)
     snap = plan.breaker.snapshot(clock.now())
     assert (snap.state, snap.since) == ("closed", 2.0)
+
+
+def test_a_cluster_has_a_row_with_its_own_policy(clock: FakeClock) -> None:
+    cluster = meshlib.Policy(
+        endpoints=meshlib.Endpoints(["10.0.0.1:80"]), timeout=meshlib.Timeout(total=2.0)
+    )
+    mesh = meshlib.Mesh(
+        destinations={"good.internal": meshlib.Policy(routes=(meshlib.Route(to="backend"),))},
+        clusters={"backend": cluster},
+    )
+    with _client(mesh, clock) as client:
+        client.get(GOOD)
+    row = _row(snapshot(mesh), "backend")
+    assert row["kind"] == "cluster"
+    assert row["policy"] == {
+        "from": "cluster",
+        "pattern": "backend",
+        "source": None,
+        "version": None,
+    }
+    effective = row["effective"]
+    assert isinstance(effective, str)
+    assert effective.startswith('[clusters."backend"]')
+    assert parse_config(effective, "row.toml").clusters["backend"] == cluster
+    endpoints = row["endpoints"]
+    assert isinstance(endpoints, list)
+    assert [e["address"] for e in endpoints] == ["10.0.0.1:80"]

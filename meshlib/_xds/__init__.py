@@ -1,11 +1,13 @@
-"""meshlib as a proxyless xDS client: the foundation.
+"""meshlib as a proxyless xDS client.
 
 - `bootstrap`: gRPC's proxyless bootstrap JSON (gRFC A27, A29, A65) as frozen values.
   Pure JSON; importing it needs neither grpcio nor protobuf.
 - `ads`: the ADS client (state of the world, xDS v3, one stream) on its own thread.
-  Importing it needs the ``meshlib[xds]`` extra and raises `ConfigError` naming it
-  when the extra is missing.
+- `fields`, `routes`, `clusters`, `translate`: the translation, pure functions from
+  Envoy's messages to meshlib's own values (routes, clusters, policies), refusing
+  what meshlib cannot honour (`fields.Refused`).
+- `source`: follows the control plane for a Mesh (``Mesh.from_xds``).
 
-Both are internal until the translation into meshlib's policies (and
-``Mesh.from_xds``) lands; nothing here is re-exported from `meshlib`.
+Every module but `bootstrap` needs the ``meshlib[xds]`` extra; importing one without
+it raises `ConfigError` naming the extra. Nothing here is re-exported from `meshlib`.
 """

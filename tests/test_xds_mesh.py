@@ -1,0 +1,322 @@
+"""`Mesh.from_xds`: a Mesh the control plane configures, end to end on loopback.
+
+A small ADS server (tests/xds_server.py) serves Listener -> RouteConfiguration ->
+Cluster -> ClusterLoadAssignment; real HTTP servers on 127.0.0.1 are the upstreams.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("grpc", reason="needs meshlib[xds]")
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401 - its descriptor
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from google.protobuf import json_format
+
+import meshlib
+from meshlib._snapshot import snapshot
+from meshlib._xds.ads import CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION
+from meshlib.testing import FaultServer, Respond
+
+from .xds_server import AdsServer, poll
+
+pytestmark = [pytest.mark.network, pytest.mark.usefixtures("no_waits")]
+
+ORDERS = "orders.internal:8080"
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network."
+    "http_connection_manager.v3.HttpConnectionManager"
+)
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def _listener(name: str = ORDERS) -> Any:
+    manager = {
+        "@type": HCM,
+        "stat_prefix": "orders",
+        "rds": {"route_config_name": "orders-routes", "config_source": {"ads": {}}},
+        "http_filters": [{"name": "router", "typed_config": {"@type": ROUTER}}],
+    }
+    data = {"name": name, "api_listener": {"api_listener": manager}}
+    return json_format.ParseDict(data, listener_pb2.Listener())
+
+
+def _routes(*routes: dict[str, Any]) -> Any:
+    data = {
+        "name": "orders-routes",
+        "virtual_hosts": [{"name": "orders", "domains": [ORDERS], "routes": list(routes)}],
+    }
+    return json_format.ParseDict(data, route_pb2.RouteConfiguration())
+
+
+def _cluster(name: str, **fields: Any) -> Any:
+    data = {"name": name, "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}}}}
+    return json_format.ParseDict({**data, **fields}, cluster_pb2.Cluster())
+
+
+def _assignment(name: str, *servers: FaultServer) -> Any:
+    endpoints = [
+        {
+            "endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": s.port}}
+            }
+        }
+        for s in servers
+    ]
+    data = {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}
+    return json_format.ParseDict(data, endpoint_pb2.ClusterLoadAssignment())
+
+
+def _snapshot(
+    routes: Any, clusters: dict[str, tuple[FaultServer, ...]], **cluster_fields: Any
+) -> dict[str, dict[str, Any]]:
+    return {
+        LISTENER: {ORDERS: _listener()},
+        ROUTE_CONFIGURATION: {"orders-routes": routes},
+        CLUSTER: {name: _cluster(name, **cluster_fields) for name in clusters},
+        CLUSTER_LOAD_ASSIGNMENT: {
+            name: _assignment(name, *servers) for name, servers in clusters.items()
+        },
+    }
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[FaultServer, FaultServer]]:
+    with FaultServer() as first, FaultServer() as second:
+        yield first, second
+
+
+@pytest.fixture
+def bootstrap(tmp_path: Path) -> Iterator[tuple[AdsServer, Path]]:
+    with AdsServer() as server:
+        path = tmp_path / "xds-bootstrap.json"
+        entry = {"server_uri": server.address, "channel_creds": [{"type": "insecure"}]}
+        path.write_text(json.dumps({"xds_servers": [entry], "node": {"id": "tests"}}))
+        yield server, path
+
+
+def test_routes_clusters_and_endpoints_from_the_control_plane(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    v1, v2 = upstreams
+    server, path = bootstrap
+    routes = _routes(
+        {"match": {"prefix": "/v2/"}, "route": {"cluster": "orders-v2"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}},
+    )
+    server.snapshot = _snapshot(routes, {"orders-v1": (v1,), "orders-v2": (v2,)})
+    mesh = meshlib.Mesh.from_xds(path, watch=[ORDERS], ready_timeout=30)
+    try:
+        with meshlib.wrap(httpx.Client(), mesh) as client:
+            one = client.get(f"http://{ORDERS}/v1/items")
+            two = client.get(f"http://{ORDERS}/v2/items")
+        assert (one.status_code, two.status_code) == (200, 200)
+        assert str(two.url) == f"http://{ORDERS}/v2/items"  # the authority is kept
+        assert [r.path for r in v1.requests] == ["/v1/items"]
+        assert [r.path for r in v2.requests] == ["/v2/items"]
+        assert v2.requests[0].headers["host"] == ORDERS
+        assert sorted(mesh.endpoints()) == ["orders-v1", "orders-v2"]
+        # Every response was ACKed: nothing refused.
+        assert all(not r.HasField("error_detail") for r in server.requests_of(LISTENER))
+    finally:
+        mesh.close()
+
+
+def test_an_eds_change_moves_traffic_without_a_restart(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    first, second = upstreams
+    server, path = bootstrap
+    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
+    server.snapshot = _snapshot(routes, {"orders-v1": (first,)})
+    mesh = meshlib.Mesh.from_xds(path, watch=[ORDERS], ready_timeout=30)
+    try:
+        with meshlib.wrap(httpx.Client(), mesh) as client:
+            assert client.get(f"http://{ORDERS}/").status_code == 200
+            server.set_snapshot(_snapshot(routes, {"orders-v1": (second,)}))
+            view = mesh.clusters[f"orders-v1@{ORDERS}#0"]  # the route's view of the cluster
+            assert view.endpoints is not None
+            assert view.endpoints.addresses == (f"127.0.0.1:{first.port}",)
+            poll(
+                lambda: (
+                    mesh.clusters[f"orders-v1@{ORDERS}#0"].endpoints
+                    == meshlib.Endpoints(
+                        [f"127.0.0.1:{second.port}"], balance="round_robin", ejection=None
+                    )
+                ),
+                what="the new endpoints",
+            )
+            assert client.get(f"http://{ORDERS}/").status_code == 200
+        assert (first.request_count, second.request_count) == (1, 1)
+        # The pool was kept, its endpoints replaced.
+        assert [e.address for e in mesh.endpoints()["orders-v1"]] == [f"127.0.0.1:{second.port}"]
+    finally:
+        mesh.close()
+
+
+def test_retries_follow_the_routes_retry_policy_counted_at_the_upstream(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    upstream, _ = upstreams
+    server, path = bootstrap
+    retry = {"retry_on": "5xx", "num_retries": 2}
+    routes = _routes(
+        {"match": {"prefix": "/retried"}, "route": {"cluster": "orders-v1", "retry_policy": retry}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}},
+    )
+    server.snapshot = _snapshot(routes, {"orders-v1": (upstream,)})
+    upstream.default = Respond(503)
+    mesh = meshlib.Mesh.from_xds(path, watch=[ORDERS], ready_timeout=30)
+    try:
+        with meshlib.wrap(httpx.Client(), mesh) as client:
+            assert client.post(f"http://{ORDERS}/retried", content=b"x").status_code == 503
+            assert upstream.request_count == 3  # num_retries + 1, whatever the method
+            assert client.get(f"http://{ORDERS}/plain").status_code == 503
+            assert upstream.request_count == 4  # no retry_policy: no retries
+    finally:
+        mesh.close()
+
+
+def test_a_destination_the_control_plane_does_not_know_uses_default_and_dns(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    upstream, _ = upstreams
+    server, path = bootstrap
+    direct = f"127.0.0.1:{upstream.port}"
+    default = meshlib.Policy(retry=meshlib.Retry(attempts=2, budget=None), breaker=None)
+    mesh = meshlib.Mesh.from_xds(path, default=default, watch=[direct], ready_timeout=30)
+    try:
+        upstream.enqueue(Respond(503))
+        with meshlib.wrap(httpx.Client(), mesh) as client:
+            assert client.get(f"http://{direct}/x").status_code == 200  # default's retry
+        assert upstream.request_count == 2
+        poll(lambda: server.requests_of(LISTENER), what="the listener request")
+    finally:
+        mesh.close()
+
+
+def test_a_refused_cluster_is_nacked_naming_the_field(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    upstream, _ = upstreams
+    server, path = bootstrap
+    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
+    server.snapshot = _snapshot(routes, {"orders-v1": (upstream,)}, lb_policy="MAGLEV")
+    mesh = meshlib.Mesh.from_xds(path, watch=[ORDERS], ready_timeout=5)
+    try:
+        poll(
+            lambda: any(r.HasField("error_detail") for r in server.requests_of(CLUSTER)),
+            what="a NACK",
+        )
+        (nack,) = [r for r in server.requests_of(CLUSTER) if r.HasField("error_detail")][:1]
+        assert "Cluster orders-v1: lb_policy: only ROUND_ROBIN and LEAST_REQUEST" in (
+            nack.error_detail.message
+        )
+        assert "MAGLEV" in nack.error_detail.message
+        status = snapshot(mesh)["source"]
+        assert status["kind"] == "xds"
+        assert status["location"] == server.address
+        assert status["failing"] is False
+        assert "orders-v1: lb_policy: only ROUND_ROBIN" in status["last_refusal"]["reason"]
+        # The route's cluster has no good version: Envoy's 503, without sending.
+        with meshlib.wrap(httpx.Client(), mesh) as client:
+            assert client.get(f"http://{ORDERS}/").status_code == 503
+        assert upstream.request_count == 0
+    finally:
+        mesh.close()
+
+
+def test_from_xds_validates_its_arguments(
+    bootstrap: tuple[AdsServer, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = bootstrap
+    with pytest.raises(meshlib.ConfigError, match=r"Mesh\.from_xds\.ready_timeout"):
+        meshlib.Mesh.from_xds(path, ready_timeout=-1)
+    with pytest.raises(meshlib.ConfigError, match=r"Mesh\.from_xds\.watch: .*'orders'"):
+        meshlib.Mesh.from_xds(path, watch=["orders"])
+    for name in ("MESHLIB_XDS_BOOTSTRAP", "GRPC_XDS_BOOTSTRAP", "GRPC_XDS_BOOTSTRAP_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(meshlib.ConfigError, match=r"no xDS bootstrap"):
+        meshlib.Mesh.from_xds()
+    monkeypatch.setenv("MESHLIB_XDS_BOOTSTRAP", str(path))
+    mesh = meshlib.Mesh.from_xds()
+    assert "xDS 127.0.0.1:" in repr(mesh)
+    mesh.close()
+
+
+def test_without_the_extra_from_xds_is_a_config_error_naming_it() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['grpc'] = None\n"
+        "import meshlib\n"
+        "try:\n"
+        "    meshlib.Mesh.from_xds('unused.json')\n"
+        "except meshlib.ConfigError as exc:\n"
+        "    print('ConfigError:', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ConfigError: ")
+    assert "meshlib[xds]" in done.stdout
+
+
+def test_the_first_request_to_a_destination_waits_for_its_answer(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    upstream, _ = upstreams
+    server, path = bootstrap
+    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
+    server.snapshot = _snapshot(routes, {"orders-v1": (upstream,)})
+    # No watch=: subscribed by the first request, which waits for the whole chain
+    # (orders.internal resolves nowhere: on default it could not be sent at all).
+    mesh = meshlib.Mesh.from_xds(path, ready_timeout=30)
+    try:
+        assert ORDERS not in mesh.destinations
+        with meshlib.wrap(httpx.Client(), mesh) as client:
+            assert client.get(f"http://{ORDERS}/first").status_code == 200
+        assert [r.path for r in upstream.requests] == ["/first"]
+        assert server.requests_of(LISTENER)[0].resource_names == [ORDERS]
+    finally:
+        mesh.close()
+
+
+@pytest.mark.anyio
+async def test_an_async_request_never_blocks_its_loop_and_the_answer_applies_next(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    upstream, _ = upstreams
+    server, path = bootstrap
+    direct = f"127.0.0.1:{upstream.port}"
+    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
+    snapshot = _snapshot(routes, {"orders-v1": (upstream,)})
+    server.snapshot = {**snapshot, LISTENER: {direct: _listener(direct)}}
+    server.snapshot[ROUTE_CONFIGURATION]["orders-routes"].virtual_hosts[0].domains[:] = ["*"]
+    mesh = meshlib.Mesh.from_xds(path, ready_timeout=30)
+    try:
+        async with meshlib.wrap(httpx.AsyncClient(), mesh) as client:
+            # In the loop the first request does not wait: it goes out on default, direct.
+            first = await client.get(f"http://{direct}/first")
+            assert first.status_code == 200
+            poll(lambda: direct in mesh.destinations, what="the listener's routes")
+            poll(lambda: mesh.clusters[f"orders-v1@{direct}#0"].faults is None, what="endpoints")
+            await client.get(f"http://{direct}/second")
+        assert list(mesh.endpoints()) == ["orders-v1"]  # the second went through the cluster
+    finally:
+        mesh.close()
