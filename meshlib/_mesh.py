@@ -14,12 +14,13 @@ from ._budget import RetryBudget
 from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
 from ._config import ENV_VAR, MeshConfig, load_config
 from ._errors import ConfigError
+from ._fallback import FallbackPlan, StaleStore
 
 # refuse_destination_layers is imported from here by _pipeline (until its rewrite).
 from ._patterns import PolicyTable
 from ._patterns import refuse_destination_layers as refuse_destination_layers
 from ._plan import Plan, Plans
-from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Policy
+from ._policy import STANDARD, Breaker, Budget, Bulkhead, Endpoints, Fallback, Policy
 from ._runtime import runtime
 from ._sketch import LatencySketch
 from ._sources import FileSource, UrlSource
@@ -78,6 +79,7 @@ class Mesh:
         self._bulkheads: SharedState[tuple[Destination, Bulkhead], ConcurrencyLimit] = SharedState()
         self._endpoints: SharedState[tuple[Destination, Endpoints], EndpointPool] = SharedState()
         self._latencies: SharedState[Destination, LatencyWindow] = SharedState()
+        self._stale: SharedState[tuple[Destination, Fallback], StaleStore] = SharedState()
         self._sketches: SharedState[Destination, LatencySketch] = SharedState()
         self._measuring = False  # latency sketches: only once a status page asks
         self._hooks: list[TransitionHook] = []
@@ -265,11 +267,25 @@ class Mesh:
                 (destination, endpoint_settings),
                 lambda: EndpointPool(endpoint_settings, label),
             )
+        if policy.fallback is not None:
+            plan.fallback = self._fallback_plan(destination, policy.fallback, policy)
         if policy.hedge is not None and policy.hedge.delay == "p95":
             plan.latencies = self._latencies.get_or_create(destination, LatencyWindow)
         if self._measuring:
             plan.sketch = self._sketches.get_or_create(destination, LatencySketch)
         return plan
+
+    def _fallback_plan(
+        self, destination: Destination, settings: Fallback, policy: Policy
+    ) -> FallbackPlan:
+        """Return a destination's fallback, with its stale store (shared while in use)."""
+        store = None
+        if settings.stale is not None:
+            store = self._stale.get_or_create(
+                (destination, settings),
+                lambda: StaleStore(settings.max_entries, settings.max_bytes),
+            )
+        return FallbackPlan(settings, store, policy.retry)
 
     def _measure_latency(self) -> None:
         """Keep a latency sketch per destination from now on (the status page asks).
@@ -323,6 +339,7 @@ class Mesh:
         self._endpoints.clear()
         self._latencies.clear()
         self._sketches.clear()
+        self._stale.clear()
 
 
 _default: Mesh | None = None
