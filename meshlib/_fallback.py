@@ -70,6 +70,9 @@ _DROPPED = frozenset(
         MARK.encode("ascii"),
     }
 )
+_DROPPED_FOR_HEAD = _DROPPED - {b"content-length"}
+# Cache-Control directives that let a shared cache keep an answer to an authenticated request.
+_SHARED_MAY = frozenset({b"public", b"s-maxage", b"must-revalidate"})
 # What an entry costs beyond its body and headers (the objects holding them), for max_bytes.
 _ENTRY_OVERHEAD = 200
 _DEFAULT_RETRY = Retry()
@@ -182,28 +185,6 @@ class StaleStore:
                 self.bytes -= found.size
 
 
-def _directives(headers: httpx.Headers) -> set[str]:
-    """Return the Cache-Control directive names of `headers`, lower-cased."""
-    found = set()
-    for value in headers.get_list("cache-control", split_commas=True):
-        name = value.partition("=")[0].strip().lower()
-        if name:
-            found.add(name)
-    return found
-
-
-def _vary_names(headers: httpx.Headers) -> list[str] | None:
-    """Return the header names `Vary` lists, lower-cased; None for ``Vary: *``."""
-    names = []
-    for value in headers.get_list("vary", split_commas=True):
-        name = value.strip().lower()
-        if name == "*":
-            return None
-        if name:
-            names.append(name)
-    return names
-
-
 def _varied(request: httpx.Request, names: list[str] | tuple[str, ...]) -> Vary:
     return tuple((name, tuple(request.headers.get_list(name))) for name in names)
 
@@ -242,12 +223,16 @@ class FallbackPlan:
         method, the URL, the ``Idempotency-Key`` and a digest of the body, so a
         PUT with another body, or a POST with another key, is another request.
         """
-        if not request_is_idempotent(request, self.retry) or not body_is_replayable(body):
+        method = request.method
+        idempotency_key = request.headers.get("idempotency-key")
+        if (method not in self.retry.methods and idempotency_key is None) or not (
+            body_is_replayable(body)
+        ):
             return None
-        assert isinstance(body, httpx.ByteStream)
-        content = b"".join(body)
+        # httpx reads a body given as bytes when the request is built: `content` is there.
+        content = request.content
         digest = hashlib.blake2b(content, digest_size=16).digest() if content else None
-        return (request.method, str(request.url), request.headers.get("idempotency-key"), digest)
+        return (method, str(request.url), idempotency_key, digest)
 
     # --- a good response: keep it ------------------------------------------------
 
@@ -296,26 +281,39 @@ class FallbackPlan:
 
     def _entry(self, request: httpx.Request, response: httpx.Response, now: float) -> Entry | None:
         """Return a new entry for `response` (its body still to come), or None if not to keep."""
-        headers = response.headers
-        directives = _directives(headers)
-        if not self.settings.keep_private:
-            if "no-store" in directives or "private" in directives:
-                return None
+        # One pass over the raw headers: this runs for every good response.
+        directives: set[bytes] = set()
+        names: list[str] = []
+        age = 0
+        kept = []
+        # A HEAD answer's length is the GET body's: kept, as no body will set it again.
+        dropped = _DROPPED_FOR_HEAD if request.method == "HEAD" else _DROPPED
+        for name, value in response.headers.raw:
+            lower = name.lower()
+            if lower == b"cache-control":
+                directives.update(d.partition(b"=")[0].strip().lower() for d in value.split(b","))
+            elif lower == b"vary":
+                for part in value.split(b","):
+                    varied = part.strip().lower()
+                    if varied == b"*":
+                        return None  # no later request is the same
+                    if varied:
+                        names.append(varied.decode("latin-1"))
+            elif lower == b"age" and value.isdigit():
+                age = int(value)
+            if lower not in dropped:
+                kept.append((name, value))
+        if not self.settings.keep_private and (
+            b"no-store" in directives
+            or b"private" in directives
             # RFC 9111 3.5: a shared store keeps an answer to an authenticated
             # request only when the response says a shared cache may.
-            if "authorization" in request.headers and not (
-                directives & {"public", "s-maxage", "must-revalidate"}
-            ):
-                return None
-        names = _vary_names(headers)
-        if names is None:
-            return None  # Vary: * -- no later request is the same
-        age_header = headers.get("age", "")
-        age = int(age_header) if age_header.isdigit() else 0
+            or ("authorization" in request.headers and not directives & _SHARED_MAY)
+        ):
+            return None
         assert self.settings.stale is not None
         if age > self.settings.stale:
             return None
-        kept = [(k, v) for k, v in headers.raw if k.lower() not in _DROPPED]
         return Entry(response.status_code, kept, _varied(request, names), now, age)
 
     # --- a failed call: what to answer -------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 import meshlib
+import meshlib._cli
 from meshlib._fallback import FallbackPlan, StaleStore
 from meshlib.testing import FakeClock, FaultServer, Hang, Reset, Respond
 
@@ -582,3 +584,37 @@ def test_a_fallback_served_is_logged_with_its_reason(
         fails(mode, server, mesh)
     (record,) = [r for r in caplog.records if getattr(r, "meshlib_event", "") == "fallback"]
     assert (record.meshlib_reason, record.meshlib_fallback) == ("error", "stale")  # type: ignore[attr-defined]
+
+
+def test_a_compressed_body_is_served_as_it_came(mode: str, server: FaultServer) -> None:
+    mesh = stale_mesh(stale=60)
+    body = gzip.compress(b'["compressed"]' * 100)
+    server.enqueue(Respond(200, body, headers={"Content-Encoding": "gzip"}))
+    assert get(mode, mesh, server.url + "/recs").content == b'["compressed"]' * 100
+    served = fails(mode, server, mesh)
+    assert served.headers["content-encoding"] == "gzip"
+    assert served.content == b'["compressed"]' * 100
+
+
+def test_a_head_answer_keeps_its_length(mode: str, server: FaultServer) -> None:
+    mesh = stale_mesh(stale=60)
+    server.enqueue(Respond(200, b"", headers={"Content-Length": "1234"}))
+    get(mode, mesh, server.url + "/recs", method="HEAD")
+    served = fails(mode, server, mesh, method="HEAD")
+    assert served.headers["x-meshlib-fallback"] == "stale"
+    assert served.headers["content-length"] == "1234"
+    assert served.content == b""
+
+
+def test_explain_says_what_the_fallback_does(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mesh.toml"
+    path.write_text('[default]\nfallback = { stale = "1m", status = 503, content = "[]" }\n')
+    assert meshlib._cli.main(["explain", str(path), "recs.internal"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "fallback" in line]
+    assert line.split("  (from")[0].strip() == (
+        "fallback   stale copies up to 1m old (1000 responses, 8388608 bytes, bodies up to"
+        " 262144 bytes); else 503 with 2 bytes; on bulkhead_full, circuit_open, deadline, error,"
+        " status"
+    )

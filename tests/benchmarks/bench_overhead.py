@@ -32,6 +32,8 @@ REJECTED = "a call rejected by an open breaker"
 STANDARD_MESH = "meshlib STANDARD in a Mesh"
 WATCHED = "  the same, a status page attached"
 REJECTED_AT_TRANSPORT = "  the same, at meshlib's transport"
+FALLBACK_STALE = "meshlib STANDARD + Fallback(stale=60)"
+FALLBACK_STATIC = "meshlib STANDARD + Fallback(status=503)"
 
 
 def _variants() -> dict[str, Callable[[], object]]:
@@ -64,6 +66,11 @@ def _variants() -> dict[str, Callable[[], object]]:
         "meshlib, every layer off": get(_OFF, OUTSIDE),
         STANDARD_MESH: through(meshlib.Mesh(default=_STANDARD)),
         WATCHED: through(watched),
+        # Every good response kept in the destination's stale store (its key, its
+        # headers, its body): the store's cost on the success path.
+        FALLBACK_STALE: get(_STANDARD.replace(fallback=meshlib.Fallback(stale=60)), INSIDE),
+        # A static answer only: nothing is kept, so a success costs what STANDARD's does.
+        FALLBACK_STATIC: get(_STANDARD.replace(fallback=meshlib.Fallback(status=503)), INSIDE),
     }
 
 
@@ -150,6 +157,12 @@ def main() -> None:
         f" {sketch:+.2f} µs; own overhead then {watched_own:.2f} µs,"
         f" {watched_own / bare:.1%} of bare httpx; the sketch alone (clock read and add):"
         f" {_sketch_cost():.2f} µs per attempt"
+    )
+    standard = medians["meshlib STANDARD"]
+    print(
+        f"fallback on, every good response kept (stale store):"
+        f" {medians[FALLBACK_STALE] - standard:+.2f} µs against STANDARD;"
+        f" a static answer only: {medians[FALLBACK_STATIC] - standard:+.2f} µs"
     )
     print(
         f"{REJECTED}: {medians[REJECTED_AT_TRANSPORT]:.2f} µs"
