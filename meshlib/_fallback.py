@@ -229,8 +229,8 @@ class FallbackPlan:
             body_is_replayable(body)
         ):
             return None
-        # httpx reads a body given as bytes when the request is built: `content` is there.
-        content = request.content
+        assert isinstance(body, httpx.ByteStream)
+        content = b"".join(body)  # not `request.content`: a request built with stream= is unread
         digest = hashlib.blake2b(content, digest_size=16).digest() if content else None
         return (method, str(request.url), idempotency_key, digest)
 

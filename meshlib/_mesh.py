@@ -267,7 +267,8 @@ class Mesh:
                 (destination, endpoint_settings),
                 lambda: EndpointPool(endpoint_settings, label),
             )
-        if policy.fallback is not None:
+        if policy.fallback is not None and destination.scheme != "function":
+            # A function has no responses to keep: `resilient` takes its own fallback=.
             plan.fallback = self._fallback_plan(destination, policy.fallback, policy)
         if policy.hedge is not None and policy.hedge.delay == "p95":
             plan.latencies = self._latencies.get_or_create(destination, LatencyWindow)

@@ -618,3 +618,24 @@ def test_explain_says_what_the_fallback_does(
         " 262144 bytes); else 503 with 2 bytes; on bulkhead_full, circuit_open, deadline, error,"
         " status"
     )
+
+
+def test_a_request_built_with_a_byte_stream_is_kept_too() -> None:
+    answers: list[httpx.Response | Exception] = [
+        httpx.Response(200, content=b"kept"),
+        httpx.ConnectError("down"),
+        httpx.ConnectError("down"),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    transport = meshlib.Transport(httpx.MockTransport(handler), stale_mesh(stale=60))
+    url = "http://recs.internal/products/42"
+    first = transport.handle_request(httpx.Request("PUT", url, stream=httpx.ByteStream(b"{}")))
+    assert first.read() == b"kept"
+    again = transport.handle_request(httpx.Request("PUT", url, stream=httpx.ByteStream(b"{}")))
+    assert (again.read(), again.headers["x-meshlib-fallback"]) == (b"kept", "stale")
