@@ -36,6 +36,9 @@ queue, read and cancel:
   handing back an earlier attempt's exception.
 - `cancelled(exc)` when an attempt ends in cancellation (never a failure);
   the driver then re-raises at once.
+- `fall_back(exc)` when a request's call ends in an exception and its plan has
+  a fallback: the answer to return instead, or None to re-raise. A failed
+  response the fallback replaces is DRAINed first, then RETURNed.
 - ``with call:`` around it all: leaving frees the bulkhead slot and ends a
   function's span. A request has no such span, so the transports save the
   ``with`` and release `call.slot` (the bulkhead, while a slot is held) in a
@@ -45,7 +48,7 @@ Where each part is: `__init__` (route: it picks the plan), `start`
 (deadline, faults), `_enter_bulkhead` and `queued`, `_begin` (what is decided
 once per call), `_attempt` (per attempt, in the order drawn above),
 `answered`, `_retry_status`, `failed` and `_next_wait` (the retry decision,
-whole). This module is long because it is the whole call: split, the order
+whole), `_handed_back` and `fall_back` (the fallback, `_fallback.py`'s). This module is long because it is the whole call: split, the order
 it exists to keep in one place would be scattered again.
 
 The success path is a straight line through `start`, `_attempt` and
