@@ -33,7 +33,9 @@ from typing import cast
 
 import httpx
 
+from ._compat import HEADERS_EDITABLE, header_items
 from ._errors import BulkheadFull, CircuitOpen, DeadlineExceeded, MeshError
+from ._headers import header_values
 from ._policy import RETRYABLE_STATUSES, Fallback, Retry
 from ._retry import body_is_replayable, request_is_idempotent
 
@@ -77,8 +79,8 @@ _SHARED_MAY = frozenset({b"public", b"s-maxage", b"must-revalidate"})
 _ENTRY_OVERHEAD = 200
 _DEFAULT_RETRY = Retry()
 
-Key = tuple[str, str, str | None, bytes | None]
-Vary = tuple[tuple[str, tuple[str, ...]], ...]
+Key = tuple[str, str, tuple[bytes, ...], bytes | None]
+Vary = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 
 
 def failure_reason(exc: Exception) -> str | None:
@@ -116,23 +118,33 @@ def function_failure_reason(exc: Exception, matches: object) -> str | None:
 class Entry:
     """One kept response: what is served again, and what it was an answer to."""
 
-    __slots__ = ("age", "content", "headers", "size", "status", "stored_at", "vary")
+    __slots__ = ("age", "content", "head", "headers", "size", "status", "stored_at", "vary")
 
     def __init__(
         self,
         status: int,
-        headers: list[tuple[bytes, bytes]],
+        headers: tuple[tuple[bytes, bytes, bytes], ...],
+        head: bool,
         vary: Vary,
         stored_at: float,
         age: int,
+        size: int,
     ) -> None:
         self.status = status
+        # As httpx holds them, (name, lowercase name, value), all of them: what is not
+        # replayed is left out when served (the failure path), not on every response.
         self.headers = headers
+        self.head = head  # an answer to HEAD: its Content-Length is the GET body's
         self.vary = vary
         self.stored_at = stored_at
         self.age = age  # the response's own Age when it arrived (a cache upstream)
         self.content = b""
-        self.size = _ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in headers)
+        self.size = _ENTRY_OVERHEAD + size
+
+    def replayed_headers(self) -> list[tuple[bytes, bytes]]:
+        """Return the headers served again: without hop-by-hop ones, Set-Cookie, Age."""
+        dropped = _DROPPED_FOR_HEAD if self.head else _DROPPED
+        return [(name, value) for name, lower, value in self.headers if lower not in dropped]
 
 
 class StaleStore:
@@ -185,8 +197,16 @@ class StaleStore:
                 self.bytes -= found.size
 
 
-def _varied(request: httpx.Request, names: list[str] | tuple[str, ...]) -> Vary:
-    return tuple((name, tuple(request.headers.get_list(name))) for name in names)
+def _items(headers: httpx.Headers) -> tuple[tuple[bytes, bytes, bytes], ...]:
+    """Return `headers` as httpx holds them: (name, lowercase name, value), copied."""
+    if HEADERS_EDITABLE:
+        return tuple(header_items(headers))
+    return tuple((k, k.lower(), v) for k, v in headers.raw)  # pragma: no cover - a future httpx
+
+
+def _varied(request: httpx.Request, names: list[bytes]) -> Vary:
+    headers = request.headers
+    return tuple((name, header_values(headers, name)) for name in names)
 
 
 class FallbackPlan:
@@ -224,8 +244,8 @@ class FallbackPlan:
         PUT with another body, or a POST with another key, is another request.
         """
         method = request.method
-        idempotency_key = request.headers.get("idempotency-key")
-        if (method not in self.retry.methods and idempotency_key is None) or not (
+        idempotency_key = header_values(request.headers, b"idempotency-key")
+        if (method not in self.retry.methods and not idempotency_key) or not (
             body_is_replayable(body)
         ):
             return None
@@ -281,15 +301,13 @@ class FallbackPlan:
 
     def _entry(self, request: httpx.Request, response: httpx.Response, now: float) -> Entry | None:
         """Return a new entry for `response` (its body still to come), or None if not to keep."""
-        # One pass over the raw headers: this runs for every good response.
+        # One pass over the headers as httpx holds them: this runs for every good response.
         directives: set[bytes] = set()
-        names: list[str] = []
-        age = 0
-        kept = []
-        # A HEAD answer's length is the GET body's: kept, as no body will set it again.
-        dropped = _DROPPED_FOR_HEAD if request.method == "HEAD" else _DROPPED
-        for name, value in response.headers.raw:
-            lower = name.lower()
+        names: list[bytes] = []
+        age = size = 0
+        items = _items(response.headers)
+        for name, lower, value in items:
+            size += len(name) + len(value)
             if lower == b"cache-control":
                 directives.update(d.partition(b"=")[0].strip().lower() for d in value.split(b","))
             elif lower == b"vary":
@@ -298,23 +316,29 @@ class FallbackPlan:
                     if varied == b"*":
                         return None  # no later request is the same
                     if varied:
-                        names.append(varied.decode("latin-1"))
+                        names.append(varied)
             elif lower == b"age" and value.isdigit():
                 age = int(value)
-            if lower not in dropped:
-                kept.append((name, value))
         if not self.settings.keep_private and (
             b"no-store" in directives
             or b"private" in directives
             # RFC 9111 3.5: a shared store keeps an answer to an authenticated
             # request only when the response says a shared cache may.
-            or ("authorization" in request.headers and not directives & _SHARED_MAY)
+            or (header_values(request.headers, b"authorization") and not directives & _SHARED_MAY)
         ):
             return None
         assert self.settings.stale is not None
         if age > self.settings.stale:
             return None
-        return Entry(response.status_code, kept, _varied(request, names), now, age)
+        return Entry(
+            response.status_code,
+            items,
+            request.method == "HEAD",
+            _varied(request, names),
+            now,
+            age,
+            size,
+        )
 
     # --- a failed call: what to answer -------------------------------------------
 
@@ -340,7 +364,7 @@ class FallbackPlan:
                     store.discard(key, entry)
                 elif entry.vary == _varied(request, [name for name, _ in entry.vary]):
                     headers = [
-                        *entry.headers,
+                        *entry.replayed_headers(),
                         (b"age", b"%d" % age),
                         (MARK.encode("ascii"), b"stale"),
                     ]
