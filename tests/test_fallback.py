@@ -639,3 +639,24 @@ def test_a_request_built_with_a_byte_stream_is_kept_too() -> None:
     assert first.read() == b"kept"
     again = transport.handle_request(httpx.Request("PUT", url, stream=httpx.ByteStream(b"{}")))
     assert (again.read(), again.headers["x-meshlib-fallback"]) == (b"kept", "stale")
+
+
+def test_a_fallback_answer_gives_the_bulkhead_slot_back(mode: str, server: FaultServer) -> None:
+    fallback = meshlib.Fallback(status=503, content="later", on=frozenset({"error"}))
+    policy = meshlib.Policy(
+        retry=None, bulkhead=meshlib.Bulkhead(max_concurrent=1), fallback=fallback
+    )
+    mesh = meshlib.Mesh(policy)
+    for _ in range(3):
+        server.enqueue(Reset())
+        assert get(mode, mesh, server.url + "/recs").text == "later"
+    answer = get(mode, mesh, server.url + "/recs")  # not BulkheadFull: every slot came back
+    assert (answer.status_code, answer.text) == (200, "ok")
+    assert mesh.bulkheads()[0].in_flight == 0
+
+
+def test_a_reload_with_the_same_fallback_keeps_the_copies(mode: str, server: FaultServer) -> None:
+    mesh = stale_mesh(stale=60)
+    keep_one(mode, server, mesh)
+    mesh.update(mesh.default.replace(timeout=meshlib.Timeout(total=20.0)))
+    assert fails(mode, server, mesh).headers["x-meshlib-fallback"] == "stale"
