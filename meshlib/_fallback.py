@@ -36,7 +36,7 @@ import httpx
 from ._compat import HEADERS_EDITABLE, header_items
 from ._errors import BulkheadFull, CircuitOpen, DeadlineExceeded, MeshError
 from ._headers import header_values
-from ._policy import RETRYABLE_STATUSES, Fallback, Retry
+from ._policy import Fallback, Retry
 from ._retry import body_is_replayable, request_is_idempotent
 
 __all__ = [
@@ -225,13 +225,12 @@ class FallbackPlan:
         self.settings = settings
         self.store = store
         self.on = settings.on
-        # With retries off, the default Retry's methods say what is idempotent.
+        # With retries off, the default Retry's methods and statuses say what is
+        # idempotent and what is a failed answer.
         self.retry = retry or _DEFAULT_RETRY
         # RFC 5861's errors (500, 502, 503, 504) and every other 5xx, and whatever
-        # the retry layer would have retried: a final answer of one of these failed.
-        self.failed_statuses = (
-            frozenset(range(500, 600)) | self.retry.on_status | RETRYABLE_STATUSES
-        )
+        # the retry layer retries: a final answer of one of these failed.
+        self.failed_statuses = frozenset(range(500, 600)) | self.retry.on_status
 
     # --- keys ----------------------------------------------------------------------
 

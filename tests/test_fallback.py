@@ -660,3 +660,24 @@ def test_a_reload_with_the_same_fallback_keeps_the_copies(mode: str, server: Fau
     keep_one(mode, server, mesh)
     mesh.update(mesh.default.replace(timeout=meshlib.Timeout(total=20.0)))
     assert fails(mode, server, mesh).headers["x-meshlib-fallback"] == "stale"
+
+
+@pytest.mark.parametrize(
+    ("retry", "status", "replaced"),
+    [
+        (None, 429, True),  # retries off: the default Retry's statuses
+        (None, 404, False),
+        (meshlib.Retry(attempts=1, on_status=frozenset({503})), 429, False),
+        (meshlib.Retry(attempts=1, on_status=frozenset({418})), 418, True),
+        (meshlib.Retry(attempts=1, on_status=frozenset({418})), 501, True),  # any 5xx
+    ],
+)
+def test_the_status_trigger_is_a_5xx_or_what_the_retry_layer_retries(
+    server: FaultServer, retry: meshlib.Retry | None, status: int, replaced: bool
+) -> None:
+    fallback = meshlib.Fallback(status=200, content="static", on=frozenset({"status"}))
+    mesh = meshlib.Mesh(meshlib.Policy(retry=retry, fallback=fallback))
+    server.enqueue(Respond(status))
+    answer = get("sync", mesh, server.url + "/recs")
+    assert (answer.text == "static") is replaced
+    assert answer.status_code == (200 if replaced else status)
