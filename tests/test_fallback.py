@@ -21,8 +21,8 @@ import pytest
 
 import meshlib
 import meshlib._cli
-from meshlib._fallback import FallbackPlan, StaleStore
-from meshlib.testing import FakeClock, FaultServer, Hang, Reset, Respond
+from meshlib._fallback import FallbackPlan, StaleStore, SyncCapture
+from meshlib.testing import Drip, FakeClock, FaultServer, Hang, Reset, Respond
 
 TRIGGERS = ["error", "status", "circuit_open", "bulkhead_full", "deadline"]
 NO_WAIT = meshlib.Backoff(base=0.0, cap=0.0, jitter="none")
@@ -448,12 +448,13 @@ def test_a_body_over_max_body_is_passed_through_and_not_kept(
 
 
 def test_with_fallback_off_the_response_stream_is_not_wrapped(server: FaultServer) -> None:
-    with (
-        meshlib.wrap(httpx.Client(), meshlib.Mesh()) as client,
-        client.stream("GET", server.url + "/recs") as response,
-    ):
-        assert "Capture" not in type(response.stream).__name__
-        response.read()
+    request = httpx.Request("GET", server.url + "/recs")
+    for mesh, captured in ((meshlib.Mesh(), False), (stale_mesh(stale=60), True)):
+        with meshlib.Transport(httpx.HTTPTransport(), mesh) as transport:
+            response = transport.handle_request(request)
+            assert isinstance(response.stream, SyncCapture) is captured
+            response.read()
+            response.close()
 
 
 # -- bounded memory ---------------------------------------------------------------------------
@@ -681,3 +682,30 @@ def test_the_status_trigger_is_a_5xx_or_what_the_retry_layer_retries(
     answer = get("sync", mesh, server.url + "/recs")
     assert (answer.text == "static") is replaced
     assert answer.status_code == (200 if replaced else status)
+
+
+def test_a_streaming_caller_gets_each_chunk_as_it_comes(mode: str, server: FaultServer) -> None:
+    mesh = stale_mesh(stale=60)
+    body = b"0123456789"
+    server.enqueue(Drip(body, interval=0.05))
+    url = server.url + "/recs"
+    if mode == "sync":
+        with meshlib.wrap(httpx.Client(), mesh) as client, client.stream("GET", url) as response:
+            chunks = iter(response.iter_raw())
+            first = next(chunks)
+            rest = b"".join(chunks)
+    else:
+
+        async def go() -> tuple[bytes, bytes]:
+            async with (
+                meshlib.wrap(httpx.AsyncClient(), mesh) as client,
+                client.stream("GET", url) as response,
+            ):
+                chunks = response.aiter_raw()
+                first = await chunks.__anext__()
+                return first, b"".join([chunk async for chunk in chunks])
+
+        first, rest = asyncio.run(go())
+    assert len(first) < len(body)  # handed on before the body was all there: not buffered
+    assert first + rest == body
+    assert fails(mode, server, mesh).content == body  # and kept once read to its end
