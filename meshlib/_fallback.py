@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import cast
 
 import httpx
@@ -101,7 +101,7 @@ def failure_reason(exc: Exception) -> str | None:
     return None
 
 
-def function_failure_reason(exc: Exception, matches: object) -> str | None:
+def function_failure_reason(exc: Exception, matches: Callable[[Exception], bool]) -> str | None:
     """Return why a `resilient` function's call failed, or None when `exc` is not a failure.
 
     meshlib's refusals, and the exceptions `on` covers (`matches`); an
@@ -111,7 +111,6 @@ def function_failure_reason(exc: Exception, matches: object) -> str | None:
         return failure_reason(exc)
     if isinstance(exc, MeshError):
         return None
-    assert callable(matches)
     return "error" if matches(exc) else None
 
 
