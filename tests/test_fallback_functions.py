@@ -428,3 +428,13 @@ def test_a_function_fallback_is_an_event_on_the_callers_span_and_a_counter(otel:
         "meshlib.reason": "error",
         "meshlib.fallback": "function",
     }
+
+
+def test_keyboard_interrupt_never_reaches_a_transport_fallback() -> None:
+    def interrupted(request: httpx.Request) -> httpx.Response:
+        raise KeyboardInterrupt
+
+    policy = meshlib.Policy(fallback=meshlib.Fallback(status=503))
+    transport = meshlib.Transport(httpx.MockTransport(interrupted), meshlib.Mesh(policy))
+    with pytest.raises(KeyboardInterrupt):
+        transport.handle_request(httpx.Request("GET", "http://recs.internal/products/42"))
