@@ -36,6 +36,9 @@ queue, read and cancel:
   handing back an earlier attempt's exception.
 - `cancelled(exc)` when an attempt ends in cancellation (never a failure);
   the driver then re-raises at once.
+- `fall_back(exc)` when a request's call ends in an exception and its plan has
+  a fallback: the answer to return instead, or None to re-raise. A failed
+  response the fallback replaces is DRAINed first, then RETURNed.
 - ``with call:`` around it all: leaving frees the bulkhead slot and ends a
   function's span. A request has no such span, so the transports save the
   ``with`` and release `call.slot` (the bulkhead, while a slot is held) in a
@@ -45,9 +48,10 @@ Where each part is: `__init__` (route: it picks the plan), `start`
 (deadline, faults), `_enter_bulkhead` and `queued`, `_begin` and
 `_plan_extras` (what is decided once per call), `_attempt` (per attempt, in
 the order drawn above), `answered` and `_bound_body`, `_retry_status`,
-`failed` and `_next_wait` (the retry decision, whole). This module is long
-because it is the whole call: split, the order it exists to keep in one
-place would be scattered again.
+`failed` and `_next_wait` (the retry decision, whole), `_handed_back` and
+`fall_back` (the fallback, `_fallback.py`'s). This module is long because it
+is the whole call: split, the order it exists to keep in one place would be
+scattered again.
 
 The success path is a straight line through `start`, `_begin`, `_attempt`
 and `answered`: one object with slots (those only a retry, a span or an
@@ -70,6 +74,7 @@ from ._breaker import CLOSED
 from ._bulkhead import FULL, TAKEN, BulkheadState, Slot
 from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
+from ._fallback import failure_reason
 from ._headers import put_header
 from ._plan import Plan, Plans
 from ._policy import Policy, Retry
@@ -119,6 +124,8 @@ _REPLAYABLE = httpx.ByteStream(b"")  # stands for any body that can be sent agai
 # Where the call stands, for `waited`: after the fault's delay, or between attempts.
 _FAULTED = 1
 _RETRYING = 2
+# For `drained`: the response just drained failed, and the fallback's answer replaces it.
+_FELL_BACK = 3
 
 
 def _longest_phase(plan: Plan, timeouts: dict[str, float | None]) -> float:
@@ -171,6 +178,7 @@ class Call:
         "scope",
         "slot",
         "state",
+        "substitute",
         "ticket",
         "timeouts",
         "tracer",
@@ -468,7 +476,7 @@ class Call:
                 if isinstance(last, Exception):
                     raise last
                 self.response = last
-                return RETURN
+                return RETURN if plan.fallback is None else self._handed_back(last)
             self.ticket = ticket
         if self.extras:
             assert request is not None
@@ -552,6 +560,8 @@ class Call:
         if not isinstance(stream, httpx.ByteStream):
             self._bound_body(response, stream)
         self.response = response
+        if plan.fallback is not None:
+            return self._answered_with_fallback(response)
         retry = plan.retry
         if retry is None or status not in retry.on_status:
             return RETURN
@@ -602,8 +612,68 @@ class Call:
         return DRAIN
 
     def drained(self) -> int:
-        """Go on after the driver read and closed a response that is retried."""
+        """Go on after the driver read and closed a response that is retried (or replaced)."""
+        if self.phase == _FELL_BACK:
+            self.response = self.substitute
+            return RETURN
         return WAIT
+
+    # --- fallback: the call's answer when it finally fails (off: never reached) -----
+
+    def _answered_with_fallback(self, response: httpx.Response) -> int:
+        """`answered`'s retry decision with a fallback: a final response is kept or replaced."""
+        retry = self.plan.retry
+        if retry is not None and response.status_code in retry.on_status:
+            action = self._retry_status(response, retry)
+            if action != RETURN:
+                return action
+        return self._handed_back(response)
+
+    def _handed_back(self, response: httpx.Response) -> int:
+        """The call ends with `response`: keep it if good, replace it if it failed; RETURN or DRAIN.
+
+        A failed response that is replaced is drained first (DRAIN), so its
+        connection goes back to the pool; `drained` then RETURNs the answer.
+        """
+        fallback = self.plan.fallback
+        request = self.request
+        assert fallback is not None
+        assert request is not None
+        now = runtime.clock.now()
+        body = self.body
+        if response.status_code in fallback.failed_statuses:
+            found = fallback.answer(request, body, "status", now)
+            if found is None:
+                return RETURN
+            self.substitute, served = found
+            self.plan.report.fell_back(served, "status")
+            self.phase = _FELL_BACK
+            return DRAIN
+        fallback.keep(request, body, response, now, self.asynchronous)
+        return RETURN
+
+    def fall_back(self, exc: Exception) -> httpx.Response | None:
+        """The request finally failed with `exc`: return the fallback's answer, or None (raise).
+
+        The transports call this where a call ends in an exception (retries
+        used up, or one of meshlib's refusals), only when the plan has a
+        fallback. Cancellation never gets here: it is not an Exception.
+        """
+        fallback = self.plan.fallback
+        request = self.request
+        assert fallback is not None
+        assert request is not None
+        reason = failure_reason(exc)
+        if reason is None:
+            return None
+        # A call refused before its first attempt has no `body` yet: the request's is unread.
+        body = getattr(self, "body", request.stream)
+        found = fallback.answer(request, body, reason, runtime.clock.now())
+        if found is None:
+            return None
+        answer, served = found
+        self.plan.report.fell_back(served, reason)
+        return answer
 
     def returned(self) -> int:
         """A function's attempt returned: record the success."""

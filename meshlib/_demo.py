@@ -2,7 +2,8 @@
 
 Retries and deadlines first, one call per scenario, then the layers that need
 several calls to show: the breaker opening and recovering, the bulkhead refusing,
-a canary split, and a hedge beating a slow answer. Every scenario checks its own
+a canary split, a hedge beating a slow answer, and a fallback answering for an
+upstream that is down. Every scenario checks its own
 outcome; the command exits 1 if any ends otherwise. Each uses its own `Mesh`, so
 no scenario's state leaks into the next.
 """
@@ -23,7 +24,7 @@ from ._deadline import deadline
 from ._errors import MeshError
 from ._explain import plural
 from ._mesh import Mesh
-from ._policy import Backoff, Breaker, Bulkhead, Hedge, Policy, Retry, Route, Timeout
+from ._policy import Backoff, Breaker, Bulkhead, Fallback, Hedge, Policy, Retry, Route, Timeout
 from .testing import use_random
 from .testing.faults import Behaviour, FaultServer, Hang, Reset, Respond
 
@@ -304,9 +305,33 @@ def _hedge(server: FaultServer, out: Out) -> bool:
     return ok
 
 
+def _fallback(server: FaultServer, out: Out) -> bool:
+    """The upstream goes down: the last good answer to the same request is served, stale."""
+    policy = Policy(retry=None, fallback=Fallback(stale=600))
+    with wrap(httpx.Client(base_url=server.url), Mesh(policy)) as client:
+        server.enqueue(Respond(200, b'["tea pot", "mug"]'))
+        fresh = client.get("/products/42/also-bought")
+        server.default = Reset()  # down from now on
+        sent_before = server.request_count
+        try:
+            answer = client.get("/products/42/also-bought")
+            outcome, served = str(answer.status_code), answer.text
+            mark = answer.headers.get("x-meshlib-fallback", "none")
+        except (httpx.HTTPError, MeshError) as exc:
+            outcome, served, mark = type(exc).__name__, "nothing", "none"
+        sent = server.request_count - sent_before
+    ok = (fresh.status_code, outcome, served, mark) == (200, "200", fresh.text, "stale")
+    out(
+        f"   upstream down: GET -> {outcome} with the last good answer {served}"
+        f" (x-meshlib-fallback: {mark}) | {sent} sent{_verdict(ok, 'the stale copy')}"
+    )
+    return ok
+
+
 _MORE: tuple[tuple[str, Callable[[FaultServer, Out], bool]], ...] = (
     (f"breaker: opens after three 503s in a row, fails fast, probes after {OPEN_FOR} s", _breaker),
     ("bulkhead: at most 2 calls in flight, no queue", _bulkhead),
     (f"canary: {CANARY_WEIGHT:.0%} of calls to a second server", _canary),
     (f"hedge: a second copy after {HEDGE_DELAY * 1000:.0f} ms, against a 2 s answer", _hedge),
+    ("fallback: stale-if-error, the last good answer while the upstream is down", _fallback),
 )

@@ -165,6 +165,25 @@ def _routes(routes: Any) -> str:
     return "; ".join(shown) or "none"
 
 
+def _fallback(fallback: Any) -> str:
+    stale = (
+        "no stale copies"
+        if fallback.stale is None
+        else (
+            f"stale copies up to {format_duration(fallback.stale)} old"
+            f" ({plural(fallback.max_entries, 'response')}, {fallback.max_bytes} bytes,"
+            f" bodies up to {fallback.max_body} bytes"
+            f"{', private ones too' if fallback.keep_private else ''})"
+        )
+    )
+    static = (
+        "no static answer"
+        if fallback.status is None
+        else (f"else {fallback.status} with {plural(len(fallback.content), 'byte')}")
+    )
+    return f"{stale}; {static}; on {', '.join(sorted(fallback.on))}"
+
+
 def _is_record(value: Any) -> bool:
     return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
@@ -211,6 +230,7 @@ _DESCRIBERS = {
     "bulkhead": _bulkhead,
     "tracing": _tracing,
     "routes": _routes,
+    "fallback": _fallback,
 }
 
 

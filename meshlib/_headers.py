@@ -1,4 +1,4 @@
-"""Writing request headers cheaply on the success path."""
+"""Reading and writing request headers cheaply on the success path."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import httpx
 
 from ._compat import HEADERS_EDITABLE, header_items
 
-__all__ = ["put_header", "set_header"]
+__all__ = ["header_values", "put_header", "set_header"]
 
 _LOWERCASE_NAME = itemgetter(1)
 
@@ -41,3 +41,14 @@ def set_header(headers: httpx.Headers, name: str, value: str) -> None:
         headers[name] = value
         return
     put_header(headers, key, encoded)
+
+
+def header_values(headers: httpx.Headers, key: bytes) -> tuple[bytes, ...]:
+    """Return the values of the header named `key` (lowercase ASCII), in order, as sent.
+
+    What ``headers.get_list(name)`` gives, undecoded and without its cost:
+    httpx works out the whole list's encoding on every lookup.
+    """
+    if not HEADERS_EDITABLE:  # pragma: no cover - a future httpx: the public way
+        return tuple(v.encode("latin-1") for v in headers.get_list(key.decode("ascii")))
+    return tuple(value for _, name, value in header_items(headers) if name == key)

@@ -14,12 +14,13 @@ from ._budget import BudgetState
 from ._bulkhead import BulkheadSnapshot, BulkheadState
 from ._config import ENV_VAR, MeshConfig, load_config
 from ._errors import ConfigError
+from ._fallback import FallbackPlan, StaleStore
 
 # refuse_destination_layers is imported from here by _pipeline (until its rewrite).
 from ._patterns import PolicyTable
 from ._patterns import refuse_destination_layers as refuse_destination_layers
 from ._plan import Plan, Plans
-from ._policy import STANDARD, Breaker, Budget, Bulkhead, Policy
+from ._policy import STANDARD, Breaker, Budget, Bulkhead, Fallback, Policy
 from ._runtime import runtime
 from ._sketch import LatencySketch
 from ._sources import FileSource, UrlSource
@@ -88,6 +89,7 @@ class Mesh:
         # By destination alone: a pool outlives a change of its addresses (`EndpointPool.update`).
         self._endpoints: SharedState[Destination, EndpointPool] = SharedState()
         self._latencies: SharedState[Destination, LatencyWindow] = SharedState()
+        self._stale: SharedState[tuple[Destination, Fallback], StaleStore] = SharedState()
         self._sketches: SharedState[Destination, LatencySketch] = SharedState()
         self._measuring = False  # latency sketches: only once a status page asks
         self._hooks: list[TransitionHook] = []
@@ -392,11 +394,26 @@ class Mesh:
             )
             pool.update(endpoint_settings)  # the addresses may have changed
             plan.endpoints = pool
+        if policy.fallback is not None and destination.scheme != "function":
+            # A function has no responses to keep: `resilient` takes its own fallback=.
+            plan.fallback = self._fallback_plan(owner, policy.fallback, policy)
         if policy.hedge is not None and policy.hedge.delay == "p95":
             plan.latencies = self._latencies.get_or_create(owner, LatencyWindow)
         if self._measuring:
             plan.sketch = self._sketches.get_or_create(owner, LatencySketch)
         return plan
+
+    def _fallback_plan(
+        self, destination: Destination, settings: Fallback, policy: Policy
+    ) -> FallbackPlan:
+        """Return a destination's fallback, with its stale store (shared while in use)."""
+        store = None
+        if settings.stale is not None:
+            store = self._stale.get_or_create(
+                (destination, settings),
+                lambda: StaleStore(settings.max_entries, settings.max_bytes),
+            )
+        return FallbackPlan(settings, store, policy.retry)
 
     def _measure_latency(self) -> None:
         """Keep a latency sketch per destination from now on (the status page asks).
@@ -450,6 +467,7 @@ class Mesh:
         self._endpoints.clear()
         self._latencies.clear()
         self._sketches.clear()
+        self._stale.clear()
 
 
 _default: Mesh | None = None

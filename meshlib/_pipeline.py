@@ -167,6 +167,10 @@ class Transport(_Pipeline, httpx.BaseTransport):
                 else:  # QUEUE
                     assert call.plan.bulkhead is not None
                     action = call.queued(call.plan.bulkhead.acquire(call.queue_for))
+        except Exception as exc:  # the call finally failed: its fallback may answer
+            if call.plan.fallback is None or (answer := call.fall_back(exc)) is None:
+                raise
+            return answer
         finally:
             # Cheaper than `with call`, which only a function's span needs.
             if call.slot is not None:
@@ -296,6 +300,10 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 else:  # QUEUE
                     assert call.plan.bulkhead is not None
                     action = call.queued(await call.plan.bulkhead.acquire_async(call.queue_for))
+        except Exception as exc:  # the call finally failed: its fallback may answer
+            if call.plan.fallback is None or (answer := call.fall_back(exc)) is None:
+                raise
+            return answer
         finally:
             # Cheaper than `with call`, which only a function's span needs.
             if call.slot is not None:

@@ -19,6 +19,7 @@ from ._budget import BudgetState
 from ._bulkhead import BulkheadState
 from ._compat import uri_reference
 from ._deadline import DEFAULT_HEADER, GRPC_HEADER, MAX_BUDGET_MS, MAX_GRPC_VALUE
+from ._fallback import FallbackPlan
 from ._policy import Policy
 from ._propagation import inside_mesh, propagates
 from ._sketch import LatencySketch
@@ -47,6 +48,7 @@ class Plan:
         "deadline_unit",
         "destination",
         "endpoints",
+        "fallback",
         "faults",
         "faults_announced",
         "generation",
@@ -91,6 +93,7 @@ class Plan:
         self.breaker = breaker
         self.bulkhead = bulkhead
         self.endpoints: EndpointPool | None = None
+        self.fallback: FallbackPlan | None = None  # set by the Mesh when the policy has one
         self.latencies: LatencyWindow | None = None  # for a hedge delay of "p95"
         self.sketch: LatencySketch | None = None  # while a status page watches the Mesh
         self.faults_announced = False

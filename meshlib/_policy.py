@@ -32,6 +32,7 @@ __all__ = [
     "Bulkhead",
     "Ejection",
     "Endpoints",
+    "Fallback",
     "Faults",
     "HeaderMatch",
     "Hedge",
@@ -990,6 +991,111 @@ class Hedge:
         _count("Hedge", "max_extra", self.max_extra)
 
 
+#: What may make a call answer with its fallback (`Fallback.on`), and the default: all.
+FALLBACK_TRIGGERS: frozenset[str] = frozenset(
+    {"error", "status", "circuit_open", "bulkhead_full", "deadline"}
+)
+_HEADER_VALUE = re.compile(r"[^\r\n\x00]*")
+
+
+@_known_keywords("setting")
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """Answer a call that finally failed: a stale copy of the last good response, or a static one.
+
+    When a call to the destination finally fails (see `on`), an idempotent
+    request gets the last good response to the same request, if it is at most
+    `stale` seconds old (RFC 5861's stale-if-error; marked
+    ``x-meshlib-fallback: stale``, with an ``Age`` header), else a static
+    response of `status` (``x-meshlib-fallback: static``), else the failure,
+    as without a fallback. See docs/fallback.md for what is kept and when.
+
+    Args:
+        stale: seconds a good response may be served after it was received
+            (its ``Age``); None keeps none.
+        status: the static answer's status; None: no static answer.
+        headers: the static answer's headers (name: value).
+        content: the static answer's body (text is encoded as UTF-8).
+        on: what triggers it: ``"error"`` (a transport error ended the call,
+            after its retries), ``"status"`` (the final response is a 5xx or a
+            status the retry layer retries), ``"circuit_open"``,
+            ``"bulkhead_full"``, ``"deadline"``. Default: all of them.
+        max_body: the largest body kept, in bytes; a larger response is
+            passed through and not kept.
+        max_entries: responses kept per destination, least recently used
+            out first.
+        max_bytes: body bytes kept per destination, least recently used out
+            first.
+        keep_private: also keep responses marked ``Cache-Control: no-store``
+            or ``private``, and responses to requests with ``Authorization``
+            (the store is shared by every client of the Mesh: off, one
+            user's answer can never reach another).
+    """
+
+    stale: float | None = field(default=None, metadata=DURATION)
+    status: int | None = None
+    headers: tuple[tuple[str, str], ...] | None = None
+    content: bytes | str = b""
+    on: frozenset[str] = FALLBACK_TRIGGERS
+    max_body: int = 256 * 1024
+    max_entries: int = 1000
+    max_bytes: int = 8 * 1024 * 1024
+    keep_private: bool = False
+
+    def __post_init__(self) -> None:
+        _set(self, "stale", duration("Fallback", "stale", self.stale, optional=True, positive=True))
+        status = self.status
+        if status is not None and (
+            not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599
+        ):
+            raise _fail("Fallback", "status", status, "an HTTP status code or None")
+        if self.stale is None and status is None:
+            raise _fail(
+                "Fallback",
+                "stale",
+                None,
+                "stale seconds or a status (with neither, it never answers)",
+            )
+        headers = self.headers
+        if headers is not None:
+            items = headers.items() if isinstance(headers, Mapping) else headers
+            pairs = []
+            for item in items:
+                if not (isinstance(item, tuple | list) and len(item) == 2):
+                    raise _fail("Fallback", "headers", headers, "a table of header: value")
+                name, value = item
+                if not is_token(name):
+                    raise _fail("Fallback", "headers", name, "HTTP header names")
+                if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+                    raise _fail("Fallback", "headers", value, "header values (one-line strings)")
+                pairs.append((name.lower(), value))
+            _set(self, "headers", tuple(pairs))
+        content = self.content
+        if isinstance(content, str):
+            _set(self, "content", content.encode("utf-8"))
+        elif isinstance(content, bytearray | memoryview):
+            _set(self, "content", bytes(content))
+        elif not isinstance(content, bytes):
+            raise _fail("Fallback", "content", content, "bytes or text")
+        on = self.on
+        if isinstance(on, str) or not isinstance(on, Iterable):
+            raise _fail(
+                "Fallback", "on", on, f"a list of triggers from {sorted(FALLBACK_TRIGGERS)}"
+            )
+        triggers = frozenset(on)
+        for trigger in triggers:
+            if trigger not in FALLBACK_TRIGGERS:
+                raise _fail("Fallback", "on", trigger, f"triggers from {sorted(FALLBACK_TRIGGERS)}")
+        if not triggers:
+            raise _fail("Fallback", "on", list(on), "at least one trigger")
+        _set(self, "on", triggers)
+        _count("Fallback", "max_body", self.max_body, minimum=0)
+        _count("Fallback", "max_entries", self.max_entries)
+        _count("Fallback", "max_bytes", self.max_bytes, minimum=0)
+        if not isinstance(self.keep_private, bool):
+            raise _fail("Fallback", "keep_private", self.keep_private, "true or false")
+
+
 _LAYERS: dict[str, type] = {
     "retry": Retry,
     "timeout": Timeout,
@@ -1000,6 +1106,7 @@ _LAYERS: dict[str, type] = {
     "routes": tuple,
     "faults": Faults,
     "hedge": Hedge,
+    "fallback": Fallback,
 }
 
 
@@ -1021,6 +1128,7 @@ class Policy:
     routes: tuple[Route, ...] | None = None
     faults: Faults | None = None
     hedge: Hedge | None = None
+    fallback: Fallback | None = None
     # Policies are dictionary keys on every request (state lookup); hashing the
     # nested values each time would cost microseconds, so the hash is kept.
     _hash: int = field(init=False, repr=False, compare=False)

@@ -383,6 +383,8 @@ def _toml(value: Any, duration: bool = False, header: str | None = None) -> str:
         return repr(value) if math.isfinite(value) else json.dumps(str(value))
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bytes):  # Fallback.content: a file writes it as text
+        return json.dumps(value.decode("utf-8", "backslashreplace"), ensure_ascii=False)
     if _is_record(value):
         defaults = _defaults(type(value))
         items = [

@@ -105,7 +105,7 @@ def redact_url(url: httpx.URL, sensitive: frozenset[str]) -> str:
 
 
 class _Instruments:
-    __slots__ = ("duration", "rejections", "retries")
+    __slots__ = ("duration", "fallbacks", "rejections", "retries")
 
     def __init__(self, meter: metrics.Meter) -> None:
         self.duration = meter.create_histogram(
@@ -136,6 +136,11 @@ class _Instruments:
             "meshlib.client.rejections",
             unit="{call}",
             description="Calls meshlib ended without sending, by reason.",
+        )
+        self.fallbacks = meter.create_counter(
+            "meshlib.client.fallbacks",
+            unit="{call}",
+            description="Failed calls answered by their fallback, by reason and answer.",
         )
 
 
@@ -485,6 +490,27 @@ class Reporter:
         self._count(reason)
         self._caller_event("meshlib.rejected", reason)
 
+    def fell_back(self, served: str, reason: str) -> None:
+        """Report a failed call answered by its fallback: `served` stale, static or function."""
+        logger.info(
+            "answered a call to %s from its fallback (%s) after %s",
+            self.label,
+            served,
+            reason.replace("_", " "),
+            extra={
+                "meshlib_event": "fallback",
+                "meshlib_destination": self.label,
+                "meshlib_reason": reason,
+                "meshlib_fallback": served,
+            },
+        )
+        instruments = self._instruments()
+        if instruments is not None:
+            instruments.fallbacks.add(
+                1, {**self.attributes, "meshlib.reason": reason, "meshlib.fallback": served}
+            )
+        self._caller_event("meshlib.fallback", reason, {"meshlib.fallback": served})
+
     def _count(self, reason: str) -> None:
         instruments = self._instruments()
         if instruments is not None:
@@ -492,8 +518,9 @@ class Reporter:
                 1, {**self.attributes, "meshlib.reason": reason, "error.type": reason}
             )
 
-    def _caller_event(self, name: str, reason: str) -> None:
-        # Nothing was sent, so there is no CLIENT span: the caller's span says why.
+    def _caller_event(self, name: str, reason: str, extra: Mapping[str, str] | None = None) -> None:
+        # Nothing was sent, so there is no CLIENT span: the caller's span says why
+        # (and a fallback's answer is the caller's, not an attempt's).
         span = trace.get_current_span()
         if span.is_recording():
             span.add_event(
@@ -503,6 +530,7 @@ class Reporter:
                     "meshlib.destination": self.label,
                     "meshlib.reason": reason,
                     "error.type": reason,
+                    **(extra or {}),
                 },
             )
 

@@ -47,7 +47,12 @@ def test_demo_shows_breaker_bulkhead_canary_and_hedge(demo: str) -> None:
     assert 10 <= canary <= 30
     # The hedged copy answers while the first copy waits on a 2 s answer.
     assert "GET -> 200 from the hedged copy | 2 sent | " in out
-    assert "; breaker, bulkhead, canary, hedge as promised; " in out
+    # The upstream is down: the last good answer is served, marked stale.
+    assert (
+        'upstream down: GET -> 200 with the last good answer ["tea pot", "mug"]'
+        " (x-meshlib-fallback: stale) | 1 sent" in out
+    )
+    assert "; breaker, bulkhead, canary, hedge, fallback as promised; " in out
     assert "UNEXPECTED" not in out
 
 

@@ -31,6 +31,7 @@ PUBLIC = [
     "Ejection",
     "EndpointSnapshot",
     "Endpoints",
+    "Fallback",
     "Faults",
     "HeaderMatch",
     "Hedge",

@@ -310,6 +310,13 @@ def test_the_effective_policy_reads_back_as_the_same_policy() -> None:
         routes=(meshlib.Route(to="v2.internal", weight=0.1, sticky="x-user"),),
         hedge=meshlib.Hedge(delay="p95"),
         faults=meshlib.Faults(abort=0.1),
+        fallback=meshlib.Fallback(
+            stale=60,
+            status=503,
+            headers={"content-type": "text/plain"},
+            content="later",
+            on=frozenset({"error", "status"}),
+        ),
     )
     text = table_toml(meshlib.STANDARD, {"orders.internal": policy})
     config = parse_config(text.encode(), "status.toml")
@@ -317,6 +324,10 @@ def test_the_effective_policy_reads_back_as_the_same_policy() -> None:
     assert config.destinations["orders.internal"] == policy
     assert 'breaker = { open_for = "200ms", consecutive = 3 }' in text
     assert "bulkhead = false" in text
+    assert (
+        'fallback = { stale = "1m", status = 503, headers = { content-type = "text/plain" },'
+        ' content = "later", on = ["error", "status"] }' in text
+    )
 
 
 def test_the_effective_policy_never_writes_an_authorization_value() -> None:

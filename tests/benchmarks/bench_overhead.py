@@ -32,6 +32,8 @@ REJECTED = "a call rejected by an open breaker"
 STANDARD_MESH = "meshlib STANDARD in a Mesh"
 WATCHED = "  the same, a status page attached"
 REJECTED_AT_TRANSPORT = "  the same, at meshlib's transport"
+FALLBACK_STALE = "meshlib STANDARD + Fallback(stale=60)"
+FALLBACK_STATIC = "meshlib STANDARD + Fallback(status=503)"
 
 
 def _variants() -> dict[str, Callable[[], object]]:
@@ -64,6 +66,11 @@ def _variants() -> dict[str, Callable[[], object]]:
         "meshlib, every layer off": get(_OFF, OUTSIDE),
         STANDARD_MESH: through(meshlib.Mesh(default=_STANDARD)),
         WATCHED: through(watched),
+        # Every good response kept in the destination's stale store (its key, its
+        # headers, its body): the store's cost on the success path.
+        FALLBACK_STALE: get(_STANDARD.replace(fallback=meshlib.Fallback(stale=60)), INSIDE),
+        # A static answer only: nothing is kept, so a success costs what STANDARD's does.
+        FALLBACK_STATIC: get(_STANDARD.replace(fallback=meshlib.Fallback(status=503)), INSIDE),
     }
 
 
@@ -112,6 +119,23 @@ def _sketch_cost(count: int = 20_000) -> float:
     return min(_common.time_calls(measure, count) for _ in range(5))
 
 
+def _store_cost(count: int = 20_000) -> float:
+    """Return the microseconds a stale store adds to a good response: its key, entry and put."""
+    from meshlib._fallback import FallbackPlan, StaleStore
+
+    settings = meshlib.Fallback(stale=60)
+    plan = FallbackPlan(settings, StaleStore(settings.max_entries, settings.max_bytes), None)
+    request = httpx.Request("GET", INSIDE, headers={"x-envoy-expected-rq-timeout-ms": "30000"})
+    response = httpx.Response(
+        200, headers={"content-type": "application/json"}, content=b"ok", request=request
+    )
+
+    def keep() -> None:
+        plan.keep(request, request.stream, response, 0.0, False)
+
+    return min(_common.time_calls(keep, count) for _ in range(5))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000, help="requests per variant per round")
@@ -150,6 +174,13 @@ def main() -> None:
         f" {sketch:+.2f} µs; own overhead then {watched_own:.2f} µs,"
         f" {watched_own / bare:.1%} of bare httpx; the sketch alone (clock read and add):"
         f" {_sketch_cost():.2f} µs per attempt"
+    )
+    standard = medians["meshlib STANDARD"]
+    print(
+        f"fallback on, every good response kept (stale store):"
+        f" {medians[FALLBACK_STALE] - standard:+.2f} µs against STANDARD"
+        f" (the store alone: {_store_cost():.2f} µs per response kept);"
+        f" a static answer only: {medians[FALLBACK_STATIC] - standard:+.2f} µs"
     )
     print(
         f"{REJECTED}: {medians[REJECTED_AT_TRANSPORT]:.2f} µs"
