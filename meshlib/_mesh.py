@@ -20,12 +20,12 @@ from ._fallback import FallbackPlan, StaleStore
 from ._patterns import PolicyTable
 from ._patterns import refuse_destination_layers as refuse_destination_layers
 from ._plan import Plan, Plans
-from ._policy import STANDARD, Breaker, Budget, Bulkhead, Fallback, Policy
+from ._policy import SENSITIVE_QUERY, STANDARD, Breaker, Budget, Bulkhead, Fallback, Policy
 from ._runtime import runtime
 from ._sketch import LatencySketch
 from ._sources import FileSource, UrlSource
 from ._state import Destination, SharedState
-from ._telemetry import log_breaker, logger, watch_breakers
+from ._telemetry import log_breaker, logger, redact_url, watch_breakers
 from ._traffic import EndpointPool, EndpointSnapshot, LatencyWindow
 from ._xds.bootstrap import load_bootstrap
 
@@ -326,6 +326,31 @@ class Mesh:
             source.wait_ready(names, ready_timeout)
         source.ready_timeout = ready_timeout  # from now on, for requests' first answers
         return mesh
+
+    def config_dump(self) -> dict[str, Any]:
+        """Return what is in force and where it came from, as JSON-ready data.
+
+        Like Envoy's ``/config_dump``. Always ``source``: ``{"kind", "location"}``
+        of what the Mesh follows (``"xds"``, ``"file"``, ``"url"``), or None for a
+        Mesh made in code. ``xds`` is None unless the Mesh follows a control plane
+        (`from_xds`); then it holds ``server_uri``, ``connected``, and ``types``: per
+        resource type URL, the last ``version`` accepted and every watched resource
+        by name, with its ``state`` (``"requested"``, ``"acked"``, ``"nacked"``,
+        ``"does_not_exist"``), the ``version`` in force and the ``resource`` itself
+        (protobuf's JSON form), and the last refusal since then (``nacked_version``,
+        ``nack_reason``, which names the field). A refused version never replaces
+        the one in force. The status page serves it as ``/config_dump``.
+        """
+        source = self._source
+        found = None
+        if source is not None:
+            kind = getattr(source, "kind", None) or ("url" if hasattr(source, "url") else "file")
+            location = self._origin
+            if kind == "url":  # its query may carry a token: redacted as telemetry does
+                location = redact_url(httpx.URL(location), SENSITIVE_QUERY)
+            found = {"kind": kind, "location": location}
+        xds = self._xds
+        return {"source": found, "xds": None if xds is None else xds.status().to_dict()}
 
     def close(self) -> None:
         """Stop following the Mesh's file, URL or control plane, if any."""

@@ -11,7 +11,8 @@ Pages (GET and HEAD only; anything else is 405):
 - ``/``: one table of every destination in use, the failing first, refreshing itself;
 - ``/destination?name=...``: one destination, its endpoints and its effective policy;
 - ``/status.json``: the same data, in the shape docs/status.md documents (``version``);
-- ``/config``: the Mesh's policies as a policy file.
+- ``/config``: the Mesh's policies as a policy file;
+- ``/config_dump``: `Mesh.config_dump`, what its file, URL or control plane put in force.
 
 Safe by default: `serve` binds 127.0.0.1 and answers only requests addressed
 to a loopback name unless `allow_remote` is given; nothing it serves changes
@@ -130,11 +131,14 @@ class _Pages:
             return 200, [("content-type", "application/json")], body
         if path == "/config":
             return _text(200, self._config())
+        if path == "/config_dump":
+            body = json.dumps(self.mesh.config_dump(), indent=1, ensure_ascii=False).encode()
+            return 200, [("content-type", "application/json")], body
         if path == "/admin.js":
             return 200, [("content-type", "text/javascript; charset=utf-8")], _SCRIPT
         if path == "/admin.css":
             return 200, [("content-type", "text/css; charset=utf-8")], _STYLE
-        return _text(404, "not found: try /, /status.json or /config\n")
+        return _text(404, "not found: try /, /status.json, /config or /config_dump\n")
 
     def _config(self) -> str:
         mesh = self.mesh

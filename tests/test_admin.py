@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -88,6 +89,23 @@ def test_config_is_the_mesh_as_a_policy_file() -> None:
     config = meshlib._config.parse_config(response.content, "config")
     assert config.default == mesh.default
     assert dict(config.destinations) == dict(mesh.destinations)
+
+
+def test_config_dump_is_served_as_json(tmp_path: Path) -> None:
+    policy_file = tmp_path / "mesh.toml"
+    policy_file.write_text("[default]\nretry = { attempts = 2 }\n")
+    mesh = meshlib.Mesh.from_file(policy_file, reload=True)
+    try:
+        with _serve(mesh) as server:
+            response = httpx.get(server.url + "/config_dump")
+    finally:
+        mesh.close()
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "source": {"kind": "file", "location": str(policy_file)},
+        "xds": None,
+    }
 
 
 def test_each_destination_has_a_page_with_its_endpoints_and_policy(upstream: FaultServer) -> None:
@@ -227,7 +245,9 @@ def test_no_secret_appears_in_any_page(upstream: FaultServer) -> None:
                     assert time.monotonic() < deadline, "the source never refused an update"
                     time.sleep(0.02)
                 data = httpx.get(server.url + "/status.json").json()
-                pages = [httpx.get(server.url + path).text for path in ("/", "/config")]
+                pages = [
+                    httpx.get(server.url + path).text for path in ("/", "/config", "/config_dump")
+                ]
                 pages.append(json.dumps(data))
                 for row in data["destinations"]:
                     for fragment in ("0", "1"):

@@ -320,3 +320,69 @@ async def test_an_async_request_never_blocks_its_loop_and_the_answer_applies_nex
         assert list(mesh.endpoints()) == ["orders-v1"]  # the second went through the cluster
     finally:
         mesh.close()
+
+
+def test_config_dump_shows_what_is_in_force_and_the_last_refusal(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    upstream, _ = upstreams
+    server, path = bootstrap
+    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
+    good = _snapshot(routes, {"orders-v1": (upstream,)})
+    server.snapshot = good
+    mesh = meshlib.Mesh.from_xds(path, watch=[ORDERS], ready_timeout=30)
+    try:
+        dump = mesh.config_dump()
+        assert dump["source"] == {"kind": "xds", "location": f"xDS {server.address}"}
+        xds = dump["xds"]
+        assert (xds["server_uri"], xds["connected"]) == (server.address, True)
+        first = xds["types"][CLUSTER]["version"]
+        cluster = xds["types"][CLUSTER]["resources"]["orders-v1"]
+        assert (cluster["state"], cluster["version"], cluster["nack_reason"]) == (
+            "acked",
+            first,
+            None,
+        )
+        assert cluster["resource"]["name"] == "orders-v1"  # protobuf's JSON form
+        assert xds["types"][LISTENER]["resources"][ORDERS]["state"] == "acked"
+        endpoints = xds["types"][CLUSTER_LOAD_ASSIGNMENT]["resources"]["orders-v1"]["resource"]
+        port = endpoints["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
+        assert port["socketAddress"]["portValue"] == upstream.port
+
+        # A refused update: the dump says which version, why, and keeps the good one.
+        refused = server.set_snapshot(
+            _snapshot(routes, {"orders-v1": (upstream,)}, lb_policy="MAGLEV")
+        )
+        poll(
+            lambda: (
+                mesh.config_dump()["xds"]["types"][CLUSTER]["resources"]["orders-v1"][
+                    "nacked_version"
+                ]
+                == refused
+            ),
+            what="the NACK in the dump",
+        )
+        cluster = mesh.config_dump()["xds"]["types"][CLUSTER]["resources"]["orders-v1"]
+        assert cluster["state"] == "nacked"
+        assert cluster["version"] == first  # still in force
+        assert "lb_policy" in cluster["nack_reason"]
+        assert "MAGLEV" in cluster["nack_reason"]
+        with meshlib.wrap(httpx.Client(), mesh) as client:
+            assert client.get(f"http://{ORDERS}/").status_code == 200  # the good one serves
+        json.dumps(mesh.config_dump())  # JSON-ready, all of it
+    finally:
+        mesh.close()
+
+
+def test_config_dump_of_a_mesh_in_code_and_of_a_file(tmp_path: Path) -> None:
+    assert meshlib.Mesh().config_dump() == {"source": None, "xds": None}
+    policy_file = tmp_path / "mesh.toml"
+    policy_file.write_text("[default]\nretry = { attempts = 2 }\n")
+    mesh = meshlib.Mesh.from_file(policy_file, reload=True)
+    try:
+        assert mesh.config_dump() == {
+            "source": {"kind": "file", "location": str(policy_file)},
+            "xds": None,
+        }
+    finally:
+        mesh.close()
