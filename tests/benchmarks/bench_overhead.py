@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import _common
 import httpx
@@ -32,6 +34,8 @@ REJECTED = "a call rejected by an open breaker"
 STANDARD_MESH = "meshlib STANDARD in a Mesh"
 WATCHED = "  the same, a status page attached"
 REJECTED_AT_TRANSPORT = "  the same, at meshlib's transport"
+XDS = "meshlib, configured by xDS (one cluster)"
+XDS_IN_CODE = "  the same table, given in code"
 FALLBACK_STALE = "meshlib STANDARD + Fallback(stale=60)"
 FALLBACK_STATIC = "meshlib STANDARD + Fallback(status=503)"
 
@@ -71,7 +75,41 @@ def _variants() -> dict[str, Callable[[], object]]:
         FALLBACK_STALE: get(_STANDARD.replace(fallback=meshlib.Fallback(stale=60)), INSIDE),
         # A static answer only: nothing is kept, so a success costs what STANDARD's does.
         FALLBACK_STATIC: get(_STANDARD.replace(fallback=meshlib.Fallback(status=503)), INSIDE),
+        **_xds_variants(mock),
     }
+
+
+def _xds_variants(mock: httpx.MockTransport) -> dict[str, Callable[[], object]]:
+    """A Mesh from a control plane (a loopback ADS server) against the same table in code.
+
+    Empty, with a note, when the xds extra is missing. The server stays up for the run.
+    """
+    try:
+        import grpc  # noqa: F401 - only to learn whether the extra is there
+    except ImportError:
+        print("(no xDS rows: pip install -e '.[xds]')")
+        return {}
+    import json
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests/
+    from tests import xds_snapshots
+    from tests.xds_server import AdsServer
+
+    server = AdsServer().start()
+    server.set_snapshot(xds_snapshots.one_cluster([9]))  # MockTransport answers, not port 9
+    entry = {"server_uri": server.address, "channel_creds": [{"type": "insecure"}]}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as bootstrap:
+        json.dump({"xds_servers": [entry], "node": {"id": "bench"}}, bootstrap)
+    xds = meshlib.Mesh.from_xds(bootstrap.name, watch=[xds_snapshots.HOST], ready_timeout=30)
+    in_code = meshlib.Mesh(
+        default=xds.default, destinations=xds.destinations, clusters=xds.clusters
+    )
+    url = f"http://{xds_snapshots.HOST}/items"
+    by_xds = meshlib.wrap(httpx.Client(transport=mock), xds)
+    by_code = meshlib.wrap(httpx.Client(transport=mock), in_code)
+    assert by_xds.get(url).status_code == 200, "the xDS mesh did not route the request"
+    return {XDS: lambda: by_xds.get(url), XDS_IN_CODE: lambda: by_code.get(url)}
 
 
 def _rejected_calls() -> tuple[Callable[[], object], Callable[[], object], list[int]]:
@@ -182,6 +220,11 @@ def main() -> None:
         f" (the store alone: {_store_cost():.2f} µs per response kept);"
         f" a static answer only: {medians[FALLBACK_STATIC] - standard:+.2f} µs"
     )
+    if XDS in medians:
+        print(
+            f"configured by xDS: {medians[XDS] - medians[XDS_IN_CODE]:+.2f} µs against"
+            " the same table given in code"
+        )
     print(
         f"{REJECTED}: {medians[REJECTED_AT_TRANSPORT]:.2f} µs"
         f" in meshlib's transport, {medians[REJECTED]:.2f} µs through httpx.Client"
