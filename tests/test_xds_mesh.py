@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -385,4 +386,43 @@ def test_config_dump_of_a_mesh_in_code_and_of_a_file(tmp_path: Path) -> None:
             "xds": None,
         }
     finally:
+        mesh.close()
+
+
+def test_killing_the_control_plane_loses_no_request_and_a_restart_resumes_updates(
+    upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
+) -> None:
+    first, second = upstreams
+    server, path = bootstrap
+    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
+    server.snapshot = _snapshot(routes, {"orders-v1": (first,)})
+    mesh = meshlib.Mesh.from_xds(path, watch=[ORDERS], ready_timeout=30)
+    statuses: list[int | str] = []
+    stop = threading.Event()
+
+    def load(client: httpx.Client) -> None:
+        while not stop.is_set():
+            try:
+                statuses.append(client.get(f"http://{ORDERS}/").status_code)
+            except httpx.HTTPError as exc:  # counted, not raised: the test asserts on it
+                statuses.append(type(exc).__name__)
+
+    try:
+        with meshlib.wrap(httpx.Client(), mesh) as client:
+            worker = threading.Thread(target=load, args=(client,), daemon=True)
+            worker.start()
+            poll(lambda: len(statuses) >= 20, what="requests before the outage")
+            server.stop()
+            poll(lambda: not mesh.config_dump()["xds"]["connected"], what="the outage seen")
+            during = len(statuses)
+            poll(lambda: len(statuses) >= during + 20, what="requests during the outage")
+            server.set_snapshot(_snapshot(routes, {"orders-v1": (second,)}))
+            server.start()  # the same port, with the endpoints moved while it was away
+            poll(lambda: second.request_count >= 5, what="updates after the restart")
+            stop.set()
+            worker.join(timeout=30)
+        assert set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+        assert mesh.config_dump()["xds"]["connected"] is True
+    finally:
+        stop.set()
         mesh.close()
