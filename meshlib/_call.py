@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 
 from ._breaker import CLOSED
+from ._compat import url_with_host
 from ._bulkhead import FULL, TAKEN, BulkheadState, Slot
 from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
@@ -263,8 +264,8 @@ class Call:
         # A host: the request goes there as if sent there (its URL and Host header,
         # then its policy and state); `to`'s own routes are not followed.
         host, port = route_target(name)
-        request.url = request.url.copy_with(
-            host=host, port=port if port is not None else request.url.port
+        request.url = url_with_host(
+            request.url, host, port if port is not None else request.url.port
         )
         request.headers["Host"] = request.url.netloc.decode("ascii")
         return plans.for_url(policy, request.url)
@@ -806,7 +807,7 @@ class Attempt:
             )
         endpoint = self.endpoint
         if endpoint is not None:
-            request.url = self.target.copy_with(host=endpoint.host, port=endpoint.port)
+            request.url = url_with_host(self.target, endpoint.host, endpoint.port)
             if self.target.scheme == "https":
                 # httpcore verifies the certificate against the SNI name.
                 request.extensions["sni_hostname"] = plan.destination.host

@@ -32,6 +32,7 @@ __all__ = [
     "otel_sdk_set",
     "set_client_transports",
     "uri_reference",
+    "url_with_host",
 ]
 
 # --- httpx (pinned below 0.29) ------------------------------------------------
@@ -40,6 +41,32 @@ __all__ = [
 # int fields): reading it costs a fraction of the encoded properties, and it is
 # read on every request.
 uri_reference: Any = attrgetter("_uri_reference")
+
+_URL_EDITABLE = hasattr(httpx.URL("http://a/"), "_uri_reference") and hasattr(
+    httpx.URL("http://a/")._uri_reference, "_replace"
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def url_with_host(url: httpx.URL, host: str, port: int | None) -> httpx.URL:
+    """Return ``url.copy_with(host=host, port=port)`` without parsing the URL again.
+
+    `host` is an IP address (IPv6 without brackets) or a lowercase ASCII name, as
+    `meshlib.Endpoints` and route targets hold them. copy_with re-parses and
+    re-validates the whole URL (about 15 µs); on every attempt to an endpoint
+    that is most of meshlib's cost. Anything else takes the public way.
+    """
+    if not _URL_EDITABLE:  # pragma: no cover - a future httpx: the public way
+        return url.copy_with(host=host, port=port)
+    if not host.isascii() or host != host.lower():  # httpx's own normalising, then
+        return url.copy_with(host=host, port=port)
+    ref = url._uri_reference
+    if port == _DEFAULT_PORTS.get(ref.scheme):
+        port = None  # httpx keeps a scheme's own port as None
+    aimed = httpx.URL.__new__(httpx.URL)
+    aimed._uri_reference = ref._replace(host=host, port=port)
+    return aimed
+
 
 # httpx keeps a Headers' items as a list of (raw name, lowercase name, value)
 # bytes; editing it directly skips __setitem__'s re-encoding and rescan.

@@ -120,3 +120,41 @@ def test_connection_hook_sees_wrap_socket_and_wrap_bio() -> None:
         assert context.seen == 1
     context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="x")
     assert context.seen == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://orders.internal/items?id=7",
+        "https://user:pw@orders.internal:8443/a/b#frag",
+        "http://[::1]:8080/x",
+        "https://orders.internal/",
+    ],
+)
+@pytest.mark.parametrize(
+    ("host", "port"),
+    [
+        ("127.0.0.1", 9),
+        ("::1", 8080),
+        ("10.0.0.1", 80),
+        ("10.0.0.1", 443),
+        ("a.b", None),
+        ("Orders.Example", 81),
+        ("bücher.example", 80),
+    ],  # fmt: skip
+)
+def test_url_with_host_is_copy_with(url: str, host: str, port: int | None) -> None:
+    from meshlib._compat import url_with_host
+
+    original = httpx.URL(url)
+    aimed = url_with_host(original, host, port)
+    expected = original.copy_with(host=host, port=port)
+    assert aimed == expected
+    assert (aimed.host, aimed.port, aimed.netloc, aimed.raw_path) == (
+        expected.host,
+        expected.port,
+        expected.netloc,
+        expected.raw_path,
+    )
+    assert str(aimed) == str(expected)
+    assert original == httpx.URL(url)  # the original is untouched
