@@ -71,8 +71,8 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 
 from ._breaker import CLOSED
-from ._compat import url_with_host
 from ._bulkhead import FULL, TAKEN, BulkheadState, Slot
+from ._compat import url_with_host
 from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._fallback import failure_reason
