@@ -141,7 +141,7 @@ def test_connection_hook_sees_wrap_socket_and_wrap_bio() -> None:
         ("a.b", None),
         ("Orders.Example", 81),
         ("bücher.example", 80),
-    ],  # fmt: skip
+    ],
 )
 def test_url_with_host_is_copy_with(url: str, host: str, port: int | None) -> None:
     from meshlib._compat import url_with_host
