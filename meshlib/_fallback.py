@@ -21,6 +21,10 @@ A body is kept as the caller reads it: `SyncCapture` and `AsyncCapture`
 wrap the response stream and store the entry when the body has been read to
 its end, so a streaming caller is never made to buffer. A body larger than
 `Fallback.max_body` is passed through untouched and not kept.
+
+Over 400 lines because the store, the key, freshness and the body capture are one
+contract (a copy is served only if it was kept whole, fresh and for the same
+request); split, each part would have to trust the others' invariants.
 """
 
 from __future__ import annotations

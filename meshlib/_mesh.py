@@ -1,4 +1,9 @@
-"""The head office: destination patterns mapped to policies, and their shared state."""
+"""The head office: destination patterns mapped to policies, and their shared state.
+
+Over 500 lines because the Mesh is where the public surface (constructors, from_file,
+from_url, from_xds, the read-only views) meets the state it owns; the rules
+themselves live below it (`_patterns`, `_plan`, `_sources`, `_xds`).
+"""
 
 from __future__ import annotations
 

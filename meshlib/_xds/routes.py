@@ -5,6 +5,10 @@ as Envoy and gRPC pick it) and reads each of its routes into an `XdsRoute`: a me
 `Route` (path, headers, runtime_fraction as its weight, a cluster or weighted clusters
 as its `to`) and what the route sets of retry and timeout, Envoy's defaults filled in.
 Pure functions of protobuf messages; see docs/xds.md for the table.
+
+Over 500 lines because Envoy's route match, action and retry policy each have
+many fields with their own defaults; each is read next to the refusals of what
+meshlib cannot honour, so no field is ignored by being elsewhere.
 """
 
 from __future__ import annotations
