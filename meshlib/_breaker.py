@@ -30,7 +30,6 @@ __all__ = [
     "ORDINARY",
     "BreakerSnapshot",
     "BreakerState",
-    "CircuitBreaker",
     "Ticket",
 ]
 
@@ -136,18 +135,22 @@ class BreakerState:
         """Return the seconds until an open breaker admits a probe (0 when not open)."""
         return max(0.0, self._open_until - now) if self.state is OPEN else 0.0
 
+    def succeeded(self, now: float) -> None:
+        """Record a success admitted while closed (an ORDINARY ticket) that started at `now`."""
+        counts = self._counts
+        lock = self._lock
+        lock.acquire()  # rather than `with`: half the cost, on every request
+        try:
+            if self.state is CLOSED:
+                counts.calls[counts.newest if now < counts.ends else counts.slot(now)] += 1
+                self._in_a_row = 0
+        finally:
+            lock.release()
+
     def record(self, ticket: Ticket, failed: bool, now: float) -> None:
         """Record the outcome of a call admitted with `ticket` (`now`: when it started or ended)."""
-        if ticket == ORDINARY and not failed:  # the common case: a success while closed
-            counts = self._counts
-            lock = self._lock
-            lock.acquire()  # rather than `with`: half the cost, on every request
-            try:
-                if self.state is CLOSED:
-                    counts.calls[counts.newest if now < counts.ends else counts.slot(now)] += 1
-                    self._in_a_row = 0
-            finally:
-                lock.release()
+        if ticket == ORDINARY and not failed:
+            self.succeeded(now)
             return
         transition = None
         with self._lock:
@@ -241,4 +244,3 @@ class BreakerState:
 
 
 #: The name `_mesh` and `_pipeline` still use, until their rewrite (issue 14) renames it.
-CircuitBreaker = BreakerState

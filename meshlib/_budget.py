@@ -7,7 +7,7 @@ import threading
 from ._policy import Budget
 from ._window import WindowCounts
 
-__all__ = ["BudgetState", "RetryBudget"]
+__all__ = ["BudgetState"]
 
 
 class BudgetState:
@@ -55,4 +55,3 @@ class BudgetState:
 
 
 #: The name `_mesh` and `_retry` still use, until their rewrite (issue 14) renames it.
-RetryBudget = BudgetState

@@ -11,6 +11,7 @@ the queue.
 from __future__ import annotations
 
 import asyncio
+import enum
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -22,7 +23,18 @@ import anyio.lowlevel
 
 from ._policy import Bulkhead
 
-__all__ = ["BulkheadSnapshot", "BulkheadState", "ConcurrencyLimit"]
+__all__ = ["FULL", "MAY_QUEUE", "TAKEN", "BulkheadSnapshot", "BulkheadState", "Slot"]
+
+
+class Slot(enum.Enum):
+    """What `BulkheadState.try_acquire` says: one of three outcomes."""
+
+    TAKEN = "taken"  # a slot is the caller's until it calls release()
+    MAY_QUEUE = "may queue"  # none is free, but the queue has room: the caller may wait
+    FULL = "full"  # none is free and the queue is full: refuse the call
+
+
+TAKEN, MAY_QUEUE, FULL = Slot.TAKEN, Slot.MAY_QUEUE, Slot.FULL
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +95,15 @@ class BulkheadState:
         self._waiters: deque[_Waiter] = deque()
         self._lock = threading.Lock()
 
-    def try_acquire(self) -> bool | None:
-        """Take a slot if one is free: True. None: the caller may queue. False: full."""
+    def try_acquire(self) -> Slot:
+        """Take a slot if one is free (TAKEN); else say whether the caller may queue."""
         lock = self._lock
         lock.acquire()  # rather than `with`: half the cost, on every request
         try:
             if self.in_flight < self._limit and not self._waiters:
                 self.in_flight += 1
-                return True
-            return None if len(self._waiters) < self.settings.max_queued else False
+                return TAKEN
+            return MAY_QUEUE if len(self._waiters) < self.settings.max_queued else FULL
         finally:
             lock.release()
 
@@ -211,4 +223,3 @@ class BulkheadState:
 
 
 #: The name `_mesh` and `_pipeline` still use, until their rewrite (issue 14) renames it.
-ConcurrencyLimit = BulkheadState

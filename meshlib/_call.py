@@ -42,21 +42,24 @@ queue, read and cancel:
   ``finally``.
 
 Where each part is: `__init__` (route: it picks the plan), `start`
-(deadline, faults), `_enter_bulkhead` and `queued`, `_begin` (what is decided
-once per call), `_attempt` (per attempt, in the order drawn above),
-`answered`, `_retry_status`, `failed` and `_next_wait` (the retry decision,
-whole). This module is long because it is the whole call: split, the order
-it exists to keep in one place would be scattered again.
+(deadline, faults), `_enter_bulkhead` and `queued`, `_begin` and
+`_plan_extras` (what is decided once per call), `_attempt` (per attempt, in
+the order drawn above), `answered` and `_bound_body`, `_retry_status`,
+`failed` and `_next_wait` (the retry decision, whole). This module is long
+because it is the whole call: split, the order it exists to keep in one
+place would be scattered again.
 
-The success path is a straight line through `start`, `_attempt` and
-`answered`: one object with slots, no other allocation, the clock read once
-per attempt. A success while the breaker is closed is recorded at the
+The success path is a straight line through `start`, `_begin`, `_attempt`
+and `answered`: one object with slots (those only a retry, a span or an
+endpoint needs are left unset until then), no other allocation, the clock
+read once. A success while the breaker is closed is recorded at the
 attempt's start (the same window bucket, bar an attempt straddling an edge);
 every other outcome at the moment it is known.
 """  # noqa: E501 - the diagram is DESIGN.md's, line for line
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -64,7 +67,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 
 from ._breaker import CLOSED
-from ._bulkhead import ConcurrencyLimit
+from ._bulkhead import FULL, TAKEN, BulkheadState, Slot
 from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._headers import put_header
@@ -118,6 +121,20 @@ _FAULTED = 1
 _RETRYING = 2
 
 
+def _longest_phase(plan: Plan, timeouts: dict[str, float | None]) -> float:
+    """Return the longest of httpcore's four phase timeouts (infinity: one is unbounded).
+
+    Remembered on `plan` when all four are bounded, for the next request's
+    comparison (a tuple, swapped whole: safe across threads).
+    """
+    values = [timeouts.get(phase) for phase in _PHASES]
+    if None in values:
+        return math.inf
+    longest = max(cast("list[float]", values))
+    plan.timeouts_seen = (dict(timeouts), longest)
+    return longest
+
+
 def is_failure(exc: Exception) -> bool:
     """Return whether an attempt's exception counts against the destination (breaker, endpoint).
 
@@ -139,6 +156,7 @@ class Call:
         "body",
         "bound",
         "deadline_at",
+        "extras",
         "hedge",
         "last",
         "matches",
@@ -159,6 +177,31 @@ class Call:
         "wait",
     )
 
+    # Slots set before they are read, so not in __init__ (a store less each on every call).
+    response: httpx.Response | None  # before RETURN or DRAIN
+    ticket: int  # the breaker's, by _attempt: 0 while it is closed
+    attempt: Attempt | None  # an attempt's extras, by _attempt while `extras`
+    wait: float  # before WAIT
+    queue_for: float | None  # before QUEUE
+    bound: float | None  # a function's attempt bound, by _attempt
+    extras: bool  # by _begin: each attempt has an `Attempt` (a span, an endpoint)
+    observed: Telemetry | None  # by _begin, when there are extras or a hedge
+    tracer: Tracer | None  # likewise
+    avoid: Endpoint | None  # likewise: a retry prefers another endpoint
+    hedge: float | None  # by _begin: the hedge delay, None when not hedged
+    body: Any  # by _begin: the request's stream as it was before sending
+    now: float  # by start: when the current attempt (or the call) began
+    deadline_at: float | None  # by start
+    phase: int  # before WAIT: after the fault's delay, or between attempts
+    matches: Callable[[Exception], bool] | None  # a function's `on`
+    name: str  # a function's name
+    scope: Any  # a function's span, while it is current
+    # Set in __init__:
+    state: RetryState | None  # made on the first retry
+    last: httpx.Response | Exception | None  # the last outcome, while retrying
+    slot: BulkheadState | None  # the bulkhead, while its slot is held
+    timeouts: dict[str, float | None] | None  # the caller's own (not in the request's extensions)
+
     def __init__(
         self,
         plans: Plans,
@@ -175,6 +218,9 @@ class Call:
         """
         if request is None:
             self.plan = plans.for_function(policy, name)
+            self.matches = matches  # what it retries, what the breaker counts
+            self.name = name
+            self.scope = None
         else:
             override = request.extensions.get(POLICY_EXTENSION)
             if override is not None:
@@ -189,25 +235,10 @@ class Call:
                 self.plan = self._route(plans, policy, request, plan)
         self.request = request  # None: a function's call
         self.asynchronous = asynchronous
-        self.matches = matches  # a function's `on`: what it retries, what the breaker counts
-        self.name = name
-        self.state: RetryState | None = None  # made on the first retry
-        self.avoid: Endpoint | None = None  # a retry prefers another endpoint
-        self.last: httpx.Response | Exception | None = None
-        self.slot: ConcurrencyLimit | None = None  # the bulkhead, while its slot is held
-        self.scope: Any = None  # a function's span, while it is current
-        # The caller's own timeouts, kept here (not in the request's extensions).
-        self.timeouts: dict[str, float | None] | None = None
-        self.phase = 0
-        # Set before they are read, so not here (one store less each on every call):
-        # ticket, attempt and bound by _attempt; response before RETURN or DRAIN;
-        # wait before WAIT; queue_for before QUEUE; observed, tracer, hedge, body by _begin.
-        self.response: httpx.Response | None
-        self.ticket: int  # the breaker's: 0 while it is closed
-        self.attempt: Attempt | None  # an attempt's extras, when there are any
-        self.wait: float
-        self.queue_for: float | None
-        self.bound: float | None
+        self.state = None
+        self.last = None
+        self.slot = None
+        self.timeouts = None
 
     @staticmethod
     def _route(plans: Plans, policy: Policy | None, request: httpx.Request, plan: Plan) -> Plan:
@@ -234,7 +265,7 @@ class Call:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        scope = self.scope
+        scope = self.scope if self.request is None else None
         if scope is not None:
             self.scope = None
             scope.__exit__(*exc_info)
@@ -269,7 +300,7 @@ class Call:
         bulkhead = plan.bulkhead
         if bulkhead is not None:
             taken = bulkhead.try_acquire()
-            if taken is not True:
+            if taken is not TAKEN:
                 return self._no_slot(taken)
             self.slot = bulkhead
         return self._begin()
@@ -308,14 +339,14 @@ class Call:
         if bulkhead is None:
             return self._begin()
         taken = bulkhead.try_acquire()
-        if taken is True:
+        if taken is TAKEN:
             self.slot = bulkhead
             return self._begin()
         return self._no_slot(taken)
 
-    def _no_slot(self, taken: bool | None) -> int:
-        """Refuse the call (`taken` False: the queue is full too), or QUEUE it."""
-        if taken is False:
+    def _no_slot(self, taken: Slot) -> int:
+        """Refuse the call (FULL: the queue is full too), or QUEUE it (MAY_QUEUE)."""
+        if taken is FULL:
             self.plan.report.rejected("bulkhead_full")
             raise BulkheadFull(self.plan.label, request=self.request)
         # The queue has room: wait for a slot, at most until the deadline.
@@ -342,26 +373,37 @@ class Call:
         plan = self.plan
         if plan.budget is not None:
             plan.budget.deposit(self.now)
-        # Telemetry decided once per call: with no SDK, no span work at all.
-        self.observed = self.tracer = None
-        self.hedge = None
         request = self.request
         if request is None:
+            self.extras = False
             if plan.telemetry is not None:
                 scope = function_span(plan.telemetry, self.name)
                 if scope is not None:
                     scope.__enter__()
                     self.scope = scope
             return self._attempt()
-        telemetry = plan.telemetry
+        # Telemetry decided once per call: with no SDK, no span work at all.
+        observing = plan.observing
+        if plan.plain and (observing is None or not observing()):
+            self.extras = False  # the common case: no span, no endpoint, no copies
+            self.hedge = None
+        else:
+            self._plan_extras(request, plan.telemetry)
+        self.body = request.stream  # as it was before sending: reading may replace it
+        return self._attempt()
+
+    def _plan_extras(self, request: httpx.Request, telemetry: Telemetry | None) -> None:
+        """Decide this call's span, endpoint and hedge: what each attempt carries."""
+        plan = self.plan
+        observed = tracer = None
         if telemetry is not None and telemetry.active():
             tracer = telemetry.tracer()
             if tracer is not None or telemetry.instruments() is not None:
-                self.observed, self.tracer = telemetry, tracer
-        if plan.hedge is not None:
-            self.hedge = self._hedge_delay(request)
-        self.body = request.stream  # as it was before sending: reading may replace it
-        return self._attempt()
+                observed = telemetry
+        hedge = self.hedge = None if plan.hedge is None else self._hedge_delay(request)
+        # A hedged call's copies make their own.
+        self.extras = hedge is None and (observed is not None or plan.endpoints is not None)
+        self.observed, self.tracer, self.avoid = observed, tracer, None
 
     def _hedge_delay(self, request: httpx.Request) -> float | None:
         """Return the hedge delay for this call, or None when it is not hedged.
@@ -402,19 +444,21 @@ class Call:
         breaker, endpoint and span (`Attempt`), timeout, headers.
         """
         plan = self.plan
-        now = self.now
         request = self.request
         deadline_at = self.deadline_at
-        left = None
-        if deadline_at is not None:
-            left = deadline_at - now
-            if left <= 0:
+        if deadline_at is None:
+            left = None
+        else:
+            left = deadline_at - self.now
+            if left <= 0.0:
                 raise self._deadline_exceeded(
                     "before calling" if request is None else "before sending"
                 )
-        self.ticket = 0  # closed, the common case: decided without the breaker's lock
         breaker = plan.breaker
-        if breaker is not None and breaker.state is not CLOSED:
+        if breaker is None or breaker.state is CLOSED:
+            self.ticket = 0  # the common case: decided without the breaker's lock
+        else:
+            now = self.now
             ticket = breaker.admit(now)
             if ticket is None:
                 plan.report.rejected("circuit_open")
@@ -426,19 +470,16 @@ class Call:
                 self.response = last
                 return RETURN
             self.ticket = ticket
-        self.attempt = None
-        if (
-            request is not None
-            and self.hedge is None
-            and (self.observed is not None or plan.endpoints is not None)
-        ):
+        if self.extras:
+            assert request is not None
             attempt = self.attempt = self.new_attempt(request, self.avoid)
             self.avoid = attempt.endpoint
         bound = plan.attempt_timeout
         if left is not None and (bound is None or left < bound):
             bound = left
-        self.bound = bound
-        if request is not None:
+        if request is None:
+            self.bound = bound  # the function's driver bounds its attempt by it
+        else:
             if bound is not None:
                 # Each httpcore phase gets the smaller of the caller's own timeout and
                 # `bound`. The caller's are kept aside on the first attempt, so a later
@@ -447,20 +488,14 @@ class Call:
                 base = self.timeouts
                 if base is None:
                     base = self.timeouts = extensions.get("timeout") or {}
-                    # Unrolled: this runs on every request.
-                    get = base.get
-                    connect, read, write = get("connect"), get("read"), get("write")
-                    pool = get("pool")
-                    lower = not (
-                        connect is not None
-                        and read is not None
-                        and write is not None
-                        and pool is not None
-                        and connect <= bound
-                        and read <= bound
-                        and write <= bound
-                        and pool <= bound
-                    )  # else every phase is already within the bound: the common case
+                    # A client sends the same four timeouts with every request: their
+                    # longest is remembered on the plan, so that the common case (each
+                    # phase already within the bound) costs one comparison in C.
+                    seen = plan.timeouts_seen
+                    if seen is not None and seen[0] == base:
+                        lower = seen[1] > bound
+                    else:
+                        lower = _longest_phase(plan, base) > bound
                 else:
                     lower = True
                 if lower:
@@ -498,51 +533,59 @@ class Call:
     def answered(self, response: httpx.Response) -> int:
         """Decide what follows a response: RETURN it, or DRAIN it and retry."""
         plan = self.plan
-        clock = runtime.clock
         status = response.status_code
-        attempt = self.attempt
-        if attempt is not None:
+        if self.extras:
+            attempt = self.attempt
+            assert attempt is not None
             attempt.end(response, status >= 500)
         sketch = plan.sketch  # None unless a status page watches the Mesh
         if sketch is not None:
-            ended = clock.now()
+            ended = runtime.clock.now()
             sketch.add(ended - self.now, ended)
         breaker = plan.breaker
         if breaker is not None:
-            failed = status in breaker.on_status
-            breaker.record(self.ticket, failed, clock.now() if failed or self.ticket else self.now)
-        deadline_at = self.deadline_at
+            if self.ticket or status in breaker.on_status:
+                breaker.record(self.ticket, status in breaker.on_status, runtime.clock.now())
+            else:  # the common case: a success while closed, counted at the attempt's start
+                breaker.succeeded(self.now)
+        stream = response.stream
+        if not isinstance(stream, httpx.ByteStream):
+            self._bound_body(response, stream)
+        self.response = response
+        retry = plan.retry
+        if retry is None or status not in retry.on_status:
+            return RETURN
+        return self._retry_status(response, retry)
+
+    def _bound_body(self, response: httpx.Response, stream: object) -> None:
+        """Read the body under the call's deadline (async: always, so a close is never cut)."""
         request = self.request
         assert request is not None
+        deadline_at = self.deadline_at
         if self.asynchronous:
-            # Wrapped with or without a deadline: its close must not be cut halfway.
-            if not isinstance(response.stream, httpx.ByteStream):
-                response.stream = AsyncDeadlineStream(
-                    cast(httpx.AsyncByteStream, response.stream),
-                    request,
-                    response,
-                    deadline_at,
-                    plan.label,
-                    self.timeouts,
-                )
-        elif deadline_at is not None and not isinstance(response.stream, httpx.ByteStream):
-            response.stream = SyncDeadlineStream(
-                cast(httpx.SyncByteStream, response.stream),
+            response.stream = AsyncDeadlineStream(
+                cast(httpx.AsyncByteStream, stream),
                 request,
                 response,
                 deadline_at,
-                plan.label,
+                self.plan.label,
                 self.timeouts,
             )
-        self.response = response
-        retry = plan.policy.retry
-        if retry is None or status not in retry.on_status:
-            return RETURN
-        return self._retry_status(response, request, retry)
+        elif deadline_at is not None:
+            response.stream = SyncDeadlineStream(
+                cast(httpx.SyncByteStream, stream),
+                request,
+                response,
+                deadline_at,
+                self.plan.label,
+                self.timeouts,
+            )
 
-    def _retry_status(self, response: httpx.Response, request: httpx.Request, retry: Retry) -> int:
+    def _retry_status(self, response: httpx.Response, retry: Retry) -> int:
         """Decide whether a response with a retryable status is retried."""
         plan = self.plan
+        request = self.request
+        assert request is not None
         if not request_is_idempotent(request, retry):
             return RETURN
         if not body_is_replayable(self.body):
@@ -580,14 +623,14 @@ class Call:
         plan = self.plan
         now = runtime.clock.now()
         request = self.request
-        matches = self.matches
+        matches = self.matches if request is None else None
         if matches is None:
             failed = is_failure(exc)
             timed_out = isinstance(exc, httpx.TimeoutException)
         else:
             # For a function, what `on` retries is what the breaker counts.
             failed = timed_out or (not isinstance(exc, MeshError) and matches(exc))
-        attempt = self.attempt
+        attempt = self.attempt if self.extras else None
         if attempt is not None:
             attempt.end(exc, failed)
         if plan.breaker is not None:
@@ -637,8 +680,9 @@ class Call:
 
     def cancelled(self, exc: BaseException) -> None:
         """An attempt ended in cancellation (or Ctrl-C): never a failure; the driver re-raises."""
-        if self.attempt is not None:
-            self.attempt.end(exc, None)
+        attempt = self.attempt if self.extras else None
+        if attempt is not None:
+            attempt.end(exc, None)
         if self.plan.breaker is not None:
             self.plan.breaker.release(self.ticket)
 

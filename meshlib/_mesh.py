@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from ._breaker import BreakerSnapshot, CircuitBreaker, TransitionHook
-from ._budget import RetryBudget
-from ._bulkhead import BulkheadSnapshot, ConcurrencyLimit
+from ._breaker import BreakerSnapshot, BreakerState, TransitionHook
+from ._budget import BudgetState
+from ._bulkhead import BulkheadSnapshot, BulkheadState
 from ._config import ENV_VAR, MeshConfig, load_config
 from ._errors import ConfigError
 
@@ -82,9 +82,9 @@ class Mesh:
             )
         self._table = PolicyTable(default, destinations, clusters)
         self._plans = Plans(max_destinations, self._new_plan, self._new_cluster_plan)
-        self._budgets: SharedState[tuple[Destination, Budget], RetryBudget] = SharedState()
-        self._breakers: SharedState[tuple[Destination, Breaker], CircuitBreaker] = SharedState()
-        self._bulkheads: SharedState[tuple[Destination, Bulkhead], ConcurrencyLimit] = SharedState()
+        self._budgets: SharedState[tuple[Destination, Budget], BudgetState] = SharedState()
+        self._breakers: SharedState[tuple[Destination, Breaker], BreakerState] = SharedState()
+        self._bulkheads: SharedState[tuple[Destination, Bulkhead], BulkheadState] = SharedState()
         # By destination alone: a pool outlives a change of its addresses (`EndpointPool.update`).
         self._endpoints: SharedState[Destination, EndpointPool] = SharedState()
         self._latencies: SharedState[Destination, LatencyWindow] = SharedState()
@@ -370,19 +370,19 @@ class Mesh:
         if retry is not None and retry.budget is not None:
             budget_settings = retry.budget
             budget = self._budgets.get_or_create(
-                (owner, budget_settings), lambda: RetryBudget(budget_settings)
+                (owner, budget_settings), lambda: BudgetState(budget_settings)
             )
         if policy.breaker is not None:
             breaker_settings = policy.breaker
             breaker = self._breakers.get_or_create(
                 (owner, breaker_settings),
-                lambda: CircuitBreaker(breaker_settings, label, self._breaker_moved),
+                lambda: BreakerState(breaker_settings, label, self._breaker_moved),
             )
         if policy.bulkhead is not None:
             bulkhead_settings = policy.bulkhead
             bulkhead = self._bulkheads.get_or_create(
                 (owner, bulkhead_settings),
-                lambda: ConcurrencyLimit(bulkhead_settings, label),
+                lambda: BulkheadState(bulkhead_settings, label),
             )
         plan = Plan(requested, policy, destination, budget, breaker, bulkhead, cluster)
         if policy.endpoints is not None:

@@ -145,6 +145,8 @@ class Transport(_Pipeline, httpx.BaseTransport):
                         raise
                     else:
                         action = call.answered(response)
+                        if action == RETURN:
+                            return response  # call.response: the common case, at once
                 elif action == RETURN:
                     assert call.response is not None
                     return call.response
@@ -272,6 +274,8 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                         raise
                     else:
                         action = call.answered(response)
+                        if action == RETURN:
+                            return response  # call.response: the common case, at once
                 elif action == RETURN:
                     assert call.response is not None
                     return call.response

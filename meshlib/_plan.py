@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import httpx
 
-from ._breaker import CircuitBreaker
-from ._budget import RetryBudget
-from ._bulkhead import ConcurrencyLimit
+from ._breaker import BreakerState
+from ._budget import BudgetState
+from ._bulkhead import BulkheadState
 from ._compat import uri_reference
 from ._deadline import DEFAULT_HEADER, GRPC_HEADER, MAX_BUDGET_MS, MAX_GRPC_VALUE
 from ._policy import Policy
@@ -53,13 +53,17 @@ class Plan:
         "hedge",
         "label",
         "latencies",
+        "observing",
+        "plain",
         "policy",
         "propagate",
         "report",
         "requested",
+        "retry",
         "routes",
         "sketch",
         "telemetry",
+        "timeouts_seen",
         "total",
         "url_host",
         "url_port",
@@ -71,9 +75,9 @@ class Plan:
         requested: Policy | None,
         policy: Policy,
         destination: Destination,
-        budget: RetryBudget | None,
-        breaker: CircuitBreaker | None,
-        bulkhead: ConcurrencyLimit | None,
+        budget: BudgetState | None,
+        breaker: BreakerState | None,
+        bulkhead: BulkheadState | None,
         cluster: str | None = None,
     ) -> None:
         self.requested = requested  # the policy asked for, or None for the Mesh's own
@@ -90,6 +94,8 @@ class Plan:
         self.latencies: LatencyWindow | None = None  # for a hedge delay of "p95"
         self.sketch: LatencySketch | None = None  # while a status page watches the Mesh
         self.faults_announced = False
+        # (a caller's four phase timeouts, the longest of them), last seen: see _call.
+        self.timeouts_seen: tuple[dict[str, float | None], float] | None = None
         self.generation = 0  # the cache's generation it was made in; set by `Plans`
         # httpx's parsed (scheme, host, port) this plan was made for: the cache
         # compares them to hand back its last plan without a lookup.
@@ -98,11 +104,14 @@ class Plan:
         self.url_port: int | None = None
         # Read on every request: one attribute each instead of two.
         self.routes = policy.routes
+        self.retry = policy.retry
         timeout = policy.timeout
         self.total = timeout.total if timeout is not None else None
         self.attempt_timeout = timeout.attempt if timeout is not None else None
         self.faults = policy.faults
         self.hedge = policy.hedge
+        # No endpoints, no hedge: an attempt needs no `Attempt` unless it is traced.
+        self.plain = policy.endpoints is None and policy.hedge is None
         tracing = policy.tracing
         # Only the destinations Tracing.propagate_to names (by default, those inside
         # the mesh) learn the caller's trace context and how long it will wait.
@@ -112,6 +121,9 @@ class Plan:
             else propagates(destination.host, tracing.propagate_to)
         )
         self.telemetry = telemetry_for(tracing)
+        # Whether to trace or measure this call, asked once per call (a slot: the
+        # cheapest read of a function kept on another object).
+        self.observing = None if self.telemetry is None else self.telemetry.active
         names: dict[str, object] = (
             {"code.function.name": destination.host}
             if destination.scheme == "function"
@@ -126,7 +138,7 @@ class Plan:
         self.deadline_key = header.encode("ascii") if header and self.propagate else None
         self.deadline_unit = b"m" if header == GRPC_HEADER else b""
         # The most milliseconds the inbound side accepts in that header.
-        self.deadline_max = MAX_GRPC_VALUE if header == GRPC_HEADER else MAX_BUDGET_MS
+        self.deadline_max = float(MAX_GRPC_VALUE if header == GRPC_HEADER else MAX_BUDGET_MS)
 
 
 Build = Callable[[Policy | None, "httpx.URL | Destination"], Plan]

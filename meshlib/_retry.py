@@ -19,7 +19,7 @@ from ._errors import MeshError
 from ._runtime import runtime
 
 if TYPE_CHECKING:
-    from ._budget import RetryBudget
+    from ._budget import BudgetState
     from ._policy import Backoff, Retry
 
 __all__ = [
@@ -137,7 +137,7 @@ class RetryState:
         "stop_reason",
     )
 
-    def __init__(self, retry: Retry, budget: RetryBudget | None, deadline_at: float | None) -> None:
+    def __init__(self, retry: Retry, budget: BudgetState | None, deadline_at: float | None) -> None:
         self.retry = retry
         self.budget = budget
         self.deadline_at = deadline_at

@@ -14,6 +14,10 @@ swap and the creation of a connection's TLS state share a lock, so a new
 connection never sees a certificate without its key (``load_cert_chain``
 replaces the certificate first, then the key). The lock is never held across
 network I/O: creating the TLS state does none; the handshake comes after.
+
+Over 400 lines because the value, its validation and its rotating context
+are one contract: each check at construction is what keeps a rotation from
+ever loading material the context would then refuse.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import certifi
 
@@ -357,11 +362,68 @@ class _ReloadingContext(ConnectionHookContext):
         )
 
 
-def _new_context(cls: type[ssl.SSLContext], minimum_version: ssl.TLSVersion) -> ssl.SSLContext:
+# The kinds of subject-alt-name a name in TLS.subject_alt_names is compared with, as
+# getpeercert() spells them: a SPIFFE id is a URI; host names and addresses also count.
+_SAN_KINDS = frozenset({"URI", "DNS", "IP Address"})
+
+
+def _peer_names(certificate: Any) -> list[str]:
+    names = certificate.get("subjectAltName", ()) if certificate else ()
+    return [value for kind, value in names if kind in _SAN_KINDS]
+
+
+def _check_peer(connection: ssl.SSLSocket | ssl.SSLObject) -> None:
+    """Refuse a server whose certificate carries none of the names its context expects.
+
+    Raises:
+        ssl.SSLCertVerificationError: as a failed chain or host name check would, so
+            httpx reports a ConnectError that is never retried.
+    """
+    expected: frozenset[str] | None = getattr(connection.context, "_meshlib_expected_names", None)
+    if not expected:
+        return
+    presented = _peer_names(connection.getpeercert())
+    if not expected.intersection(presented):
+        error = ssl.SSLCertVerificationError(
+            f"certificate verify failed: the server's subject alternative names "
+            f"{presented} include none of {sorted(expected)}"
+        )
+        error.verify_message = "subject alternative name mismatch"
+        raise error
+
+
+class _NameCheckingSocket(ssl.SSLSocket):
+    # Sync httpcore: wrap_socket runs the handshake here, before any request is sent.
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        _check_peer(self)
+
+
+class _NameCheckingObject(ssl.SSLObject):
+    # anyio (async httpcore) drives the handshake here until it completes.
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        _check_peer(self)
+
+
+def _new_context(
+    cls: type[ssl.SSLContext],
+    minimum_version: ssl.TLSVersion,
+    expected_names: frozenset[str] = frozenset(),
+) -> ssl.SSLContext:
     # What ssl.create_default_context() does for a client, on a class of our choosing.
     context = cls(ssl.PROTOCOL_TLS_CLIENT)
     context.verify_mode = ssl.CERT_REQUIRED
-    context.check_hostname = True
+    if expected_names:
+        # The chain is still verified; the check of the name asked for is replaced by
+        # the check of these names once the handshake is done (a SPIFFE certificate
+        # has no host name in it to match).
+        context.check_hostname = False
+        context._meshlib_expected_names = expected_names  # type: ignore[attr-defined]
+        context.sslsocket_class = _NameCheckingSocket
+        context.sslobject_class = _NameCheckingObject
+    else:
+        context.check_hostname = True
     context.minimum_version = minimum_version
     keylog = os.environ.get("SSLKEYLOGFILE")
     if keylog and not sys.flags.ignore_environment:  # pragma: no cover - a debugging aid
@@ -375,8 +437,8 @@ class TLS:
 
     Every file is read and checked when the value is built; `ssl_context` returns
     the ``ssl.SSLContext`` to give httpx (``meshlib.Client(policy, tls=tls)`` does
-    it for you). Verification is always on: certificate chain, host name, TLS 1.2
-    or later.
+    it for you). Verification is always on: certificate chain, host name (or the
+    names in `subject_alt_names`), TLS 1.2 or later.
 
     Args:
         cert: the PEM file with the client certificate (and any intermediates).
@@ -392,6 +454,12 @@ class TLS:
             timedelta; 0 looks on every new connection). Only new connections
             look, so requests on pooled connections pay nothing.
         minimum_version: ``ssl.TLSVersion.TLSv1_2`` or ``ssl.TLSVersion.TLSv1_3``.
+        subject_alt_names: names the server's certificate must carry at least one of,
+            as a URI (a SPIFFE id such as ``spiffe://cluster.local/ns/default/sa/orders``),
+            DNS name or IP address subject-alt-name, compared exactly; checked when the
+            handshake completes, before anything is sent. Given, they replace the
+            check of the host name asked for (Envoy's ``match_subject_alt_names``).
+            Empty: the host name is checked, as by default.
 
     Raises:
         ConfigError: a value is invalid, or a file is missing, unreadable, not PEM,
@@ -407,6 +475,7 @@ class TLS:
     _: KW_ONLY
     reload_interval: float | timedelta = 1.0
     minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    subject_alt_names: Sequence[str] = ()
     _context: ssl.SSLContext = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -435,13 +504,25 @@ class TLS:
                 "TLS.minimum_version: expected ssl.TLSVersion.TLSv1_2 or "
                 f"ssl.TLSVersion.TLSv1_3, got {version!r}"
             )
+        names = self.subject_alt_names
+        if not isinstance(names, list | tuple) or not all(
+            isinstance(name, str) and name for name in names
+        ):
+            raise ConfigError(
+                f"TLS.subject_alt_names: expected a list of non-empty names, got {names!r}"
+            )
+        object.__setattr__(self, "subject_alt_names", tuple(names))
         object.__setattr__(self, "cert", cert)
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "ca", ca)
         object.__setattr__(self, "reload_interval", interval)
 
         source = _Source(cert=cert, key=key, password=password, interval=interval)
-        context = _new_context(_ReloadingContext if self.reload else ssl.SSLContext, version)
+        context = _new_context(
+            _ReloadingContext if self.reload else ssl.SSLContext,
+            version,
+            frozenset(self.subject_alt_names),
+        )
         try:
             if ca is None:
                 context.load_verify_locations(cafile=certifi.where())

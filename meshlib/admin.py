@@ -18,6 +18,10 @@ to a loopback name unless `allow_remote` is given; nothing it serves changes
 any state; request URLs are never kept, a source URL is redacted as telemetry
 redacts ``url.full``, and header values named Authorization, Proxy-Authorization,
 Cookie or Set-Cookie never appear.
+
+Near 700 lines, most of them the page itself (its HTML, CSS and script are
+served from here, so the page needs no static files); the data comes from
+`meshlib._snapshot`.
 """
 
 from __future__ import annotations

@@ -471,13 +471,13 @@ async def test_resilient_async_bulkhead() -> None:
 def test_a_slot_freed_while_deciding_to_queue_is_not_taken_twice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from meshlib._bulkhead import BulkheadState
+    from meshlib._bulkhead import MAY_QUEUE, BulkheadState, Slot
 
     policy = meshlib.Policy(retry=None, bulkhead=meshlib.Bulkhead(max_concurrent=1, max_queued=1))
     real = BulkheadState.try_acquire
-    answers = iter([None])  # "full, but you may queue", then the real answers
+    answers = iter([MAY_QUEUE])  # "full, but you may queue", then the real answers
 
-    def racing(self: BulkheadState) -> bool | None:
+    def racing(self: BulkheadState) -> Slot:
         for answer in answers:
             return answer
         return real(self)

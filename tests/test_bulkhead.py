@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from meshlib import Bulkhead, BulkheadSnapshot, ConfigError, Mesh, Policy
-from meshlib._bulkhead import BulkheadState
+from meshlib._bulkhead import FULL, MAY_QUEUE, TAKEN, BulkheadState
 
 LABEL = "http://orders.internal:80"
 # Seconds a waiter may wait in tests where it is expected to get through, and the longest
@@ -46,27 +46,27 @@ async def await_until(condition: Callable[[], bool]) -> None:
 
 def test_try_acquire_takes_slots_then_refuses_without_a_queue() -> None:
     lim = limit(2)
-    assert lim.try_acquire() is True
-    assert lim.try_acquire() is True
-    assert lim.try_acquire() is False
+    assert lim.try_acquire() is TAKEN
+    assert lim.try_acquire() is TAKEN
+    assert lim.try_acquire() is FULL
     assert lim.snapshot() == BulkheadSnapshot(LABEL, 2, 0, 2, 0)
     lim.release()
     assert lim.snapshot().in_flight == 1
-    assert lim.try_acquire() is True
-    assert lim.try_acquire() is False
+    assert lim.try_acquire() is TAKEN
+    assert lim.try_acquire() is FULL
 
 
 def test_try_acquire_says_may_queue_while_the_queue_has_room() -> None:
     lim = limit(1, max_queued=1)
-    assert lim.try_acquire() is True
-    assert lim.try_acquire() is None  # full, but the caller may wait
+    assert lim.try_acquire() is TAKEN
+    assert lim.try_acquire() is MAY_QUEUE  # full, but the caller may wait
     assert lim.snapshot() == BulkheadSnapshot(LABEL, 1, 0, 1, 1)  # asking does not queue
 
 
 def test_releasing_every_slot_returns_to_zero() -> None:
     lim = limit(3)
     for _ in range(3):
-        assert lim.try_acquire() is True
+        assert lim.try_acquire() is TAKEN
     for expected in (2, 1, 0):
         lim.release()
         assert lim.snapshot().in_flight == expected
@@ -94,7 +94,7 @@ class Waiters:
 
     def start(self, name: int) -> None:
         queued = self.lim.snapshot().queued
-        assert self.lim.try_acquire() is None  # what the pipeline asks before it waits
+        assert self.lim.try_acquire() is MAY_QUEUE  # what the pipeline asks before it waits
 
         def run() -> None:
             taken = self.lim.acquire(PATIENCE)
@@ -116,18 +116,18 @@ class Waiters:
 
 def test_threads_queue_in_fifo_order_and_a_fifth_is_refused() -> None:
     lim = limit(2, max_queued=2)
-    assert lim.try_acquire() is True
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
+    assert lim.try_acquire() is TAKEN
     waiters = Waiters(lim)
     waiters.start(1)
     waiters.start(2)
     assert lim.snapshot() == BulkheadSnapshot(LABEL, 2, 2, 2, 2)
-    assert lim.try_acquire() is False  # two in flight, two waiting: the fifth is refused
+    assert lim.try_acquire() is FULL  # two in flight, two waiting: the fifth is refused
     lim.release()
     wait_until(lambda: len(waiters.order) == 1)
     assert waiters.order == [1]
     assert lim.snapshot() == BulkheadSnapshot(LABEL, 2, 1, 2, 2)  # handed over, not freed
-    assert lim.try_acquire() is None  # a newcomer cannot overtake waiter 2
+    assert lim.try_acquire() is MAY_QUEUE  # a newcomer cannot overtake waiter 2
     lim.release()
     waiters.join()
     assert waiters.order == [1, 2]
@@ -139,7 +139,7 @@ def test_threads_queue_in_fifo_order_and_a_fifth_is_refused() -> None:
 
 def test_many_thread_waiters_get_through_first_come_first_served() -> None:
     lim = limit(1, max_queued=6)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     waiters = Waiters(lim)
     for name in range(6):
         waiters.start(name)
@@ -154,7 +154,7 @@ def test_many_thread_waiters_get_through_first_come_first_served() -> None:
 
 def test_a_thread_waiter_that_times_out_leaves_the_queue() -> None:
     lim = limit(1, max_queued=2)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     seen_queued: list[int] = []
     real_wait = threading.Event.wait
     here = threading.get_ident()
@@ -172,7 +172,7 @@ def test_a_thread_waiter_that_times_out_leaves_the_queue() -> None:
     assert lim.snapshot() == BulkheadSnapshot(LABEL, 1, 0, 1, 2)
     lim.release()  # nobody is waiting any more: the slot is free, not handed to the leaver
     assert lim.snapshot().in_flight == 0
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
 
 
 def test_in_flight_never_exceeds_max_concurrent_under_threads() -> None:
@@ -188,8 +188,8 @@ def test_in_flight_never_exceeds_max_concurrent_under_threads() -> None:
         barrier.wait(timeout=PATIENCE)
         for _ in range(5):
             taken = lim.try_acquire()
-            assert taken is not False
-            if taken is None:
+            assert taken is not FULL
+            if taken is MAY_QUEUE:
                 assert lim.acquire(PATIENCE)
             with lock:
                 inside += 1
@@ -214,7 +214,7 @@ def test_the_queue_never_holds_more_than_max_queued() -> None:
     # Two threads are both told "may queue" while one place is free, then both
     # queue (the pipeline's try_acquire-then-acquire): max_queued=1 must still hold.
     lim = limit(1, max_queued=1)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     both_asked = threading.Barrier(2)
     results: list[bool] = []
     most_queued = 0
@@ -222,7 +222,7 @@ def test_the_queue_never_holds_more_than_max_queued() -> None:
     def caller() -> None:
         answer = lim.try_acquire()
         both_asked.wait(timeout=PATIENCE)
-        if answer is None:
+        if answer is MAY_QUEUE:
             results.append(lim.acquire(0.3))
 
     threads = [threading.Thread(target=caller, daemon=True) for _ in range(2)]
@@ -247,12 +247,12 @@ def test_the_queue_never_holds_more_than_max_queued() -> None:
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_tasks_queue_in_fifo_order() -> None:
     lim = limit(1, max_queued=4)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     order: list[int] = []
     done = {name: anyio.Event() for name in range(4)}
 
     async def call(name: int) -> None:
-        assert lim.try_acquire() is None
+        assert lim.try_acquire() is MAY_QUEUE
         assert await lim.acquire_async(PATIENCE)
         order.append(name)
         await done[name].wait()
@@ -262,7 +262,7 @@ async def test_tasks_queue_in_fifo_order() -> None:
         for name in range(4):
             tg.start_soon(call, name)
             await await_until(lambda name=name: lim.snapshot().queued == name + 1)  # type: ignore[misc]
-        assert lim.try_acquire() is False
+        assert lim.try_acquire() is FULL
         lim.release()
         for name in range(4):
             await await_until(lambda name=name: len(order) == name + 1)  # type: ignore[misc]
@@ -276,8 +276,8 @@ async def test_tasks_queue_in_fifo_order() -> None:
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_a_task_whose_wait_runs_out_leaves_the_queue() -> None:
     lim = limit(1, max_queued=1)
-    assert lim.try_acquire() is True
-    assert lim.try_acquire() is None
+    assert lim.try_acquire() is TAKEN
+    assert lim.try_acquire() is MAY_QUEUE
     assert await lim.acquire_async(0.05) is False
     assert lim.snapshot() == BulkheadSnapshot(LABEL, 1, 0, 1, 1)
     lim.release()
@@ -287,7 +287,7 @@ async def test_a_task_whose_wait_runs_out_leaves_the_queue() -> None:
 @pytest.mark.anyio
 async def test_a_cancelled_waiting_task_leaves_the_queue_without_leaking_a_slot() -> None:
     lim = limit(1, max_queued=2)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     waiting = asyncio.create_task(lim.acquire_async(PATIENCE))
     await await_until(lambda: lim.snapshot().queued == 1)
     waiting.cancel()
@@ -296,7 +296,7 @@ async def test_a_cancelled_waiting_task_leaves_the_queue_without_leaking_a_slot(
     assert lim.snapshot() == BulkheadSnapshot(LABEL, 1, 0, 1, 2)
     lim.release()
     assert lim.snapshot().in_flight == 0
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     lim.release()
     assert lim.snapshot().in_flight == 0
 
@@ -304,7 +304,7 @@ async def test_a_cancelled_waiting_task_leaves_the_queue_without_leaking_a_slot(
 @pytest.mark.anyio
 async def test_a_task_cancelled_just_after_being_granted_passes_the_slot_on() -> None:
     lim = limit(1, max_queued=2)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     first = asyncio.create_task(lim.acquire_async(PATIENCE))
     await await_until(lambda: lim.snapshot().queued == 1)
     second = asyncio.create_task(lim.acquire_async(PATIENCE))
@@ -323,7 +323,7 @@ async def test_a_task_cancelled_just_after_being_granted_passes_the_slot_on() ->
 @pytest.mark.anyio
 async def test_a_task_cancelled_after_being_granted_frees_the_slot_when_nobody_waits() -> None:
     lim = limit(1, max_queued=1)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     waiting = asyncio.create_task(lim.acquire_async(PATIENCE))
     await await_until(lambda: lim.snapshot().queued == 1)
     lim.release()
@@ -338,7 +338,7 @@ async def test_a_task_cancelled_after_being_granted_frees_the_slot_when_nobody_w
 async def test_a_cancelled_waiting_task_gives_its_place_up_on_any_backend() -> None:
     # asyncio tasks wait on a future, other backends on anyio's Event: same contract.
     lim = limit(1, max_queued=2)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     async with anyio.create_task_group() as tg:
         tg.start_soon(lim.acquire_async, PATIENCE)
         await await_until(lambda: lim.snapshot().queued == 1)
@@ -352,7 +352,7 @@ async def test_a_cancelled_waiting_task_gives_its_place_up_on_any_backend() -> N
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_a_worker_thread_releasing_wakes_a_task_on_any_backend() -> None:
     lim = limit(1, max_queued=1)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     got: list[bool] = []
 
     async def wait() -> None:
@@ -374,7 +374,7 @@ async def test_a_worker_thread_releasing_wakes_a_task_on_any_backend() -> None:
 @pytest.mark.parametrize("how", ["to_thread", "thread"])
 async def test_a_thread_releasing_wakes_a_task_on_its_own_loop(how: str) -> None:
     lim = limit(1, max_queued=1)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     waiting = asyncio.create_task(lim.acquire_async(600.0))
     await await_until(lambda: lim.snapshot().queued == 1)
     if how == "to_thread":
@@ -396,7 +396,7 @@ async def test_a_thread_releasing_wakes_a_task_on_its_own_loop(how: str) -> None
 @pytest.mark.anyio
 async def test_a_task_releasing_wakes_a_waiting_thread() -> None:
     lim = limit(1, max_queued=1)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
     got: list[bool] = []
     worker = threading.Thread(target=lambda: got.append(lim.acquire(PATIENCE)), daemon=True)
     worker.start()
@@ -420,7 +420,7 @@ def test_mesh_bulkheads_lists_the_bulkheads_in_use() -> None:
     assert b is not None
     assert a is same
     assert a is not b
-    assert a.try_acquire() is True
+    assert a.try_acquire() is TAKEN
     snaps = {s.destination: s for s in mesh.bulkheads()}
     assert snaps == {
         "http://a.internal:80": BulkheadSnapshot("http://a.internal:80", 1, 0, 2, 1),
@@ -450,7 +450,7 @@ def test_a_bulkhead_accepts_one_slot_and_no_queue() -> None:
 
 def test_a_slot_meant_for_a_task_whose_loop_is_gone_goes_to_the_next_waiter() -> None:
     lim = limit(1, max_queued=2)
-    assert lim.try_acquire() is True
+    assert lim.try_acquire() is TAKEN
 
     # A task queued on a loop that was then closed under it (its thread is gone).
     loop = asyncio.new_event_loop()

@@ -74,3 +74,30 @@ def test_a_function_call_retries_what_on_matches(clock: FakeClock) -> None:
     plan = call.plan
     assert plan.bulkhead is not None
     assert plan.bulkhead.snapshot().in_flight == 0  # leaving the with-block freed the slot
+
+
+def test_each_request_is_bounded_by_its_own_time_left_though_its_timeouts_repeat(
+    clock: FakeClock,
+) -> None:
+    # A client sends the same four timeouts with every request, and the plan
+    # remembers them: a later request with less time left must still be lowered.
+    mesh = meshlib.Mesh(default=POLICY.replace(timeout=meshlib.Timeout(total=30.0)))
+    client_timeouts = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+
+    def timeouts_sent() -> dict[str, float | None]:
+        request = httpx.Request(
+            "GET", "http://orders.internal/", extensions={"timeout": dict(client_timeouts)}
+        )
+        call = Call(mesh._plans, None, request, asynchronous=False)
+        assert call.start() == SEND
+        sent: dict[str, float | None] = request.extensions["timeout"]
+        call.__exit__(None, None, None)
+        return sent
+
+    assert timeouts_sent() == client_timeouts  # 30 s left: the client's own stand
+    assert timeouts_sent() == client_timeouts
+    with meshlib.deadline(2.0):
+        assert timeouts_sent() == {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
+    assert timeouts_sent() == client_timeouts
+    client_timeouts["read"] = None  # an unbounded phase gets the call's bound
+    assert timeouts_sent() == {**client_timeouts, "read": 30.0}

@@ -6,8 +6,11 @@ DiscoveryRequest it receives, so that tests can assert ACKs and NACKs (version,
 nonce, error detail, names). A resource the snapshot leaves out does not exist:
 Listener and Cluster responses simply omit it; for RouteConfiguration and
 ClusterLoadAssignment the server answers only when it has one of the names
-asked for, as go-control-plane does. It can be stopped and started again on
-the same port, to test reconnects.
+asked for, as go-control-plane does. A Listener or Cluster request without names
+(or with "*") is a wildcard subscription, as Envoy makes: it gets every one. A
+node id in `views` is served a view derived from the snapshot instead (what a
+real Envoy needs beside it). It can be stopped and started again on the same
+port, to test reconnects.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class _Stream:
     number: int
     out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     types: dict[str, _Subscription] = field(default_factory=dict)
+    node: str = ""
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
@@ -87,6 +91,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._streams: list[_Stream] = []
         self._nonces = itertools.count(1)
         self._server: Any = None
+        #: node id -> what that node is served instead of the snapshot, derived from it
+        #: (a real Envoy needs a socket listener beside each api_listener, for example)
+        self.views: dict[str, Callable[[Snapshot], Snapshot]] = {}
 
     # --- running ----------------------------------------------------------------------
 
@@ -207,6 +214,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     def _on_request(self, stream: _Stream, request: Any) -> None:
         with self._lock:
             self.requests.append(Recorded(stream.number, request))
+            if request.HasField("node"):
+                stream.node = request.node.id
             subscription = stream.types.setdefault(request.type_url, _Subscription())
             if request.response_nonce and request.response_nonce != subscription.nonce:
                 return  # stale: the client has not seen the latest response yet
@@ -217,8 +226,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     def _respond(self, stream: _Stream, type_url: str, subscription: _Subscription) -> None:
         assert subscription.names is not None
-        resources = self.snapshot.get(type_url, {})
-        chosen = [name for name in subscription.names if name in resources]
+        view = self.views.get(stream.node)
+        resources = (view(self.snapshot) if view else self.snapshot).get(type_url, {})
+        if _wildcard(type_url, subscription.names):
+            chosen = list(resources)
+        else:
+            chosen = [name for name in subscription.names if name in resources]
         if not chosen and type_url not in (LISTENER, CLUSTER):
             return  # no news about RDS / EDS names the server does not have
         nonce = str(next(self._nonces))
@@ -235,6 +248,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             response.resources.append(packed)
         self.sent.append(Sent(stream.number, type_url, str(self.version), nonce, tuple(chosen)))
         stream.out.put(response)
+
+
+def _wildcard(type_url: str, names: tuple[str, ...]) -> bool:
+    # Envoy subscribes to every Listener and Cluster: no names (legacy) or "*".
+    return type_url in (LISTENER, CLUSTER) and (not names or "*" in names)
 
 
 def _pack(message: Any) -> Any:

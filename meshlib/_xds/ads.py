@@ -30,6 +30,10 @@ What the caller relies on:
 
 Importing this module needs the ``meshlib[xds]`` extra; without it the import
 raises `ConfigError` naming the extra.
+
+Near 900 lines because the stream's whole life (subscribe, ACK/NACK,
+does-not-exist timers, reconnect) is one state machine on one thread; split,
+its invariants would span modules that each see half of the state.
 """
 
 from __future__ import annotations
