@@ -38,13 +38,14 @@ from meshlib.testing import FaultServer, Hang, Reset, Respond
 from . import xds_snapshots as snapshots
 from .spiffe import MeshCerts, mesh_certs
 from .xds_envoy import SECRET, SOCKET_PREFIX, EnvoySide, Reply, Side, for_envoy
+from .xds_meshlib import MeshlibSide
 from .xds_server import AdsServer
 from .xds_snapshots import HOST, ISTIO_LISTENER
 
 pytestmark = pytest.mark.network
 
 #: The clients every behaviour runs against.
-SIDES = ("envoy",)
+SIDES = ("envoy", "meshlib")
 
 
 class Upstreams(NamedTuple):
@@ -71,6 +72,9 @@ def side(request: pytest.FixtureRequest, ads: AdsServer, certs: MeshCerts) -> It
     if request.param == "envoy":
         with EnvoySide(ads, providers={"default": certs.client}) as envoy:
             yield envoy
+    elif request.param == "meshlib":
+        with MeshlibSide(ads, providers={"default": certs.client}) as mesh:
+            yield mesh
     else:  # pragma: no cover - a new side must be started here
         raise AssertionError(f"unknown side {request.param!r}")
 
