@@ -1059,6 +1059,10 @@ class _Client:
     def subscribe(self, type_url: str, names: list[str]) -> None:
         self.watched[type_url].extend(names)
 
+    def unsubscribe(self, type_url: str, names: list[str]) -> None:
+        for name in names:
+            self.watched[type_url].remove(name)
+
     def close(self) -> None:
         pass
 
@@ -1146,3 +1150,20 @@ def test_what_does_not_exist_falls_back_as_envoy_does() -> None:
     assert "orders:8080" not in mesh.destinations
     assert mesh.policy_for("orders", 8080) == meshlib.STANDARD
     assert source.wait_ready(["orders:8080"], 0)
+
+
+def test_the_source_stops_watching_what_no_listener_leads_to() -> None:
+    from meshlib._xds.ads import CLUSTER, CLUSTER_LOAD_ASSIGNMENT
+
+    source, mesh = _source()
+    source.send("lds", listener())
+    source.send("rds", routes(route()))
+    source.send("cds", cluster())
+    source.send("eds", assignment(hosts("10.0.0.1:80")))
+    assert source.client.watched[CLUSTER] == ["orders-v1"]
+    source.send("rds", routes(route(cluster="orders-v2")))  # the route moves to v2
+    assert source.client.watched[CLUSTER] == ["orders-v2"]
+    assert source.client.watched[CLUSTER_LOAD_ASSIGNMENT] == []
+    assert "orders-v1@orders:8080#0" not in mesh.clusters
+    source.send("cds", cluster("orders-v2"))
+    assert source.client.watched[CLUSTER_LOAD_ASSIGNMENT] == ["orders-v2"]

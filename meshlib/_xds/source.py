@@ -92,6 +92,7 @@ class XdsSource:
         self._found: dict[str, Endpoints | None] = {}  # cluster: its endpoints
         self._wanted: set[str] = set()
         self.refused: tuple[float, str] | None = None
+        self._watched: dict[str, set[str]] = {}  # per type but Listener, the names watched
         self.client = client(bootstrap, self._handle)  # last: it may call back at once
 
     # --- from request threads ------------------------------------------------------
@@ -175,10 +176,22 @@ class XdsSource:
                 return False
         return True
 
+    _STATE = (
+        "_listeners",
+        "_missing_listeners",
+        "_routes",
+        "_clusters",
+        "_missing_clusters",
+        "_assignments",
+        "_missing_assignments",
+        "_tables",
+        "_found",
+    )
+
     def _handle(self, update: Update) -> Mapping[str, str]:
         refused: dict[str, str] = {}
-        subscribe: dict[str, set[str]] = {}
         with self._changed:
+            kept = {name: getattr(self, name).copy() for name in self._STATE}
             take = {
                 LISTENER: self._take_listener,
                 ROUTE_CONFIGURATION: self._take_routes,
@@ -187,24 +200,65 @@ class XdsSource:
             }[update.type_url]
             for name, message in update.resources.items():
                 try:
-                    for type_url, names in take(name, message).items():
-                        subscribe.setdefault(type_url, set()).update(names)
+                    take(name, message)
                 except Refused as exc:
                     refused[name] = exc.detail
             self._forget(update.type_url, update.missing)
             try:
                 self._apply(self._table())
-            except (ConfigError, Refused) as exc:  # a change that fits no table: refuse it
+            except (ConfigError, Refused) as exc:  # fits no table: refused whole, as it was
+                for name, value in kept.items():
+                    setattr(self, name, value)
                 refused.update(dict.fromkeys(update.resources, f"does not fit the rest: {exc}"))
+            watch, unwatch = self._reconcile()
             if refused:
                 reasons = "; ".join(f"{name}: {reason}" for name, reason in refused.items())
                 self.refused = (time.time(), reasons)  # wall-clock ok: shown as a date
             self._changed.notify_all()
-        for type_url, names in subscribe.items():
+        for type_url, names in watch.items():
             self.client.subscribe(type_url, sorted(names))
+        for type_url, names in unwatch.items():
+            self.client.unsubscribe(type_url, sorted(names))
         return refused
 
-    def _take_listener(self, name: str, message: Any) -> dict[str, set[str]]:
+    def _reconcile(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """Return what to watch and to stop watching: what the listeners lead to, no more.
+
+        What is no longer led to is forgotten, as the ADS client forgets it.
+        """
+        wanted: dict[str, set[str]] = {ROUTE_CONFIGURATION: set(), CLUSTER: set()}
+        for read in self._listeners.values():
+            if read.rds is not None:
+                wanted[ROUTE_CONFIGURATION].add(read.rds)
+            config = read.inline if read.rds is None else self._routes.get(read.rds)
+            if config is not None:
+                wanted[CLUSTER].update(_cluster_names(config))
+        wanted[CLUSTER_LOAD_ASSIGNMENT] = {
+            settings.eds_name
+            for name, settings in self._clusters.items()
+            if name in wanted[CLUSTER] and settings.eds_name is not None
+        }
+        watch: dict[str, set[str]] = {}
+        unwatch: dict[str, set[str]] = {}
+        for type_url, names in wanted.items():
+            watched = self._watched.setdefault(type_url, set())
+            if names - watched:
+                watch[type_url] = names - watched
+            if watched - names:
+                unwatch[type_url] = watched - names
+            self._watched[type_url] = names
+        for name in unwatch.get(ROUTE_CONFIGURATION, ()):
+            self._routes.pop(name, None)
+        for name in unwatch.get(CLUSTER, ()):
+            self._clusters.pop(name, None)
+            self._found.pop(name, None)
+            self._missing_clusters.discard(name)
+        for name in unwatch.get(CLUSTER_LOAD_ASSIGNMENT, ()):
+            self._assignments.pop(name, None)
+            self._missing_assignments.discard(name)
+        return watch, unwatch
+
+    def _take_listener(self, name: str, message: Any) -> None:
         read = listener_routes(message)
         try:
             normalise_pattern(name)
@@ -217,11 +271,8 @@ class XdsSource:
         self._tables.pop(name, None)
         if config is not None:
             self._tables[name] = table
-        if read.rds is not None:
-            return {ROUTE_CONFIGURATION: {read.rds}}
-        return {CLUSTER: set(_cluster_names(read.inline))}
 
-    def _take_routes(self, name: str, message: Any) -> dict[str, set[str]]:
+    def _take_routes(self, name: str, message: Any) -> None:
         tables = {
             listener: self._translate(listener, read, message)
             for listener, read in self._listeners.items()
@@ -229,7 +280,6 @@ class XdsSource:
         }  # every listener's first: one refusal keeps all of them as they were
         self._routes[name] = message
         self._tables.update(tables)
-        return {CLUSTER: set(_cluster_names(message))}
 
     def _translate(self, listener: str, read: ListenerRoutes, config: Any) -> list[XdsRoute] | None:
         """Read `listener`'s routes from `config`; refuse routes no table could hold."""
@@ -237,7 +287,7 @@ class XdsSource:
         compose(self._default, listener, read.faults, table, {}, {})
         return table
 
-    def _take_cluster(self, name: str, message: Any) -> dict[str, set[str]]:
+    def _take_cluster(self, name: str, message: Any) -> None:
         settings = cluster_settings(message)
         found = settings.static
         if settings.eds_name is not None and settings.eds_name in self._assignments:
@@ -246,9 +296,8 @@ class XdsSource:
         self._clusters[name] = settings
         self._found[name] = found
         self._missing_clusters.discard(name)
-        return {} if settings.eds_name is None else {CLUSTER_LOAD_ASSIGNMENT: {settings.eds_name}}
 
-    def _take_assignment(self, name: str, message: Any) -> dict[str, set[str]]:
+    def _take_assignment(self, name: str, message: Any) -> None:
         where = f"ClusterLoadAssignment {name}"
         found = {
             cluster: load_assignment_endpoints(message, settings, where)
@@ -258,7 +307,6 @@ class XdsSource:
         self._assignments[name] = message
         self._found.update(found)
         self._missing_assignments.discard(name)
-        return {}
 
     def _forget(self, type_url: str, names: frozenset[str]) -> None:
         for name in names:
