@@ -127,12 +127,19 @@ class EndpointPool:
         """Take new settings: the endpoints still listed keep their state, in the new order.
 
         New addresses start unmeasured; an attempt in flight to a removed one
-        ends normally (its outcome no longer counts for the pool).
+        ends normally (its outcome no longer counts for the pool). A change of
+        anything but the addresses (balance, ejection) starts every endpoint
+        afresh, as Envoy rebuilds a cluster whose settings changed (its outlier
+        detector included); only a change of addresses (EDS) keeps state.
         """
         if settings == self.settings:
             return
         with self._lock:
-            kept = {(e.host, e.port): e for e in self.endpoints}
+            same_rules = (settings.balance, settings.ejection) == (
+                self.settings.balance,
+                self.settings.ejection,
+            )
+            kept = {(e.host, e.port): e for e in self.endpoints} if same_rules else {}
             self.endpoints = [
                 kept.get((host, port)) or Endpoint(host, port) for host, port in settings.parsed()
             ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import math
 import random
@@ -609,3 +610,25 @@ def test_a_hedged_copy_goes_to_another_endpoint(mode: str) -> None:
     hedged = [hosts for hosts in calls if hosts[0] == "a"]
     assert hedged  # the seeded draws put the first attempt on the slow endpoint sometimes
     assert all(hosts[:2] == ["a", "b"] for hosts in hedged)
+
+
+def test_new_addresses_keep_an_ejection_but_new_ejection_rules_start_afresh() -> None:
+    # As Envoy: an EDS change keeps the outlier detector's state for the hosts still
+    # listed; a change of the cluster's own settings rebuilds it.
+    from meshlib._traffic import EndpointPool
+
+    rules = meshlib.Ejection(consecutive=1, base=30.0, max_share=1.0)
+    pool = EndpointPool(meshlib.Endpoints(["a:80", "b:80"], ejection=rules), "orders")
+    broken = pool.pick(0.0)
+    pool.done(broken, True, 0.001, 0.0)
+
+    def ejected() -> list[str]:
+        return [e.address for e in pool.snapshot(1.0) if e.ejected]
+
+    assert ejected() == [broken.address]
+    pool.update(meshlib.Endpoints(["a:80", "b:80", "c:80"], ejection=rules))
+    assert ejected() == [broken.address]  # the addresses changed: still out
+    pool.update(
+        meshlib.Endpoints(["a:80", "b:80", "c:80"], ejection=dataclasses.replace(rules, base=10.0))
+    )
+    assert ejected() == []  # the rules changed: every endpoint starts afresh
