@@ -135,20 +135,23 @@ class EndpointPool:
         """Give each endpoint its weight from the settings, relative to their mean."""
         weights = self.settings.weights
         self._weighted = weights is not None
-        scale = 1.0 if weights is None else len(weights) / math.fsum(weights)
-        for endpoint, weight in zip(self.endpoints, weights or (1.0,) * len(self.endpoints)):
+        if weights is None:
+            weights = (1.0,) * len(self.endpoints)
+        scale = len(weights) / math.fsum(weights)
+        for endpoint, weight in zip(self.endpoints, weights, strict=True):
             endpoint.weight = weight * scale
             endpoint.current = 0.0
 
     def update(self, settings: Endpoints) -> None:
         """Take new settings: the endpoints still listed keep their state, in the new order.
 
-        Weights are taken as given (a change of weights alone keeps every
-        endpoint's load, latency and ejection state). New addresses start unmeasured; an attempt in flight to a removed one
-        ends normally (its outcome no longer counts for the pool). A change of
-        anything but the addresses (balance, ejection) starts every endpoint
-        afresh, as Envoy rebuilds a cluster whose settings changed (its outlier
-        detector included); only a change of addresses (EDS) keeps state.
+        New weights apply at once; a change of weights alone keeps every
+        endpoint's load, latency and ejection state. New addresses start
+        unmeasured; an attempt in flight to a removed one ends normally (its
+        outcome no longer counts for the pool). A change of anything but the
+        addresses and weights (balance, ejection) starts every endpoint afresh,
+        as Envoy rebuilds a cluster whose settings changed (its outlier detector
+        included); only a change of addresses or weights (EDS) keeps state.
         """
         if settings == self.settings:
             return

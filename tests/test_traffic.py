@@ -722,9 +722,7 @@ def test_a_change_of_weights_keeps_each_endpoints_state() -> None:
     held = pool.pick(0.0)  # stays in flight
     broken = pool.pick(0.0, avoid=held)
     pool.done(broken, True, 0.001, 0.0)
-    pool.update(
-        meshlib.Endpoints({"a:80": 1, "b:80": 9, "c:80": 1}, balance="p2c", ejection=rules)
-    )
+    pool.update(meshlib.Endpoints({"a:80": 1, "b:80": 9, "c:80": 1}, balance="p2c", ejection=rules))
     state = {e.address: e for e in pool.snapshot(1.0)}
     assert state[broken.address].ejected
     assert state[held.address].in_flight == 1
