@@ -7,6 +7,7 @@ Pure objects with the clock and randomness passed in or read from
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import threading
 import zlib
@@ -120,7 +121,16 @@ class EndpointPool:
     Thread-safe; the lock is held for a pick or an outcome, never across I/O.
     """
 
-    __slots__ = ("__weakref__", "_lock", "_next", "_weighted", "endpoints", "label", "settings")
+    __slots__ = (
+        "__weakref__",
+        "_cumulative",
+        "_lock",
+        "_next",
+        "_weighted",
+        "endpoints",
+        "label",
+        "settings",
+    )
 
     def __init__(self, settings: Endpoints, label: str) -> None:
         self.settings = settings
@@ -141,6 +151,7 @@ class EndpointPool:
         for endpoint, weight in zip(self.endpoints, weights, strict=True):
             endpoint.weight = weight * scale
             endpoint.current = 0.0
+        self._cumulative = list(itertools.accumulate(e.weight for e in self.endpoints))
 
     def update(self, settings: Endpoints) -> None:
         """Take new settings: the endpoints still listed keep their state, in the new order.
@@ -219,7 +230,10 @@ class EndpointPool:
         # alike each wins half the time, so each endpoint's share is its weight's.
         # Load is compared per unit of weight, so that a heavier endpoint is not
         # held back for carrying the more requests it was given.
-        first, second = runtime.rng.choices(candidates, [e.weight for e in candidates], k=2)
+        if len(candidates) == len(self.endpoints):  # all of them, in order
+            first, second = runtime.rng.choices(candidates, cum_weights=self._cumulative, k=2)
+        else:
+            first, second = runtime.rng.choices(candidates, [e.weight for e in candidates], k=2)
         if first is second:
             return first
         a = first.latency(now) * (first.in_flight / first.weight + 1) + _FLOOR
