@@ -104,6 +104,7 @@ class EndpointSnapshot:
     """An endpoint's state at one moment.
 
     `ejected_for` is the seconds until an ejected endpoint comes back (0 when in use).
+    `weight` is its weight as its `Endpoints` give it (1 when they are unweighted).
     """
 
     address: str
@@ -113,6 +114,7 @@ class EndpointSnapshot:
     ejected: bool
     ejections: int
     ejected_for: float = 0.0
+    weight: float = 1.0
 
 
 class EndpointPool:
@@ -272,6 +274,7 @@ class EndpointPool:
     def snapshot(self, now: float) -> list[EndpointSnapshot]:
         """Return every endpoint's load and health."""
         with self._lock:
+            weights = self.settings.weights or (1.0,) * len(self.endpoints)
             return [
                 EndpointSnapshot(
                     e.address,
@@ -281,8 +284,9 @@ class EndpointPool:
                     e.ejected_until > now,
                     e.ejections,
                     max(0.0, e.ejected_until - now),
+                    weight,
                 )
-                for e in self.endpoints
+                for e, weight in zip(self.endpoints, weights, strict=True)
             ]
 
 
