@@ -140,7 +140,6 @@ class EndpointPool:
         self.endpoints = [Endpoint(host, port) for host, port in settings.parsed()]
         self._next = 0
         self._lock = threading.Lock()
-        self._weighted = False
         self._weigh()
 
     def _weigh(self) -> None:

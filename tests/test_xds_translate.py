@@ -865,6 +865,13 @@ def test_priorities_spill_over_with_the_overprovisioning_factor() -> None:
     # With a factor of 100 (the CLA's own policy), P0 can take only 50 %.
     cla.policy.overprovisioning_factor.value = 100
     assert _shares(cla) == {"10.0.0.1:80": "equal", "10.0.1.1:80": "equal"}
+    cla.policy.overprovisioning_factor.value = 0
+    refused(
+        lambda: load_assignment_endpoints(cla, _settings(), "ClusterLoadAssignment orders-v1"),
+        "ClusterLoadAssignment orders-v1",
+        "policy.overprovisioning_factor",
+        "0",
+    )
 
 
 def test_a_priority_below_the_panic_threshold_panics_only_when_the_total_is_short() -> None:

@@ -129,7 +129,8 @@ class ClusterSettings:
         ejection: outlier ejection, or None.
         bulkhead: ``circuit_breakers`` max_requests.
         budget: the retry budget for the routes' retries to this cluster.
-        panic: below this share of healthy endpoints, all are used.
+        panic: a priority with fewer healthy and degraded endpoints than this
+            share of them uses all of them, while the cluster's total health is short.
         static: a STATIC cluster's endpoints (None: none usable, or EDS).
         locality_weighted: ``locality_weighted_lb_config`` is set: within a
             priority, localities share its load by their weights.
@@ -347,7 +348,8 @@ def load_assignment_endpoints(cla: Any, cluster: ClusterSettings, where: str) ->
     Endpoints that would get nothing are left out. None: no endpoint at all.
 
     Raises:
-        Refused: drop_overloads, an endpoint weight of 0, named or non-TCP addresses.
+        Refused: drop_overloads, an endpoint weight or overprovisioning factor of 0,
+            named or non-TCP addresses.
     """
     only(cla, where, "", ("cluster_name", "endpoints", "policy"))
     factor = OVERPROVISIONING_FACTOR
@@ -362,6 +364,8 @@ def load_assignment_endpoints(cla: Any, cluster: ClusterSettings, where: str) ->
         )
         if policy.HasField("overprovisioning_factor"):
             factor = policy.overprovisioning_factor.value
+            if factor < 1:  # Envoy's validation refuses it too
+                raise Refused(where, "policy.overprovisioning_factor", factor, "must be > 0")
         weighted_health = policy.weighted_priority_health
     levels: dict[int, list[Locality]] = {}
     for index, locality in enumerate(cla.endpoints):
