@@ -874,6 +874,19 @@ def test_priorities_spill_over_with_the_overprovisioning_factor() -> None:
     )
 
 
+def test_an_address_listed_twice_is_one_endpoint_of_its_priority() -> None:
+    cla = assignment(
+        _zone(_lb("10.0.0.1:80"), _lb("10.0.0.2:80", "UNHEALTHY")),
+        _zone(_lb("10.0.0.1:80")),  # the same priority: not a third endpoint
+        _zone(_lb("10.0.1.1:80"), _lb("10.0.0.2:80"), priority=1),
+    )
+    # P0 is a (healthy) and b (unhealthy): health 70. P1 takes 30 %, half of it on b,
+    # which is listed (and healthy) in P1 too: its two shares add up.
+    assert _shares(cla) == pytest.approx(
+        {"10.0.0.1:80": 0.7, "10.0.0.2:80": 0.15, "10.0.1.1:80": 0.15}
+    )
+
+
 def test_a_priority_below_the_panic_threshold_panics_only_when_the_total_is_short() -> None:
     unhealthy = [_lb(f"10.0.0.{i}:80", "UNHEALTHY") for i in (2, 3, 4)]
     # P0: 1 of 4 healthy (25 %, health 35); P1: 2 of 3 (health 93). The total is 100:

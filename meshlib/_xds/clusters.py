@@ -368,6 +368,7 @@ def load_assignment_endpoints(cla: Any, cluster: ClusterSettings, where: str) ->
                 raise Refused(where, "policy.overprovisioning_factor", factor, "must be > 0")
         weighted_health = policy.weighted_priority_health
     levels: dict[int, list[Locality]] = {}
+    seen: dict[int, set[str]] = {}  # per priority, the addresses listed so far
     for index, locality in enumerate(cla.endpoints):
         path = f"endpoints[{index}]"
         only(
@@ -378,7 +379,7 @@ def load_assignment_endpoints(cla: Any, cluster: ClusterSettings, where: str) ->
         )
         hosts: list[Host] = []
         level = levels.setdefault(locality.priority, [])
-        listed = {host.address for other in level for host in other.hosts}
+        listed = seen.setdefault(locality.priority, set())
         for position, lb_endpoint in enumerate(locality.lb_endpoints):
             here = f"{path}.lb_endpoints[{position}]"
             only(
