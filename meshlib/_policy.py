@@ -626,22 +626,47 @@ class Endpoints:
 
     Args:
         addresses: ``host:port`` strings (IPv6 as ``[::1]:8080``), each with
-            its port; no duplicates, at least one.
+            its port; no duplicates, at least one. Or a mapping of such
+            addresses to relative positive weights
+            (``{"10.0.1.1:8080": 3, "10.0.1.2:8080": 1}``): each endpoint then
+            takes a share of the requests in proportion to its weight.
         balance: ``"p2c"`` (two distinct healthy endpoints at random, the less
             loaded most likely wins: requests in flight weighted by peak-EWMA
             time to response headers; equal endpoints share evenly, see
-            docs/traffic.md) or ``"round_robin"``.
+            docs/traffic.md) or ``"round_robin"``. With weights, p2c draws its
+            two candidates in proportion to weight and compares requests in
+            flight per unit of weight; round robin is smooth weighted round
+            robin.
         ejection: outlier ejection, or None to keep every endpoint in.
+        weights: the weights as a sequence in the order of `addresses` (the
+            form they are stored in), when `addresses` is not a mapping.
+
+    Attributes:
+        weights: each address's weight, in order, or None when all are equal
+            (``{"a:1": 2, "b:1": 2}`` is the same as ``["a:1", "b:1"]``).
     """
 
-    addresses: tuple[str, ...]
+    addresses: tuple[str, ...] | Mapping[str, float]
     balance: Literal["p2c", "round_robin"] = "p2c"
     ejection: Ejection | None = field(default_factory=Ejection)
+    weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        addresses = self.addresses
+        addresses: object = self.addresses
+        weights: object = self.weights
+        named = "weights"  # the field a bad weight came in
+        if isinstance(addresses, Mapping):
+            if weights is not None:
+                raise _fail(
+                    "Endpoints",
+                    "weights",
+                    weights,
+                    "None when addresses is a mapping of addresses to weights",
+                )
+            weights, addresses, named = tuple(addresses.values()), tuple(addresses), "addresses"
         if isinstance(addresses, str) or not isinstance(addresses, Iterable):
             raise _fail("Endpoints", "addresses", addresses, "a list of 'host:port' strings")
+        addresses = tuple(addresses)
         parsed = [_address("Endpoints", a, port_required=True) for a in addresses]
         if not parsed:
             raise _fail("Endpoints", "addresses", list(addresses), "at least one address")
@@ -651,6 +676,7 @@ class Endpoints:
                 raise _fail("Endpoints", "addresses", address, "no duplicate addresses")
             seen.add(key)
         _set(self, "addresses", tuple(a.strip() for a in addresses))
+        _set(self, "weights", _weights(weights, len(addresses), named))
         if self.balance not in BALANCERS:
             raise _fail("Endpoints", "balance", self.balance, f"one of {list(BALANCERS)}")
         if self.ejection is not None and not isinstance(self.ejection, Ejection):
@@ -662,6 +688,32 @@ class Endpoints:
             cast(tuple[str, int], _address("Endpoints", a, port_required=True))
             for a in self.addresses
         )
+
+    def weighted(self) -> tuple[tuple[str, float], ...]:
+        """Return each address with its weight (1 for each when all are equal)."""
+        weights = self.weights or (1.0,) * len(self.addresses)
+        return tuple(zip(self.addresses, weights, strict=True))
+
+
+def _weights(value: object, count: int, name: str) -> tuple[float, ...] | None:
+    """Return endpoint weights as stored: positive floats, or None when all are equal."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise _fail("Endpoints", name, value, "a list of positive numbers, one per address")
+    weights = tuple(value)
+    for weight in weights:
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise _fail("Endpoints", name, weight, "positive weights (numbers)")
+        if not math.isfinite(weight) or weight <= 0:
+            raise _fail("Endpoints", name, weight, "positive weights (numbers)")
+    if len(weights) != count:
+        raise _fail(
+            "Endpoints", "weights", list(weights), f"one weight per address ({count} addresses)"
+        )
+    if len(set(weights)) == 1:
+        return None  # all equal: every endpoint alike, the unweighted balancers
+    return tuple(float(weight) for weight in weights)
 
 
 def _regex(owner: str, name: str, value: object) -> re.Pattern[str]:

@@ -201,6 +201,7 @@ def _destination(
                 "in_flight": e.in_flight,
                 "failures_in_a_row": e.failures_in_a_row,
                 "latency": round(e.latency, 6),
+                "weight": e.weight,
             }
             for e in plan.endpoints.snapshot(now)
         ]

@@ -7,6 +7,7 @@ Pure objects with the clock and randomness passed in or read from
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import threading
 import zlib
@@ -52,6 +53,7 @@ class Endpoint:
     """One address of a destination, with its load and health."""
 
     __slots__ = (
+        "current",
         "ejected_until",
         "ejections",
         "ewma",
@@ -60,11 +62,16 @@ class Endpoint:
         "in_flight",
         "measured_at",
         "port",
+        "weight",
     )
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
+        # Its weight relative to the pool's mean (1: unweighted), and smooth weighted
+        # round robin's running credit; both set by the pool.
+        self.weight = 1.0
+        self.current = 0.0
         self.in_flight = 0
         self.ewma = _UNMEASURED
         self.measured_at = math.inf  # never: the first answer replaces the estimate
@@ -97,6 +104,7 @@ class EndpointSnapshot:
     """An endpoint's state at one moment.
 
     `ejected_for` is the seconds until an ejected endpoint comes back (0 when in use).
+    `weight` is its weight as its `Endpoints` give it (1 when they are unweighted).
     """
 
     address: str
@@ -106,6 +114,7 @@ class EndpointSnapshot:
     ejected: bool
     ejections: int
     ejected_for: float = 0.0
+    weight: float = 1.0
 
 
 class EndpointPool:
@@ -114,7 +123,16 @@ class EndpointPool:
     Thread-safe; the lock is held for a pick or an outcome, never across I/O.
     """
 
-    __slots__ = ("__weakref__", "_lock", "_next", "endpoints", "label", "settings")
+    __slots__ = (
+        "__weakref__",
+        "_cumulative",
+        "_lock",
+        "_next",
+        "_weighted",
+        "endpoints",
+        "label",
+        "settings",
+    )
 
     def __init__(self, settings: Endpoints, label: str) -> None:
         self.settings = settings
@@ -122,15 +140,30 @@ class EndpointPool:
         self.endpoints = [Endpoint(host, port) for host, port in settings.parsed()]
         self._next = 0
         self._lock = threading.Lock()
+        self._weigh()
+
+    def _weigh(self) -> None:
+        """Give each endpoint its weight from the settings, relative to their mean."""
+        weights = self.settings.weights
+        self._weighted = weights is not None
+        if weights is None:
+            weights = (1.0,) * len(self.endpoints)
+        scale = len(weights) / math.fsum(weights)
+        for endpoint, weight in zip(self.endpoints, weights, strict=True):
+            endpoint.weight = weight * scale
+            endpoint.current = 0.0
+        self._cumulative = list(itertools.accumulate(e.weight for e in self.endpoints))
 
     def update(self, settings: Endpoints) -> None:
         """Take new settings: the endpoints still listed keep their state, in the new order.
 
-        New addresses start unmeasured; an attempt in flight to a removed one
-        ends normally (its outcome no longer counts for the pool). A change of
-        anything but the addresses (balance, ejection) starts every endpoint
-        afresh, as Envoy rebuilds a cluster whose settings changed (its outlier
-        detector included); only a change of addresses (EDS) keeps state.
+        New weights apply at once; a change of weights alone keeps every
+        endpoint's load, latency and ejection state. New addresses start
+        unmeasured; an attempt in flight to a removed one ends normally (its
+        outcome no longer counts for the pool). A change of anything but the
+        addresses and weights (balance, ejection) starts every endpoint afresh,
+        as Envoy rebuilds a cluster whose settings changed (its outlier detector
+        included); only a change of addresses or weights (EDS) keeps state.
         """
         if settings == self.settings:
             return
@@ -144,6 +177,7 @@ class EndpointPool:
                 kept.get((host, port)) or Endpoint(host, port) for host, port in settings.parsed()
             ]
             self.settings = settings
+            self._weigh()
 
     def _healthy(self, now: float) -> list[Endpoint]:
         healthy = [e for e in self.endpoints if e.ejected_until <= now]
@@ -157,6 +191,8 @@ class EndpointPool:
                 candidates = [e for e in candidates if e is not avoid] or candidates
             if len(candidates) == 1:
                 chosen = candidates[0]
+            elif self._weighted:
+                chosen = self._pick_weighted(candidates, now)
             elif self.settings.balance == "round_robin":
                 chosen = candidates[self._next % len(candidates)]
                 self._next += 1
@@ -175,6 +211,39 @@ class EndpointPool:
                     other.ewma *= _PASSED_OVER
             chosen.in_flight += 1
             return chosen
+
+    def _pick_weighted(self, candidates: list[Endpoint], now: float) -> Endpoint:
+        """Choose among two or more `candidates` in proportion to their weights."""
+        if self.settings.balance == "round_robin":
+            # Smooth weighted round robin (nginx's): each pick credits every candidate
+            # its weight and takes the one with the most credit, which pays back the
+            # total; weights 5:1:1 give a b a c a a a, not a a a a a b c.
+            total = 0.0
+            chosen = candidates[0]
+            for endpoint in candidates:
+                endpoint.current += endpoint.weight
+                total += endpoint.weight
+                if endpoint.current > chosen.current:
+                    chosen = endpoint
+            chosen.current -= total
+            return chosen
+        # Two draws in proportion to weight, with replacement: when both loads are
+        # alike each wins half the time, so each endpoint's share is its weight's.
+        # Load is compared per unit of weight, so that a heavier endpoint is not
+        # held back for carrying the more requests it was given.
+        if len(candidates) == len(self.endpoints):  # all of them, in order
+            first, second = runtime.rng.choices(candidates, cum_weights=self._cumulative, k=2)
+        else:
+            first, second = runtime.rng.choices(candidates, [e.weight for e in candidates], k=2)
+        if first is second:
+            return first
+        a = first.latency(now) * (first.in_flight / first.weight + 1) + _FLOOR
+        b = second.latency(now) * (second.in_flight / second.weight + 1) + _FLOOR
+        a, b = a * a * a, b * b * b
+        chosen, other = (first, second) if runtime.rng.random() * (a + b) < b else (second, first)
+        if other.in_flight == 0 and other.measured_at < chosen.measured_at:
+            other.ewma *= _PASSED_OVER
+        return chosen
 
     def done(self, endpoint: Endpoint, failed: bool | None, latency: float, now: float) -> None:
         """Record an attempt's end; `failed` None: cancelled (counts for nothing)."""
@@ -204,6 +273,7 @@ class EndpointPool:
     def snapshot(self, now: float) -> list[EndpointSnapshot]:
         """Return every endpoint's load and health."""
         with self._lock:
+            weights = self.settings.weights or (1.0,) * len(self.endpoints)
             return [
                 EndpointSnapshot(
                     e.address,
@@ -213,8 +283,9 @@ class EndpointPool:
                     e.ejected_until > now,
                     e.ejections,
                     max(0.0, e.ejected_until - now),
+                    weight,
                 )
-                for e in self.endpoints
+                for e, weight in zip(self.endpoints, weights, strict=True)
             ]
 
 

@@ -258,6 +258,7 @@ class _Pages:
                 "in flight",
                 "failures in a row",
                 "latency (peak EWMA)",
+                "weight",
             )
             lines = []
             for e in endpoints:
@@ -272,7 +273,7 @@ class _Pages:
                     f"<td>{_e(ejected_for)}</td>"
                     f"<td>{e['ejections']}</td><td>{e['in_flight']}</td>"
                     f"<td>{e['failures_in_a_row']}</td>"
-                    f"<td>{_e(latency)}</td></tr>"
+                    f"<td>{_e(latency)}</td><td>{e['weight']:.6g}</td></tr>"
                 )
             head = "".join(f"<th>{_e(n)}</th>" for n in names)
             table = (

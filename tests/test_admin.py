@@ -72,7 +72,7 @@ def test_status_json_has_the_documented_shape(upstream: FaultServer) -> None:
     assert row["latency"]["p50"] > 0
     (endpoint,) = row["endpoints"]
     assert set(endpoint) == {"address", "state", "ejected_for", "ejections", "in_flight",
-                             "failures_in_a_row", "latency"}  # fmt: skip
+                             "failures_in_a_row", "latency", "weight"}  # fmt: skip
     assert endpoint["state"] == "in use"
     assert row["effective"].startswith('[destinations."127.0.0.1"]')
 
@@ -124,6 +124,7 @@ def test_each_destination_has_a_page_with_its_endpoints_and_policy(upstream: Fau
     assert page.status_code == 200
     assert f'data-endpoint="127.0.0.1:{upstream.port}"' in page.text
     assert 'data-endpoint="127.0.0.1:9"' in page.text
+    assert "<th>weight</th>" in page.text
     assert "[destinations.&quot;127.0.0.1&quot;]" in page.text
     assert "endpoints = { addresses = [" in page.text.replace("&quot;", '"')
     assert missing.status_code == 404

@@ -1101,3 +1101,46 @@ def test_endpoints_and_routes_under_default_name_the_file_and_field(text: str) -
         parse(text)
     assert str(caught.value).startswith(f"mesh.toml: default.{layer}: ")
     assert "destination" in str(caught.value)
+
+
+def test_endpoint_weights_in_the_file_read_and_write_back() -> None:
+    from meshlib._snapshot import policy_toml
+
+    config = parse(
+        '[destinations."orders.internal".endpoints]\n'
+        'addresses = { "10.0.1.1:8080" = 3, "10.0.1.2:8080" = 1 }\n'
+        'balance = "round_robin"\n'
+    )
+    endpoints = config.destinations["orders.internal"].endpoints
+    assert endpoints == meshlib.Endpoints(
+        {"10.0.1.1:8080": 3, "10.0.1.2:8080": 1}, balance="round_robin"
+    )
+    written = policy_toml(config.destinations["orders.internal"], "orders.internal")
+    assert "weights = [3.0, 1.0]" in written
+    assert parse(written).destinations["orders.internal"] == config.destinations["orders.internal"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'addresses = { "10.0.1.1:8080" = 0 }',
+            'mesh.toml: destinations."orders.internal".endpoints.addresses: '
+            "expected positive weights (numbers), got 0",
+        ),
+        (
+            'addresses = { "10.0.1.1:8080" = "heavy" }',
+            'mesh.toml: destinations."orders.internal".endpoints.addresses: '
+            "expected positive weights (numbers), got 'heavy'",
+        ),
+        (
+            'addresses = ["10.0.1.1:8080", "10.0.1.2:8080"]\nweights = [1]',
+            'mesh.toml: destinations."orders.internal".endpoints.weights: '
+            "expected one weight per address (2 addresses), got [1]",
+        ),
+    ],
+)
+def test_bad_endpoint_weights_in_the_file_name_the_file_and_field(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(f'[destinations."orders.internal".endpoints]\n{text}\n')
+    assert str(caught.value) == message

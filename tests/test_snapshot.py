@@ -211,12 +211,27 @@ def test_endpoints_show_their_ejection_and_the_time_left(clock: FakeClock) -> No
     assert all(e.pop("latency") >= 0 for e in endpoints)  # measured by perf_counter
     assert endpoints == [
         {"address": "10.0.0.1:80", "state": "ejected", "ejected_for": 20.0, "ejections": 1,
-         "in_flight": 0, "failures_in_a_row": 0},
+         "in_flight": 0, "failures_in_a_row": 0, "weight": 1.0},
         {"address": "10.0.0.2:80", "state": "in use", "ejected_for": 0.0, "ejections": 0,
-         "in_flight": 0, "failures_in_a_row": 0},
+         "in_flight": 0, "failures_in_a_row": 0, "weight": 1.0},
     ]  # fmt: skip
     assert row["status"] == "degraded"
     assert "1 of 2 endpoints ejected" in str(row["reason"])
+
+
+def test_endpoints_show_their_weights(clock: FakeClock) -> None:
+    weighted = meshlib.Endpoints({"10.0.0.1:80": 3, "10.0.0.2:80": 1}, balance="round_robin")
+    mesh = meshlib.Mesh(destinations={"orders.internal": meshlib.Policy(endpoints=weighted)})
+    client = meshlib.wrap(
+        httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200))), mesh
+    )
+    client.get("http://orders.internal/")
+    assert [(e.address, e.weight) for e in mesh.endpoints()["http://orders.internal:80"]] == [
+        ("10.0.0.1:80", 3.0),
+        ("10.0.0.2:80", 1.0),
+    ]
+    row = _row(snapshot(mesh), "http://orders.internal:80")
+    assert [e["weight"] for e in row["endpoints"]] == [3.0, 1.0]
 
 
 def test_a_clients_own_policy_is_named_as_such(clock: FakeClock) -> None:

@@ -632,3 +632,139 @@ def test_new_addresses_keep_an_ejection_but_new_ejection_rules_start_afresh() ->
         meshlib.Endpoints(["a:80", "b:80", "c:80"], ejection=dataclasses.replace(rules, base=10.0))
     )
     assert ejected() == []  # the rules changed: every endpoint starts afresh
+
+
+# Endpoint weights
+
+
+def _picks(pool: object, count: int, now: float = 0.0) -> collections.Counter[str]:
+    """Pick `count` times, each attempt ending at once with the same latency."""
+    from meshlib._traffic import EndpointPool
+
+    assert isinstance(pool, EndpointPool)
+    seen: collections.Counter[str] = collections.Counter()
+    for _ in range(count):
+        chosen = pool.pick(now)
+        seen[chosen.host] += 1
+        pool.done(chosen, False, 0.001, now)
+    return seen
+
+
+def test_weighted_round_robin_is_smooth_and_exact() -> None:
+    from meshlib._traffic import EndpointPool
+
+    weighted = meshlib.Endpoints({"a:80": 3, "b:80": 1, "c:80": 1}, balance="round_robin")
+    pool = EndpointPool(weighted, "orders")
+    # nginx's smooth weighted round robin: a's three turns are spread, not in a row.
+    assert [pool.pick(0.0).host for _ in range(10)] == ["a", "b", "a", "c", "a"] * 2
+    assert _picks(pool, 500) == {"a": 300, "b": 100, "c": 100}
+
+
+def test_weighted_p2c_shares_follow_the_weights() -> None:
+    from meshlib._traffic import EndpointPool
+
+    # Two endpoints: unweighted p2c always compares the same pair and splits evenly.
+    two = EndpointPool(meshlib.Endpoints({"a:80": 1, "b:80": 3}), "orders")
+    # binomial(4000, 0.25): mean 1000, sd 27; 4.5 sd either side.
+    assert 878 <= _picks(two, 4000)["a"] <= 1122
+    three = EndpointPool(meshlib.Endpoints({"a:80": 1, "b:80": 2, "c:80": 5}), "orders")
+    seen = _picks(three, 8000)
+    # Shares 1/8, 2/8, 5/8 of 8000: 1000 (sd 30), 2000 (sd 39), 5000 (sd 43).
+    assert 865 <= seen["a"] <= 1135
+    assert 1825 <= seen["b"] <= 2175
+    assert 4805 <= seen["c"] <= 5195
+
+
+def test_weighted_p2c_weighs_requests_in_flight_per_unit_of_weight() -> None:
+    from meshlib._traffic import EndpointPool
+
+    # Requests that stay in flight: with load compared per unit of weight, b (weight 3)
+    # carries three times a's, rather than being held to an equal count.
+    pool = EndpointPool(meshlib.Endpoints({"a:80": 1, "b:80": 3}), "orders")
+    held = collections.Counter(pool.pick(0.0).host for _ in range(400))
+    assert 270 <= held["b"] <= 330
+    assert sum(e.in_flight for e in pool.snapshot(0.0)) == 400
+
+
+def test_weighted_p2c_still_steers_away_from_a_slow_endpoint() -> None:
+    from meshlib._traffic import EndpointPool
+
+    pool = EndpointPool(meshlib.Endpoints({"slow:80": 3, "fast:80": 1}), "orders")
+    seen: collections.Counter[str] = collections.Counter()
+    for n in range(1000):
+        now = n * 0.002
+        chosen = pool.pick(now)
+        seen[chosen.host] += 1
+        pool.done(chosen, False, 0.03 if chosen.host == "slow" else 0.001, now)
+    # Its weight's share would be 750. It is drawn twice (and so taken whatever its
+    # speed) 9 times in 16, about 560; when paired with the fast one, it mostly loses.
+    assert seen["slow"] < 650
+
+
+def test_equal_weights_are_the_unweighted_endpoints() -> None:
+    equal = meshlib.Endpoints({"a:80": 2, "b:80": 2}, balance="round_robin")
+    assert equal == meshlib.Endpoints(["a:80", "b:80"], balance="round_robin")
+    assert equal.weights is None
+    assert equal.weighted() == (("a:80", 1.0), ("b:80", 1.0))
+    weighted = meshlib.Endpoints({"a:80": 1, "b:80": 3})
+    assert weighted.addresses == ("a:80", "b:80")
+    assert weighted.weights == (1.0, 3.0)
+    # The stored form builds the same value (Policy.replace, the status page, a file).
+    assert meshlib.Endpoints(["a:80", "b:80"], weights=(1, 3)) == weighted
+    assert dataclasses.replace(weighted, balance="round_robin").weights == (1.0, 3.0)
+
+
+def test_a_change_of_weights_keeps_each_endpoints_state() -> None:
+    from meshlib._traffic import EndpointPool
+
+    rules = meshlib.Ejection(consecutive=1, base=30.0, max_share=1.0)
+    pool = EndpointPool(meshlib.Endpoints(["a:80", "b:80"], ejection=rules), "orders")
+    held = pool.pick(0.0)  # stays in flight
+    broken = pool.pick(0.0, avoid=held)
+    pool.done(broken, True, 0.001, 0.0)
+    pool.update(meshlib.Endpoints({"a:80": 1, "b:80": 9, "c:80": 1}, balance="p2c", ejection=rules))
+    state = {e.address: e for e in pool.snapshot(1.0)}
+    assert state[broken.address].ejected
+    assert state[held.address].in_flight == 1
+    # The new weights apply at once: the ejected one is left out, the others share by weight.
+    seen = _picks(pool, 2000, now=1.0)
+    assert broken.host not in seen
+    rest = {"a": 1, "b": 9, "c": 1}
+    rest.pop(broken.host)
+    heavier = max(rest, key=rest.__getitem__)
+    assert seen[heavier] > 0.75 * 2000
+
+
+@pytest.mark.network
+def test_weighted_endpoints_share_real_requests_by_weight(
+    two_servers: tuple[FaultServer, FaultServer],
+) -> None:
+    first, second = two_servers
+    weighted = meshlib.Endpoints(
+        {f"127.0.0.1:{first.port}": 3, f"127.0.0.1:{second.port}": 1}, balance="round_robin"
+    )
+    mesh = _mesh(endpoints=weighted)
+    with meshlib.wrap(httpx.Client(), mesh) as client:
+        for _ in range(200):
+            assert client.get("http://orders.internal/").status_code == 200
+    assert (first.request_count, second.request_count) == (150, 50)
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: meshlib.Endpoints({"a:1": 0}), "Endpoints.addresses"),
+        (lambda: meshlib.Endpoints({"a:1": -1, "b:1": 1}), "Endpoints.addresses"),
+        (lambda: meshlib.Endpoints({"a:1": "3"}), "Endpoints.addresses"),
+        (lambda: meshlib.Endpoints({"a:1": True}), "Endpoints.addresses"),
+        (lambda: meshlib.Endpoints({"a:1": math.inf}), "Endpoints.addresses"),
+        (lambda: meshlib.Endpoints({}), "Endpoints.addresses"),
+        (lambda: meshlib.Endpoints(["a:1", "b:1"], weights=(1,)), "Endpoints.weights"),
+        (lambda: meshlib.Endpoints(["a:1"], weights="1"), "Endpoints.weights"),  # type: ignore[arg-type]
+        (lambda: meshlib.Endpoints({"a:1": 1}, weights=(1,)), "Endpoints.weights"),
+    ],
+)
+def test_bad_weights_name_the_field_and_value(build: object, field: str) -> None:
+    with pytest.raises(meshlib.ConfigError) as caught:
+        build()  # type: ignore[operator]
+    assert caught.value.field == field

@@ -38,13 +38,14 @@ from meshlib.testing import FaultServer, Hang, Reset, Respond
 from . import xds_snapshots as snapshots
 from .spiffe import MeshCerts, mesh_certs
 from .xds_envoy import SECRET, SOCKET_PREFIX, EnvoySide, Reply, Side, for_envoy
+from .xds_meshlib import MeshlibSide
 from .xds_server import AdsServer
 from .xds_snapshots import HOST, ISTIO_LISTENER
 
 pytestmark = pytest.mark.network
 
 #: The clients every behaviour runs against.
-SIDES = ("envoy",)
+SIDES = ("envoy", "meshlib")
 
 
 class Upstreams(NamedTuple):
@@ -71,6 +72,9 @@ def side(request: pytest.FixtureRequest, ads: AdsServer, certs: MeshCerts) -> It
     if request.param == "envoy":
         with EnvoySide(ads, providers={"default": certs.client}) as envoy:
             yield envoy
+    elif request.param == "meshlib":
+        with MeshlibSide(ads, providers={"default": certs.client}) as mesh:
+            yield mesh
     else:  # pragma: no cover - a new side must be started here
         raise AssertionError(f"unknown side {request.param!r}")
 
@@ -450,6 +454,32 @@ def test_locality_weights_only_with_locality_weighted_lb_config(
     # bounds about 4.5 sd either side, which keep the two cases far apart.
     assert low <= to_b <= high
     assert a.request_count + b.request_count == count
+
+
+def test_endpoint_weights_share_the_requests(side: Side, upstreams: Upstreams) -> None:
+    a, b = upstreams.a, upstreams.b
+    side.push(snapshots.endpoint_weights(a.port, b.port))
+    count = 300
+    to_b = bodies([side.send("GET", f"/orders/{i}") for i in range(count)]).count(b"b")
+    # b's share is 3/4 (mean 225, sd 7.5; unweighted: 150), 4.5 sd either side.
+    assert 191 <= to_b <= 259
+    assert a.request_count + b.request_count == count
+
+
+def test_degraded_endpoints_take_what_healthy_ones_cannot(side: Side, upstreams: Upstreams) -> None:
+    a, b, c = upstreams.a, upstreams.b, upstreams.c
+    side.push(snapshots.degraded(a.port, b.port, c.port))
+    count = 1200
+    replies = [side.send("GET", f"/orders/{i}") for i in range(count)]
+    assert {reply.status for reply in replies} == {200}
+    to_a = bodies(replies).count(b"a")
+    # The healthy a takes 46 % (mean 552, sd 17.3), 4.5 sd either side. Counting the
+    # degraded ones as healthy, or leaving them out (1 of 3 usable: panic, all used),
+    # would give a a third (400, sd 16.3), below the lower bound by 4.5 sd.
+    assert 474 <= to_a <= 630
+    assert b.request_count > 0
+    assert c.request_count > 0
+    assert a.request_count + b.request_count + c.request_count == count
 
 
 def test_outlier_detection_ejects_after_consecutive_5xx(side: Side, upstreams: Upstreams) -> None:

@@ -800,7 +800,7 @@ def _settings(**fields: Any) -> ClusterSettings:
     return cluster_settings(cluster(**fields))
 
 
-def test_only_healthy_and_unknown_endpoints_are_used() -> None:
+def test_healthy_unknown_and_degraded_endpoints_are_used() -> None:
     cla = assignment(
         hosts("10.0.0.1:80", health="HEALTHY"),
         hosts("10.0.0.2:80"),  # UNKNOWN
@@ -810,8 +810,144 @@ def test_only_healthy_and_unknown_endpoints_are_used() -> None:
         hosts("10.0.0.6:80", "10.0.0.7:80", health="HEALTHY"),
     )
     found = load_assignment_endpoints(cla, _settings(lb_policy="LEAST_REQUEST"), "x")
-    usable = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.6:80", "10.0.0.7:80"]
+    # Envoy: health 140 x 4/7 = 80, degraded 140 x 1/7 = 20; the healthy four share 80 %
+    # and the degraded one takes the 20 % they cannot: 20 % each, so no weights.
+    usable = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.5:80", "10.0.0.6:80", "10.0.0.7:80"]
     assert found == meshlib.Endpoints(usable, balance="p2c", ejection=None)
+
+
+def _lb(address: str, health: str | None = None, weight: int | None = None) -> dict[str, Any]:
+    """One lb_endpoint, with its health and load_balancing_weight when given."""
+    (entry,) = hosts(address, health=health)["lb_endpoints"]
+    if weight is not None:
+        entry["load_balancing_weight"] = weight
+    return entry
+
+
+def _zone(*lb_endpoints: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"lb_endpoints": list(lb_endpoints), **fields}
+
+
+def _shares(cla: Any, settings: ClusterSettings | None = None) -> dict[str, float | str]:
+    """Each address's weight, or "equal" for each when the endpoints are unweighted."""
+    found = load_assignment_endpoints(cla, settings or _settings(), "x")
+    assert found is not None
+    if found.weights is None:
+        return dict.fromkeys(found.addresses, "equal")
+    return dict(found.weighted())
+
+
+def test_degraded_endpoints_take_what_the_healthy_ones_cannot() -> None:
+    cla = assignment(
+        _zone(
+            _lb("10.0.0.1:80", "HEALTHY"),
+            _lb("10.0.0.2:80", "HEALTHY"),
+            _lb("10.0.0.3:80", "DEGRADED"),
+            _lb("10.0.0.4:80", "UNHEALTHY"),
+            _lb("10.0.0.5:80", "UNHEALTHY"),
+        )
+    )
+    # Health 140 x 2/5 = 56, degraded 140 x 1/5 = 28, total 84: healthy 56 x 100 // 84
+    # = 66 %, degraded min(34, 28 x 100 // 84 = 33) = 33 %, the 1 % left to the healthy.
+    # 3 of 5 usable is above the panic threshold: the unhealthy two get nothing.
+    assert _shares(cla) == pytest.approx(
+        {"10.0.0.1:80": 0.335, "10.0.0.2:80": 0.335, "10.0.0.3:80": 0.33}
+    )
+
+
+def test_priorities_spill_over_with_the_overprovisioning_factor() -> None:
+    cla = assignment(
+        _zone(_lb("10.0.0.1:80"), _lb("10.0.0.2:80", "UNHEALTHY")),
+        _zone(_lb("10.0.1.1:80"), priority=1),
+    )
+    # P0's health is 140 x 1/2 = 70: it takes 70 %, P1 the 30 % left.
+    assert _shares(cla) == pytest.approx({"10.0.0.1:80": 0.7, "10.0.1.1:80": 0.3})
+    # With a factor of 100 (the CLA's own policy), P0 can take only 50 %.
+    cla.policy.overprovisioning_factor.value = 100
+    assert _shares(cla) == {"10.0.0.1:80": "equal", "10.0.1.1:80": "equal"}
+    cla.policy.overprovisioning_factor.value = 0
+    refused(
+        lambda: load_assignment_endpoints(cla, _settings(), "ClusterLoadAssignment orders-v1"),
+        "ClusterLoadAssignment orders-v1",
+        "policy.overprovisioning_factor",
+        "0",
+    )
+
+
+def test_an_address_listed_twice_is_one_endpoint_of_its_priority() -> None:
+    cla = assignment(
+        _zone(_lb("10.0.0.1:80"), _lb("10.0.0.2:80", "UNHEALTHY")),
+        _zone(_lb("10.0.0.1:80")),  # the same priority: not a third endpoint
+        _zone(_lb("10.0.1.1:80"), _lb("10.0.0.2:80"), priority=1),
+    )
+    # P0 is a (healthy) and b (unhealthy): health 70. P1 takes 30 %, half of it on b,
+    # which is listed (and healthy) in P1 too: its two shares add up.
+    assert _shares(cla) == pytest.approx(
+        {"10.0.0.1:80": 0.7, "10.0.0.2:80": 0.15, "10.0.1.1:80": 0.15}
+    )
+
+
+def test_a_priority_below_the_panic_threshold_panics_only_when_the_total_is_short() -> None:
+    unhealthy = [_lb(f"10.0.0.{i}:80", "UNHEALTHY") for i in (2, 3, 4)]
+    # P0: 1 of 4 healthy (25 %, health 35); P1: 2 of 3 (health 93). The total is 100:
+    # no priority panics, P0 takes 35 % on its healthy host, P1 65 %.
+    enough = assignment(
+        _zone(_lb("10.0.0.1:80"), *unhealthy),
+        _zone(_lb("10.0.1.1:80"), _lb("10.0.1.2:80"), _lb("10.0.1.3:80", "UNHEALTHY"), priority=1),
+    )
+    assert _shares(enough) == pytest.approx(
+        {"10.0.0.1:80": 0.35, "10.0.1.1:80": 0.325, "10.0.1.2:80": 0.325}
+    )
+    # P0: 1 of 5 healthy (20 %, health 28); P1: 1 of 2 (50 %, health 70). The total is 98:
+    # P0 takes 28 x 100 // 98 = 28 %, P1 min(72, 71) = 71 %, the 1 % left to P0 (29 %).
+    # P0 is below the threshold: its 29 % spreads over all five of its hosts.
+    short = assignment(
+        _zone(_lb("10.0.0.1:80"), *unhealthy, _lb("10.0.0.5:80", "UNHEALTHY")),
+        _zone(_lb("10.0.1.1:80"), _lb("10.0.1.2:80", "UNHEALTHY"), priority=1),
+    )
+    expected = {f"10.0.0.{i}:80": 0.058 for i in range(1, 6)} | {"10.0.1.1:80": 0.71}
+    assert _shares(short) == pytest.approx(expected)
+
+
+def test_when_every_priority_panics_the_load_follows_the_host_counts() -> None:
+    # P0: none of 2 healthy; P1: 1 of 4 (25 %). Both panic: P0 takes 100 x 2 // 6 = 33 %
+    # plus the 1 % left (34 %), P1 100 x 4 // 6 = 66 %, each over all its hosts.
+    cla = assignment(
+        _zone(_lb("10.0.0.1:80", "UNHEALTHY"), _lb("10.0.0.2:80", "UNHEALTHY")),
+        _zone(
+            _lb("10.0.1.1:80"),
+            *(_lb(f"10.0.1.{i}:80", "UNHEALTHY") for i in (2, 3, 4)),
+            priority=1,
+        ),
+    )
+    expected = {"10.0.0.1:80": 0.17, "10.0.0.2:80": 0.17}
+    expected |= {f"10.0.1.{i}:80": 0.165 for i in range(1, 5)}
+    assert _shares(cla) == pytest.approx(expected)
+    # A panic threshold of 0: no panic, and no healthy host anywhere but one.
+    never = _settings(common_lb_config={"healthy_panic_threshold": {"value": 0}})
+    assert _shares(cla, never) == {"10.0.1.1:80": "equal"}
+
+
+def test_endpoint_weights_share_their_priority_and_count_with_weighted_priority_health() -> None:
+    cla = assignment(
+        _zone(_lb("10.0.0.1:80", weight=3), _lb("10.0.0.2:80", weight=1)),
+    )
+    assert _shares(cla) == pytest.approx({"10.0.0.1:80": 0.75, "10.0.0.2:80": 0.25})
+    spilling = assignment(
+        _zone(_lb("10.0.0.1:80", weight=3), _lb("10.0.0.2:80", "UNHEALTHY", weight=1)),
+        _zone(_lb("10.0.1.1:80"), priority=1),
+    )
+    # By count, P0's health is 140 x 1/2 = 70; weighted, 140 x 3/4 = 105, so 100 %.
+    assert _shares(spilling) == pytest.approx({"10.0.0.1:80": 0.7, "10.0.1.1:80": 0.3})
+    spilling.policy.weighted_priority_health = True
+    assert _shares(spilling) == {"10.0.0.1:80": "equal"}
+    zero = assignment(_zone(_lb("10.0.0.1:80", weight=0)))
+    refused(
+        lambda: load_assignment_endpoints(zero, _settings(), "ClusterLoadAssignment orders-v1"),
+        "ClusterLoadAssignment orders-v1",
+        "endpoints[0].lb_endpoints[0].load_balancing_weight",
+        "0",
+    )
 
 
 def test_the_lowest_priority_with_usable_endpoints_is_used() -> None:
@@ -846,14 +982,11 @@ def test_locality_weights_count_only_with_locality_weighted_lb_config() -> None:
     )
     plain = load_assignment_endpoints(cla, _settings(), "x")  # Envoy ignores them
     assert plain is not None
+    assert plain.weights is None
     assert len(plain.addresses) == 3
     weighted = _settings(common_lb_config={"locality_weighted_lb_config": {}})
-    refused(
-        lambda: load_assignment_endpoints(cla, weighted, "ClusterLoadAssignment orders-v1"),
-        "ClusterLoadAssignment orders-v1",
-        "endpoints.load_balancing_weight",
-        "[1, 3]",
-    )
+    # The locality without a weight takes nothing.
+    assert _shares(cla, weighted) == pytest.approx({"10.0.1.1:80": 0.25, "10.0.2.1:80": 0.75})
     even = assignment(
         hosts("10.0.1.1:80", load_balancing_weight=2),
         hosts("10.0.2.1:80", load_balancing_weight=2),
@@ -862,6 +995,26 @@ def test_locality_weights_count_only_with_locality_weighted_lb_config() -> None:
     found = load_assignment_endpoints(even, weighted, "x")
     assert found is not None
     assert found.addresses == ("10.0.1.1:80", "10.0.2.1:80")
+    assert found.weights is None
+
+
+def test_a_localitys_weight_counts_its_healthy_share_times_the_factor() -> None:
+    cla = assignment(
+        _zone(_lb("10.0.1.1:80"), _lb("10.0.1.2:80"), load_balancing_weight=1),
+        _zone(
+            _lb("10.0.2.1:80", weight=2), _lb("10.0.2.2:80", "UNHEALTHY"), load_balancing_weight=3
+        ),
+    )
+    weighted = _settings(common_lb_config={"locality_weighted_lb_config": {}})
+    # Effective weights: 1 x min(1, 1.4 x 2/2) = 1 and 3 x min(1, 1.4 x 1/2) = 2.1; each
+    # locality's share goes to its healthy hosts by their own weights.
+    assert _shares(cla, weighted) == pytest.approx(
+        {"10.0.1.1:80": 0.5 / 3.1, "10.0.1.2:80": 0.5 / 3.1, "10.0.2.1:80": 2.1 / 3.1}
+    )
+    # Without locality weighting: the priority's healthy hosts by their own weights.
+    assert _shares(cla) == pytest.approx(
+        {"10.0.1.1:80": 0.25, "10.0.1.2:80": 0.25, "10.0.2.1:80": 0.5}
+    )
 
 
 def test_istios_outlier_detection_with_success_rate_off_is_taken() -> None:
@@ -881,22 +1034,13 @@ def test_istios_outlier_detection_with_success_rate_off_is_taken() -> None:
     )
 
 
-def test_no_usable_endpoint_is_none_and_unequal_weights_are_refused() -> None:
+def test_no_usable_endpoint_is_none_and_drop_overloads_are_refused() -> None:
     assert load_assignment_endpoints(assignment(), _settings(), "x") is None
-    assert (
-        load_assignment_endpoints(
-            assignment(hosts("10.0.0.1:80", health="UNHEALTHY")), _settings(), "x"
-        )
-        is None
-    )
-    weighted = assignment(hosts("10.0.0.1:80", "10.0.0.2:80"))
-    weighted.endpoints[0].lb_endpoints[0].load_balancing_weight.value = 5
-    refused(
-        lambda: load_assignment_endpoints(weighted, _settings(), "ClusterLoadAssignment orders-v1"),
-        "ClusterLoadAssignment orders-v1",
-        "endpoints.lb_endpoints.load_balancing_weight",
-        "[1, 5]",
-    )
+    never = _settings(common_lb_config={"healthy_panic_threshold": {"value": 0}})
+    unhealthy = assignment(hosts("10.0.0.1:80", health="UNHEALTHY"))
+    assert load_assignment_endpoints(unhealthy, never, "x") is None
+    # With the default threshold, a priority with no healthy host panics: all are used.
+    assert _shares(unhealthy) == {"10.0.0.1:80": "equal"}
     dropping = assignment(hosts("10.0.0.1:80"))
     dropping.policy.drop_overloads.add(category="x")
     refused(

@@ -611,6 +611,35 @@ def localities(a: int, b: int, *, weighted: bool) -> Snapshot:
     }
 
 
+def endpoint_weights(a: int, b: int) -> Snapshot:
+    """One locality of two endpoints, load_balancing_weight 1 (a) and 3 (b).
+
+    Envoy's round robin over hosts of different weights is weighted: b gets 3/4.
+    """
+    name = "endpoint-weights"
+    load = assignment(name, [a, b])
+    load.endpoints[0].lb_endpoints[0].load_balancing_weight.value = 1
+    load.endpoints[0].lb_endpoints[1].load_balancing_weight.value = 3
+    return {
+        **snapshot([route(prefix("/"), name)], {name: []}),
+        CLUSTER_LOAD_ASSIGNMENT: {name: load},
+    }
+
+
+def degraded(a: int, b: int, c: int) -> Snapshot:
+    """One locality: a HEALTHY, b and c DEGRADED.
+
+    Health 140 x 1/3 = 46 and degraded 140 x 2/3 = 93, 100 in all: the healthy a takes
+    46 %, the degraded b and c the other 54 %, 27 % each.
+    """
+    name = "degraded"
+    statuses = {b: health_check_pb2.DEGRADED, c: health_check_pb2.DEGRADED}
+    return {
+        **snapshot([route(prefix("/"), name)], {name: []}),
+        CLUSTER_LOAD_ASSIGNMENT: {name: assignment(name, [a, b, c], statuses)},
+    }
+
+
 # --- Istio ----------------------------------------------------------------------------
 
 ISTIO_HOST = "orders.default.svc.cluster.local"

@@ -13,6 +13,7 @@ as good as its being in one place.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,13 +30,21 @@ try:
 except Exception as exc:  # pragma: no cover - ads.py refuses first
     raise ConfigError(f"{MISSING_EXTRA} ({type(exc).__name__}: {exc})") from exc
 
-__all__ = ["ClusterSettings", "cluster_settings", "load_assignment_endpoints"]
+__all__ = [
+    "ClusterSettings",
+    "Host",
+    "Locality",
+    "cluster_settings",
+    "endpoint_shares",
+    "load_assignment_endpoints",
+]
 
 _CLUSTER = cluster_pb2.Cluster
 _ROUND_ROBIN = "type.googleapis.com/" + round_robin_pb2.RoundRobin.DESCRIPTOR.full_name
 _LEAST_REQUEST = "type.googleapis.com/" + least_request_pb2.LeastRequest.DESCRIPTOR.full_name
 _RAW_BUFFER = "envoy.transport_sockets.raw_buffer"
 _USABLE = (health_check_pb2.HEALTHY, health_check_pb2.UNKNOWN)
+_DEGRADED = health_check_pb2.DEGRADED
 
 # Envoy's defaults (cluster.proto, outlier_detection.proto, circuit_breaker.proto).
 MAX_REQUESTS = 1024
@@ -47,6 +56,7 @@ BASE_EJECTION = 30.0
 MAX_EJECTION = 300.0
 MAX_EJECTION_PERCENT = 10
 PANIC_THRESHOLD = 0.5
+OVERPROVISIONING_FACTOR = 140  # percent
 
 # Cluster fields read below, or that do not change what a client sends where: stats,
 # metadata, connection pooling and protocol options (httpx's own), DNS settings.
@@ -123,10 +133,11 @@ class ClusterSettings:
         ejection: outlier ejection, or None.
         bulkhead: ``circuit_breakers`` max_requests.
         budget: the retry budget for the routes' retries to this cluster.
-        panic: below this share of healthy endpoints, all are used.
+        panic: a priority with fewer healthy and degraded endpoints than this
+            share of them uses all of them, while the cluster's total health is short.
         static: a STATIC cluster's endpoints (None: none usable, or EDS).
-        locality_weighted: ``locality_weighted_lb_config`` is set: localities of
-            weight 0 take nothing, and localities of different weights are refused.
+        locality_weighted: ``locality_weighted_lb_config`` is set: within a
+            priority, localities share its load by their weights.
     """
 
     name: str
@@ -335,19 +346,33 @@ def _outlier_detection(cluster: Any, where: str) -> Ejection | None:
 def load_assignment_endpoints(cla: Any, cluster: ClusterSettings, where: str) -> Endpoints | None:
     """Return the endpoints of `cluster` that a ClusterLoadAssignment makes usable, or None.
 
-    The lowest priority with a HEALTHY or UNKNOWN endpoint is used, as Envoy does
-    while it has enough of them; when it is the only priority and fewer than the
-    cluster's panic threshold (50 %) of its endpoints are usable, all of them are
-    (Envoy's panic mode). None: no endpoint at all.
+    Each endpoint's weight is the share of requests Envoy would send it
+    (`endpoint_shares`): its priority's load, its locality's share of that
+    (with ``locality_weighted_lb_config``) and its own ``load_balancing_weight``.
+    Endpoints that would get nothing are left out. None: no endpoint at all.
 
     Raises:
-        Refused: endpoint weights that differ, drop_overloads, named or non-TCP addresses.
+        Refused: drop_overloads, an endpoint weight or overprovisioning factor of 0,
+            named or non-TCP addresses.
     """
     only(cla, where, "", ("cluster_name", "endpoints", "policy"))
+    factor = OVERPROVISIONING_FACTOR
+    weighted_health = False
     if cla.HasField("policy"):
-        only(cla.policy, where, "policy", ("overprovisioning_factor", "endpoint_stale_after"))
-    levels: dict[int, tuple[list[str], list[str], list[int]]] = {}
-    shares: dict[int, set[int]] = {}  # per priority, the locality weights (locality-weighted)
+        policy = cla.policy
+        only(
+            policy,
+            where,
+            "policy",
+            ("overprovisioning_factor", "endpoint_stale_after", "weighted_priority_health"),
+        )
+        if policy.HasField("overprovisioning_factor"):
+            factor = policy.overprovisioning_factor.value
+            if factor < 1:  # Envoy's validation refuses it too
+                raise Refused(where, "policy.overprovisioning_factor", factor, "must be > 0")
+        weighted_health = policy.weighted_priority_health
+    levels: dict[int, list[Locality]] = {}
+    seen: dict[int, set[str]] = {}  # per priority, the addresses listed so far
     for index, locality in enumerate(cla.endpoints):
         path = f"endpoints[{index}]"
         only(
@@ -356,12 +381,9 @@ def load_assignment_endpoints(cla: Any, cluster: ClusterSettings, where: str) ->
             path,
             ("locality", "lb_endpoints", "load_balancing_weight", "priority", "metadata"),
         )
-        usable, every, weights = levels.setdefault(locality.priority, ([], [], []))
-        if cluster.locality_weighted:
-            weight = locality.load_balancing_weight.value  # unset: 0, as Envoy reads it
-            if weight == 0:
-                continue  # a locality of weight 0 takes nothing
-            shares.setdefault(locality.priority, set()).add(weight)
+        hosts: list[Host] = []
+        level = levels.setdefault(locality.priority, [])
+        listed = seen.setdefault(locality.priority, set())
         for position, lb_endpoint in enumerate(locality.lb_endpoints):
             here = f"{path}.lb_endpoints[{position}]"
             only(
@@ -371,40 +393,162 @@ def load_assignment_endpoints(cla: Any, cluster: ClusterSettings, where: str) ->
                 ("endpoint", "health_status", "load_balancing_weight", "metadata"),
             )
             address = _address(lb_endpoint.endpoint, where, f"{here}.endpoint")
-            weights.append(
-                lb_endpoint.load_balancing_weight.value
-                if lb_endpoint.HasField("load_balancing_weight")
-                else 1
-            )
-            if address in every:
+            weight = 1
+            if lb_endpoint.HasField("load_balancing_weight"):
+                weight = lb_endpoint.load_balancing_weight.value
+                if weight < 1:  # Envoy's validation refuses it too
+                    raise Refused(where, f"{here}.load_balancing_weight", weight, "must be >= 1")
+            if address in listed:
                 continue  # the same address twice: one endpoint, as in Envoy's host set
-            every.append(address)
-            if lb_endpoint.health_status in _USABLE:
-                usable.append(address)
-    chosen = next(((p, level) for p, level in sorted(levels.items()) if level[0]), None)
-    if chosen is None:
+            listed.add(address)
+            status = lb_endpoint.health_status
+            health = "healthy" if status in _USABLE else "degraded" if status == _DEGRADED else ""
+            hosts.append(Host(address, weight, health))
+        # Unset, a locality's weight is 0: it takes nothing while others take some.
+        level.append(Locality(locality.load_balancing_weight.value, tuple(hosts)))
+    shares = endpoint_shares(
+        [levels[p] for p in sorted(levels)],
+        factor=factor,
+        panic=cluster.panic,
+        locality_weighted=cluster.locality_weighted,
+        weighted_health=weighted_health,
+    )
+    if not shares:
         return None
-    priority, (usable, every, weights) = chosen
-    if len(shares.get(priority, ())) > 1:
-        raise Refused(
-            where,
-            "endpoints.load_balancing_weight",
-            sorted(shares[priority]),
-            "localities of different weights are not supported",
-        )
-    if len(set(weights)) > 1:
-        raise Refused(
-            where,
-            "endpoints.lb_endpoints.load_balancing_weight",
-            sorted(set(weights)),
-            "endpoints of different weights are not supported",
-        )
-    if len(levels) == 1 and len(usable) < cluster.panic * len(every):
-        usable = every  # Envoy's panic mode: too few healthy, so all are used
     try:
-        return Endpoints(tuple(usable), balance=cluster.balance, ejection=cluster.ejection)  # type: ignore[arg-type]
+        return Endpoints(shares, balance=cluster.balance, ejection=cluster.ejection)  # type: ignore[arg-type]
     except ConfigError as exc:
-        raise Refused(where, "endpoints", list(usable), exc.reason) from exc
+        raise Refused(where, "endpoints", list(shares), exc.reason) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One lb_endpoint: its address, its load_balancing_weight and its health.
+
+    `health`: ``"healthy"`` (HEALTHY or UNKNOWN), ``"degraded"`` or ``""``
+    (UNHEALTHY, DRAINING, TIMEOUT: it takes requests only in panic).
+    """
+
+    address: str
+    weight: int
+    health: str
+
+
+@dataclass(frozen=True, slots=True)
+class Locality:
+    """One LocalityLbEndpoints: its load_balancing_weight (0 when unset) and its hosts."""
+
+    weight: int
+    hosts: tuple[Host, ...]
+
+
+def endpoint_shares(
+    priorities: list[list[Locality]],
+    *,
+    factor: int = OVERPROVISIONING_FACTOR,
+    panic: float = PANIC_THRESHOLD,
+    locality_weighted: bool = False,
+    weighted_health: bool = False,
+) -> dict[str, float]:
+    """Return the share of requests Envoy sends each address, for priorities in order (P0 first).
+
+    Envoy's load balancer, computed once (load_balancer_impl.cc): each priority's
+    health is ``min(100, factor × healthy / hosts)`` in whole percent (degraded
+    likewise; `factor` is the overprovisioning factor in percent, 140 by default);
+    the load goes to the priorities in order, each taking up to its health scaled
+    by the total health when that is below 100, healthy hosts first, then degraded
+    ones. While the total is below 100, a priority with fewer than `panic` of its
+    hosts healthy or degraded spreads its load over all its hosts; when every
+    priority is so, each priority's load is its share of all hosts. Within a
+    priority, the load goes to its healthy (or degraded) hosts by their weights or,
+    with `locality_weighted`, first to localities by their weight times their
+    available share (times the factor, at most 1), then to their hosts by weight.
+    Shares that would be 0 are left out; the rest add up to 1 (to rounding).
+    """
+    threshold = min(100, round(panic * 100))
+    count = len(priorities)
+    hosts = [[host for locality in level for host in locality.hosts] for level in priorities]
+
+    def weight(found: list[Host], health: str | None = None) -> int:
+        return sum(
+            host.weight if weighted_health else 1
+            for host in found
+            if health is None or host.health == health
+        )
+
+    healthy = [0] * count
+    degraded = [0] * count
+    for p, found in enumerate(hosts):
+        total = weight(found)
+        if total:
+            healthy[p] = min(100, factor * weight(found, "healthy") // total)
+            degraded[p] = min(100, factor * weight(found, "degraded") // total)
+    available = min(100, sum(healthy) + sum(degraded))
+    healthy_load, degraded_load = [0] * count, [0] * count
+    if available:
+        left = 100
+        for loads, levels in ((healthy_load, healthy), (degraded_load, degraded)):
+            for p in range(count):
+                loads[p] = min(left, levels[p] * 100 // available)
+                left -= loads[p]
+        if left:  # rounding: to the first priority with healthy hosts, else degraded ones
+            first = next((p for p in range(count) if healthy[p]), None)
+            if first is not None:
+                healthy_load[first] += left
+            else:
+                degraded_load[next(p for p in range(count) if degraded[p])] += left
+    in_panic = [False] * count
+    if threshold or available:
+        if available < 100:
+            for p, found in enumerate(hosts):
+                usable = sum(1 for host in found if host.health)
+                in_panic[p] = (100 * usable / len(found) if found else 0.0) < threshold
+        if all(in_panic):
+            # Total panic: each priority's load is its share of all the hosts.
+            every = sum(map(len, hosts))
+            if not every:
+                return {}
+            degraded_load = [0] * count
+            healthy_load = [100 * len(found) // every for found in hosts]
+            healthy_load[next(p for p in range(count) if hosts[p])] += 100 - sum(healthy_load)
+    shares: dict[str, float] = {}
+
+    def spread(load: float, found: Sequence[Host]) -> None:
+        total = sum(host.weight for host in found)
+        for host in found:
+            shares[host.address] = shares.get(host.address, 0.0) + load * host.weight / total
+
+    for p, level in enumerate(priorities):
+        if in_panic[p]:
+            if healthy_load[p] + degraded_load[p]:
+                spread((healthy_load[p] + degraded_load[p]) / 100, hosts[p])
+            continue
+        for load, health in ((healthy_load[p], "healthy"), (degraded_load[p], "degraded")):
+            if not load:
+                continue
+            groups = [[h for h in locality.hosts if h.health == health] for locality in level]
+            localities = [0.0] * len(level)
+            if locality_weighted:
+                localities = [
+                    locality.weight * min(1.0, factor / 100 * len(group) / len(locality.hosts))
+                    if locality.hosts
+                    else 0.0
+                    for locality, group in zip(level, groups, strict=True)
+                ]
+            if sum(localities) > 0:
+                whole = sum(localities)
+                for share, group in zip(localities, groups, strict=True):
+                    if share > 0:
+                        spread(load / 100 * share / whole, group)
+            else:  # no locality weights (or none with hosts): every such host of the priority
+                spread(load / 100, [h for group in groups for h in group])
+    # In the order listed; twelve digits, so that shares equal by Envoy's numbers are equal.
+    listed = dict.fromkeys(host.address for found in hosts for host in found)
+    return {
+        address: float(f"{shares[address]:.12g}")
+        for address in listed
+        if shares.get(address, 0.0) > 0
+    }
 
 
 def _address(endpoint: Any, where: str, path: str) -> str:
