@@ -100,7 +100,9 @@ class MeshlibSide:
         if not acked(self.ads, NODE, version):
             return False
         streams = {r.stream for r in list(self.ads.requests) if r.request.node.id == NODE}
-        sent = {s.type_url for s in list(self.ads.sent) if s.stream in streams and s.version == version}
+        sent = {
+            s.type_url for s in list(self.ads.sent) if s.stream in streams and s.version == version
+        }
         return types <= sent
 
     def send(
@@ -112,7 +114,9 @@ class MeshlibSide:
         authority: str = HOST,
     ) -> Reply:
         try:
-            response = self._client.request(method, f"http://{authority}{url_path}", headers=headers)
+            response = self._client.request(
+                method, f"http://{authority}{url_path}", headers=headers
+            )
         except httpx.TransportError as exc:
             return Reply(outcome(exc), b"", {})
         answered: dict[str, Any] = dict(response.headers)
