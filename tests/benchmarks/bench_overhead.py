@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,7 @@ FALLBACK_STALE = "meshlib STANDARD + Fallback(stale=60)"
 FALLBACK_STATIC = "meshlib STANDARD + Fallback(status=503)"
 
 
-def _variants() -> dict[str, Callable[[], object]]:
+def _variants(cleanup: contextlib.ExitStack) -> dict[str, Callable[[], object]]:
     mock = httpx.MockTransport(_common.ok)
 
     def get(policy: meshlib.Policy | None, url: str) -> Callable[[], object]:
@@ -75,14 +76,18 @@ def _variants() -> dict[str, Callable[[], object]]:
         FALLBACK_STALE: get(_STANDARD.replace(fallback=meshlib.Fallback(stale=60)), INSIDE),
         # A static answer only: nothing is kept, so a success costs what STANDARD's does.
         FALLBACK_STATIC: get(_STANDARD.replace(fallback=meshlib.Fallback(status=503)), INSIDE),
-        **_xds_variants(mock),
+        **_xds_variants(mock, cleanup),
     }
 
 
-def _xds_variants(mock: httpx.MockTransport) -> dict[str, Callable[[], object]]:
+def _xds_variants(
+    mock: httpx.MockTransport, cleanup: contextlib.ExitStack
+) -> dict[str, Callable[[], object]]:
     """A Mesh from a control plane (a loopback ADS server) against the same table in code.
 
-    Empty, with a note, when the xds extra is missing. The server stays up for the run.
+    Empty, with a note, when the xds extra is missing. The server and the Mesh's
+    stream stay up for the run; `cleanup` stops them (their threads would keep the
+    process from exiting).
     """
     try:
         import grpc  # noqa: F401 - only to learn whether the extra is there
@@ -96,12 +101,14 @@ def _xds_variants(mock: httpx.MockTransport) -> dict[str, Callable[[], object]]:
     from tests import xds_snapshots
     from tests.xds_server import AdsServer
 
-    server = AdsServer().start()
+    server = cleanup.enter_context(AdsServer())
     server.set_snapshot(xds_snapshots.one_cluster([9]))  # MockTransport answers, not port 9
     entry = {"server_uri": server.address, "channel_creds": [{"type": "insecure"}]}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as bootstrap:
         json.dump({"xds_servers": [entry], "node": {"id": "bench"}}, bootstrap)
+    cleanup.callback(os.unlink, bootstrap.name)
     xds = meshlib.Mesh.from_xds(bootstrap.name, watch=[xds_snapshots.HOST], ready_timeout=30)
+    cleanup.callback(xds.close)
     in_code = meshlib.Mesh(
         default=xds.default, destinations=xds.destinations, clusters=xds.clusters
     )
@@ -179,7 +186,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="requests per variant per round")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    variants = _variants()
+    with contextlib.ExitStack() as cleanup:
+        _run(args, cleanup)
+
+
+def _run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
+    variants = _variants(cleanup)
     rejected, rejected_at_transport, sent = _rejected_calls()
     medians, rounds = _common.interleaved(
         {**variants, REJECTED: rejected, REJECTED_AT_TRANSPORT: rejected_at_transport},
