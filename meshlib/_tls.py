@@ -39,9 +39,9 @@ from typing import Any
 
 import certifi
 
+from ._checks import DURATION, SECRET, duration
 from ._compat import ConnectionHookContext
 from ._errors import ConfigError
-from ._policy import duration
 from ._runtime import runtime
 
 __all__ = ["TLS"]
@@ -69,7 +69,12 @@ class _Bad(Exception):
 
     def __init__(self, name: str, path: str, text: str) -> None:
         super().__init__(f"TLS.{name}: {text}")
+        self.name = name
         self.path = path
+        self.text = text
+
+    def error(self) -> ConfigError:
+        return ConfigError(self.text, field=f"TLS.{self.name}")
 
 
 class _NoPassword(Exception):
@@ -93,7 +98,12 @@ def _path(name: str, value: object) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"TLS.{name}: expected a path (str or os.PathLike[str]), got {value!r}")
+        raise ConfigError(
+            f"expected a path (str or os.PathLike[str]), got {value!r}",
+            field=f"TLS.{name}",
+            value=value,
+            expected="a path (str or os.PathLike[str])",
+        )
     # Absolute now, so that a later chdir cannot make a reload read other files.
     return os.path.abspath(value)
 
@@ -460,6 +470,11 @@ class TLS:
             handshake completes, before anything is sent. Given, they replace the
             check of the host name asked for (Envoy's ``match_subject_alt_names``).
             Empty: the host name is checked, as by default.
+        server_name: where meshlib opens the connection (a `Policy`'s ``tls``), the
+            name sent as SNI and, without `subject_alt_names`, checked against the
+            server's certificate, instead of the host of the URL (Envoy's ``sni``).
+            None: the URL's host. A client you build with `ssl_context` sends
+            the URL's host (httpx's ``sni_hostname`` request extension overrides it).
 
     Raises:
         ConfigError: a value is invalid, or a file is missing, unreadable, not PEM,
@@ -470,12 +485,13 @@ class TLS:
     cert: str | os.PathLike[str]
     key: str | os.PathLike[str]
     ca: str | os.PathLike[str] | None = None
-    password: str | bytes | None = field(default=None, repr=False)
+    password: str | bytes | None = field(default=None, repr=False, metadata=SECRET)
     reload: bool = False
     _: KW_ONLY
-    reload_interval: float | timedelta = 1.0
+    reload_interval: float | timedelta = field(default=1.0, metadata=DURATION)
     minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
     subject_alt_names: Sequence[str] = ()
+    server_name: str | None = None
     _context: ssl.SSLContext = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -487,29 +503,50 @@ class TLS:
             if not isinstance(password, str | bytes):
                 # The type only: a value passed here by mistake may still be a secret.
                 raise ConfigError(
-                    f"TLS.password: expected str, bytes or None, got {type(password).__name__}"
+                    f"expected str, bytes or None, got {type(password).__name__}",
+                    field="TLS.password",
                 )
             size = len(password.encode() if isinstance(password, str) else password)
             if size > _MAX_PASSWORD_BYTES:
                 raise ConfigError(
-                    f"TLS.password: expected at most {_MAX_PASSWORD_BYTES} bytes, got {size} bytes"
+                    f"expected at most {_MAX_PASSWORD_BYTES} bytes, got {size} bytes",
+                    field="TLS.password",
                 )
         if not isinstance(self.reload, bool):
-            raise ConfigError(f"TLS.reload: expected True or False, got {self.reload!r}")
+            raise ConfigError(
+                f"expected True or False, got {self.reload!r}",
+                field="TLS.reload",
+                value=self.reload,
+                expected="True or False",
+            )
         interval = duration("TLS", "reload_interval", self.reload_interval)
         assert interval is not None  # not optional
         version = self.minimum_version
         if not isinstance(version, ssl.TLSVersion) or version not in _ALLOWED_VERSIONS:
+            expected = "ssl.TLSVersion.TLSv1_2 or ssl.TLSVersion.TLSv1_3"
             raise ConfigError(
-                "TLS.minimum_version: expected ssl.TLSVersion.TLSv1_2 or "
-                f"ssl.TLSVersion.TLSv1_3, got {version!r}"
+                f"expected {expected}, got {version!r}",
+                field="TLS.minimum_version",
+                value=version,
+                expected=expected,
             )
         names = self.subject_alt_names
         if not isinstance(names, list | tuple) or not all(
             isinstance(name, str) and name for name in names
         ):
             raise ConfigError(
-                f"TLS.subject_alt_names: expected a list of non-empty names, got {names!r}"
+                f"expected a list of non-empty names, got {names!r}",
+                field="TLS.subject_alt_names",
+                value=names,
+                expected="a list of non-empty names",
+            )
+        server_name = self.server_name
+        if server_name is not None and (not isinstance(server_name, str) or not server_name):
+            raise ConfigError(
+                f"expected a non-empty host name or None, got {server_name!r}",
+                field="TLS.server_name",
+                value=server_name,
+                expected="a non-empty host name or None",
             )
         object.__setattr__(self, "subject_alt_names", tuple(names))
         object.__setattr__(self, "cert", cert)
@@ -532,7 +569,7 @@ class TLS:
             with _checked_pair(source, cert_data, key_data) as load:
                 load(context)
         except _Bad as bad:
-            raise ConfigError(str(bad)) from None
+            raise bad.error() from None
         if isinstance(context, _ReloadingContext):
             # The digest of the bytes actually loaded: a file changed since is a change.
             context._meshlib_start(source, _digest(cert_data, key_data))

@@ -303,6 +303,7 @@ def test_layer_origins_name_the_table_each_layer_comes_from() -> None:
         "routes": "STANDARD",
         "faults": "STANDARD",
         "hedge": "STANDARD",
+        "tls": "STANDARD",
     }
     assert config.layer_origins(None)["timeout"] == "default"
     assert config.layer_origins(None)["retry"] == "STANDARD"
@@ -499,7 +500,7 @@ ERRORS: list[tuple[str, str]] = [
     (
         D + "retyr = { attempts = 2 }",
         f"{P}.retyr: unknown layer 'retyr'; layers: retry, timeout, breaker, bulkhead, tracing,"
-        " endpoints, routes, faults, hedge"
+        " endpoints, routes, faults, hedge, tls"
         " (did you mean 'retry'?)",
     ),
     (
@@ -1040,6 +1041,7 @@ def test_describe_shows_each_layer_on_its_own_line_with_units() -> None:
         "routes",
         "faults",
         "hedge",
+        "tls",
     ]
     assert lines[0] == (
         "retry      3 attempts; backoff full jitter 50ms..1s; on status 408, 429, 502-504 for "
