@@ -117,8 +117,9 @@ def _tls(tls: Any) -> str:
     parts = [files, f"ca {tls.ca}" if tls.ca is not None else "ca certifi"]
     if tls.reload:
         parts.append(f"reloaded every {format_duration(tls.reload_interval)}")
-    if tls.subject_alt_names:
-        parts.append(f"server is one of {', '.join(tls.subject_alt_names)}")
+    if tls.subject_alt_names or tls.subject_alt_name_prefixes:
+        names = [*tls.subject_alt_names, *(f"{p}*" for p in tls.subject_alt_name_prefixes)]
+        parts.append(f"server is one of {', '.join(names)}")
     else:
         parts.append("server's host name checked")
     if tls.server_name is not None:

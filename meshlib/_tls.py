@@ -382,6 +382,22 @@ def _peer_names(certificate: Any) -> list[str]:
     return [value for kind, value in names if kind in _SAN_KINDS]
 
 
+@dataclass(frozen=True, slots=True)
+class _Expected:
+    """The names a server's certificate must carry one of: exactly, or by prefix."""
+
+    names: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    def accepts(self, presented: list[str]) -> bool:
+        return not self.names.isdisjoint(presented) or any(
+            name.startswith(self.prefixes) for name in presented
+        )
+
+    def __str__(self) -> str:
+        return ", ".join([*sorted(self.names), *(f"{p}*" for p in self.prefixes)])
+
+
 def _check_peer(connection: ssl.SSLSocket | ssl.SSLObject) -> None:
     """Refuse a server whose certificate carries none of the names its context expects.
 
@@ -389,14 +405,14 @@ def _check_peer(connection: ssl.SSLSocket | ssl.SSLObject) -> None:
         ssl.SSLCertVerificationError: as a failed chain or host name check would, so
             httpx reports a ConnectError that is never retried.
     """
-    expected: frozenset[str] | None = getattr(connection.context, "_meshlib_expected_names", None)
-    if not expected:
+    expected: _Expected | None = getattr(connection.context, "_meshlib_expected", None)
+    if expected is None:
         return
     presented = _peer_names(connection.getpeercert())
-    if not expected.intersection(presented):
+    if not expected.accepts(presented):
         error = ssl.SSLCertVerificationError(
             f"certificate verify failed: the server's subject alternative names "
-            f"{presented} include none of {sorted(expected)}"
+            f"{presented} include none of [{expected}]"
         )
         error.verify_message = "subject alternative name mismatch"
         raise error
@@ -419,17 +435,17 @@ class _NameCheckingObject(ssl.SSLObject):
 def _new_context(
     cls: type[ssl.SSLContext],
     minimum_version: ssl.TLSVersion,
-    expected_names: frozenset[str] = frozenset(),
+    expected: _Expected | None = None,
 ) -> ssl.SSLContext:
     # What ssl.create_default_context() does for a client, on a class of our choosing.
     context = cls(ssl.PROTOCOL_TLS_CLIENT)
     context.verify_mode = ssl.CERT_REQUIRED
-    if expected_names:
+    if expected is not None:
         # The chain is still verified; the check of the name asked for is replaced by
         # the check of these names once the handshake is done (a SPIFFE certificate
         # has no host name in it to match).
         context.check_hostname = False
-        context._meshlib_expected_names = expected_names  # type: ignore[attr-defined]
+        context._meshlib_expected = expected  # type: ignore[attr-defined]
         context.sslsocket_class = _NameCheckingSocket
         context.sslobject_class = _NameCheckingObject
     else:
@@ -469,7 +485,12 @@ class TLS:
             DNS name or IP address subject-alt-name, compared exactly; checked when the
             handshake completes, before anything is sent. Given, they replace the
             check of the host name asked for (Envoy's ``match_subject_alt_names``).
-            Empty: the host name is checked, as by default.
+            Empty (and no `subject_alt_name_prefixes`): the host name is checked,
+            as by default.
+        subject_alt_name_prefixes: as `subject_alt_names`, but a name the server's
+            certificate carries counts when it starts with one of these
+            (``spiffe://cluster.local/ns/default/`` accepts every workload of a
+            namespace; Envoy's ``prefix`` matcher).
         server_name: where meshlib opens the connection (a `Policy`'s ``tls``), the
             name sent as SNI and, without `subject_alt_names`, checked against the
             server's certificate, instead of the host of the URL (Envoy's ``sni``).
@@ -491,6 +512,7 @@ class TLS:
     reload_interval: float | timedelta = field(default=1.0, metadata=DURATION)
     minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
     subject_alt_names: Sequence[str] = ()
+    subject_alt_name_prefixes: Sequence[str] = ()
     server_name: str | None = None
     _context: ssl.SSLContext = field(init=False, repr=False, compare=False)
 
@@ -530,16 +552,18 @@ class TLS:
                 value=version,
                 expected=expected,
             )
-        names = self.subject_alt_names
-        if not isinstance(names, list | tuple) or not all(
-            isinstance(name, str) and name for name in names
-        ):
-            raise ConfigError(
-                f"expected a list of non-empty names, got {names!r}",
-                field="TLS.subject_alt_names",
-                value=names,
-                expected="a list of non-empty names",
-            )
+        for which in ("subject_alt_names", "subject_alt_name_prefixes"):
+            names = getattr(self, which)
+            if not isinstance(names, list | tuple) or not all(
+                isinstance(name, str) and name for name in names
+            ):
+                raise ConfigError(
+                    f"expected a list of non-empty names, got {names!r}",
+                    field=f"TLS.{which}",
+                    value=names,
+                    expected="a list of non-empty names",
+                )
+            object.__setattr__(self, which, tuple(names))
         server_name = self.server_name
         if server_name is not None and (not isinstance(server_name, str) or not server_name):
             raise ConfigError(
@@ -548,7 +572,6 @@ class TLS:
                 value=server_name,
                 expected="a non-empty host name or None",
             )
-        object.__setattr__(self, "subject_alt_names", tuple(names))
         object.__setattr__(self, "cert", cert)
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "ca", ca)
@@ -558,7 +581,9 @@ class TLS:
         context = _new_context(
             _ReloadingContext if self.reload else ssl.SSLContext,
             version,
-            frozenset(self.subject_alt_names),
+            _Expected(frozenset(self.subject_alt_names), tuple(self.subject_alt_name_prefixes))
+            if self.subject_alt_names or self.subject_alt_name_prefixes
+            else None,
         )
         try:
             if ca is None:

@@ -7,7 +7,8 @@ CommonTlsContext by ``tls_certificate_provider_instance`` and
 ``tls_certificate_certificate_provider_instance`` and
 ``validation_context_certificate_provider_instance`` that istiod also sends;
 the current field wins when both are set). The server must carry one of
-``match_subject_alt_names`` (exact or prefix); ``sni`` is the name sent.
+``match_subject_alt_names`` (exact or prefix); ``sni`` is the name sent
+(and, without names to match, the one checked).
 The result is ``TLS(cert, key, ca, reload=True, subject_alt_names=...)``
 following the files every ``refresh_interval``, the cluster views' ``tls``.
 
@@ -107,7 +108,7 @@ class Certificates:
         self,
         identity: FileWatcher,
         roots: FileWatcher,
-        names: tuple[str, ...],
+        names: tuple[tuple[str, ...], tuple[str, ...]],
         server_name: str | None,
         minimum: ssl.TLSVersion,
     ) -> TLS:
@@ -129,7 +130,8 @@ class Certificates:
                     reload=True,
                     reload_interval=identity.refresh_interval,
                     minimum_version=minimum,
-                    subject_alt_names=names,
+                    subject_alt_names=names[0],
+                    subject_alt_name_prefixes=names[1],
                     server_name=server_name,
                 )
             return found
@@ -223,8 +225,8 @@ def _identity(common: Any, where: str, certificates: Certificates) -> FileWatche
 
 def _validation(
     common: Any, where: str, certificates: Certificates
-) -> tuple[FileWatcher, tuple[str, ...]]:
-    """Return the CA's provider and the names the server must carry."""
+) -> tuple[FileWatcher, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Return the CA's provider and the names the server must carry (exact, prefixes)."""
     validation: Any = None
     path = f"{_COMMON}.validation_context"
     instance: Any = None
@@ -249,7 +251,7 @@ def _validation(
     elif which == "validation_context_certificate_provider_instance":
         instance = common.validation_context_certificate_provider_instance
         instance_path = f"{_COMMON}.validation_context_certificate_provider_instance"
-    names: tuple[str, ...] = ()
+    names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     if validation is not None:
         only(validation, where, path, _VALIDATION_FIELDS)
         if validation.trust_chain_verification == _ACCEPT_UNTRUSTED:
@@ -281,12 +283,18 @@ def _validation(
     return roots, names
 
 
-def _names(validation: Any, where: str, path: str) -> tuple[str, ...]:
-    names: list[str] = []
+def _names(validation: Any, where: str, path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    exact: list[str] = []
+    prefixes: list[str] = []
     for index, matcher in enumerate(validation.match_subject_alt_names):
         here = f"{path}.match_subject_alt_names[{index}]"
-        only(matcher, where, here, ("exact",))
-        if not matcher.exact:
-            raise Refused(where, here, matcher, "only an exact match of a subject-alt-name")
-        names.append(matcher.exact)
-    return tuple(names)
+        which = matcher.WhichOneof("match_pattern")
+        if which not in ("exact", "prefix") or matcher.ignore_case:
+            raise Refused(
+                where, here, matcher, "only an exact or prefix match, case-sensitive, is supported"
+            )
+        value = getattr(matcher, which)
+        if not value:
+            raise Refused(where, f"{here}.{which}", value, "an empty name matches nothing")
+        (exact if which == "exact" else prefixes).append(value)
+    return tuple(exact), tuple(prefixes)
