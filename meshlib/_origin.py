@@ -13,6 +13,7 @@ it; the success path to a destination without ``tls`` never comes here.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -22,9 +23,9 @@ from ._tls import TLS
 
 __all__ = ["CAPACITY", "Origins", "async_transport", "sync_transport"]
 
-#: Inner transports kept per meshlib transport: one per distinct TLS value (a mesh has a
-#: handful); beyond it, the one made first is closed.
-CAPACITY = 64
+#: Inner transports kept per meshlib transport: one per distinct TLS value (in Istio, one
+#: per service identity called); beyond it, the least recently used one is closed.
+CAPACITY = 256
 
 T = TypeVar("T")
 
@@ -51,7 +52,7 @@ class Origins(Generic[T]):
 
     def __init__(self, make: Callable[[TLS], T]) -> None:
         self._make = make
-        self._open: dict[TLS, T] = {}
+        self._open: OrderedDict[TLS, T] = OrderedDict()
         self._lock = threading.Lock()
         self._last: tuple[TLS, T] | None = None
 
@@ -62,13 +63,24 @@ class Origins(Generic[T]):
             return last[1], ()
         found = self._open.get(tls)
         evicted: list[T] = []
-        if found is None:
+        if found is not None:
+            # Lock-free, as BoundedMap's hits; KeyError: closed meanwhile.
+            try:  # noqa: SIM105 - suppress() would cost an object per hit
+                self._open.move_to_end(tls)
+            except KeyError:
+                pass
+        else:
             with self._lock:
                 found = self._open.get(tls)
                 if found is None:
                     found = self._open[tls] = self._make(tls)
                     while len(self._open) > CAPACITY:
-                        evicted.append(self._open.pop(next(iter(self._open))))
+                        oldest = next(iter(self._open))
+                        if last is not None and oldest == last[0]:
+                            # The one in constant use never reaches the end of the order.
+                            self._open.move_to_end(oldest)
+                            continue
+                        evicted.append(self._open.pop(oldest))
         self._last = (tls, found)
         return found, evicted
 

@@ -348,3 +348,31 @@ def test_explain_and_the_status_page_never_show_a_password(certs: MeshCerts) -> 
     written = policy_toml(policy, "orders.internal")
     assert "hunter2" not in written + describe(policy)
     assert f'cert = "{files.certificate}"' in written
+
+
+def test_beyond_capacity_the_least_recently_used_transport_is_closed(
+    certs: MeshCerts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshlib import _origin
+
+    monkeypatch.setattr(_origin, "CAPACITY", 2)
+    closed: list[str] = []
+
+    class Made:
+        def __init__(self, tls: meshlib.TLS) -> None:
+            self.name = tls.subject_alt_names[0]
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    origins: _origin.Origins[Made] = _origin.Origins(Made)
+    hot, b, c, d = (origin_tls(certs, [name]) for name in ("hot", "b", "c", "d"))
+    assert not origins.get(hot)[1]
+    origins.get(b)
+    origins.get(hot)  # in constant use: never pushed out
+    (gone,) = origins.get(c)[1]
+    assert gone.name == "b"
+    origins.get(hot)
+    (gone,) = origins.get(d)[1]
+    assert gone.name == "c"
+    assert sorted(made.name for made in origins.close_all()) == ["d", "hot"]
