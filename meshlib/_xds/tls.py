@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -39,6 +40,10 @@ except Exception as exc:  # pragma: no cover - ads.py refuses first
     raise ConfigError(f"{MISSING_EXTRA} ({type(exc).__name__}: {exc})") from exc
 
 __all__ = ["Certificates", "upstream_tls"]
+
+#: `TLS` values remembered (one per identity: in Istio, per service called); an older
+#: one forgotten is only made again, equal, if a Cluster names it again.
+MADE_CAPACITY = 4096
 
 _UPSTREAM = "type.googleapis.com/" + tls_pb2.UpstreamTlsContext.DESCRIPTOR.full_name
 _RAW_BUFFER = "type.googleapis.com/" + raw_buffer_pb2.RawBuffer.DESCRIPTOR.full_name
@@ -79,7 +84,7 @@ class Certificates:
     ) -> None:
         self.providers = providers
         self.unsupported = unsupported
-        self._made: dict[tuple[Any, ...], TLS] = {}
+        self._made: OrderedDict[tuple[Any, ...], TLS] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -120,7 +125,9 @@ class Certificates:
         key = (identity, roots, names, server_name, minimum)
         with self._lock:
             found = self._made.get(key)
-            if found is None:
+            if found is not None:
+                self._made.move_to_end(key)
+            else:
                 assert identity.certificate_file is not None
                 assert identity.private_key_file is not None
                 found = self._made[key] = TLS(
@@ -134,6 +141,8 @@ class Certificates:
                     subject_alt_name_prefixes=names[1],
                     server_name=server_name,
                 )
+                if len(self._made) > MADE_CAPACITY:
+                    self._made.popitem(last=False)
             return found
 
 
