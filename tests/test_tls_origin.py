@@ -22,6 +22,7 @@ import pytest
 import trustme
 
 import meshlib
+from meshlib._config import parse_config
 from meshlib._explain import describe
 from meshlib._snapshot import policy_toml
 from meshlib.testing import FaultServer, Respond
@@ -130,6 +131,7 @@ def test_a_server_without_the_names_is_refused_unsent_and_never_retried(
     error = verification_failed(caught.value)
     assert error is not None, caught.value
     assert ORDERS in str(error)
+    assert str(caught.value.request.url) == URL  # the caller's URL, also on failure
     assert server.request_count == 0  # nothing was sent
     assert server.connection_count == 1  # three attempts allowed, one made
 
@@ -376,3 +378,36 @@ def test_beyond_capacity_the_least_recently_used_transport_is_closed(
     (gone,) = origins.get(d)[1]
     assert gone.name == "c"
     assert sorted(made.name for made in origins.close_all()) == ["d", "hot"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_hedged_call_sends_its_copies_over_the_policys_tls(
+    mode: str, certs: MeshCerts, server: FaultServer
+) -> None:
+    mesh = mesh_for(server, origin_tls(certs, [ORDERS]))
+    destination = "orders.internal:8080"
+    policy = mesh.policy_for("orders.internal", 8080).replace(hedge=meshlib.Hedge(delay=30.0))
+    hedged = meshlib.Mesh(destinations={destination: policy})
+    response = send(mode, hedged)
+    assert (response.status_code, str(response.url)) == (200, URL)
+    (seen,) = server.requests
+    assert seen.peer_cert is not None
+    assert seen.headers["host"] == destination
+
+
+def test_the_status_pages_toml_of_a_tls_policy_reads_back(certs: MeshCerts) -> None:
+    files = certs.client
+    tls = meshlib.TLS(
+        files.certificate,
+        files.key,
+        files.ca,
+        reload=True,
+        reload_interval=0.25,
+        subject_alt_names=[ORDERS],
+        subject_alt_name_prefixes=["spiffe://cluster.local/ns/canary/"],
+        server_name="orders.mesh.internal",
+    )
+    policy = meshlib.STANDARD.replace(tls=tls)
+    written = policy_toml(policy, "orders.internal:8080")
+    read = parse_config(written, "status.toml")
+    assert read.destinations["orders.internal:8080"] == policy
