@@ -411,7 +411,9 @@ class Call:
                 observed = telemetry
         hedge = self.hedge = None if plan.hedge is None else self._hedge_delay(request)
         # A hedged call's copies make their own.
-        self.extras = hedge is None and (observed is not None or plan.endpoints is not None)
+        self.extras = hedge is None and (
+            observed is not None or plan.endpoints is not None or plan.tls is not None
+        )
         self.observed, self.tracer, self.avoid = observed, tracer, None
 
     def _hedge_delay(self, request: httpx.Request) -> float | None:
@@ -806,11 +808,23 @@ class Attempt:
                 plan.cluster,
             )
         endpoint = self.endpoint
-        if endpoint is not None:
-            request.url = url_with_host(self.target, endpoint.host, endpoint.port)
-            if self.target.scheme == "https":
-                # httpcore verifies the certificate against the SNI name.
-                request.extensions["sni_hostname"] = plan.destination.host
+        tls = plan.tls
+        if endpoint is not None or tls is not None:
+            target = self.target
+            host, port = (
+                (endpoint.host, endpoint.port)
+                if endpoint is not None
+                else (target.host, target.port)
+            )
+            scheme = target.scheme
+            if tls is not None and scheme == "http":
+                # meshlib originates the TLS: the connection is https, to the same port.
+                scheme, port = "https", port or 80
+            request.url = url_with_host(target, host, port, scheme)
+            if scheme == "https":
+                # httpcore sends this name as SNI and verifies the certificate against it.
+                name = tls.server_name if tls is not None else None
+                request.extensions["sni_hostname"] = name or plan.destination.host
         self.started = time.perf_counter()
 
     def end(self, outcome: httpx.Response | BaseException, failed: bool | None) -> None:
@@ -820,6 +834,8 @@ class Attempt:
             self.request.url = self.target
             assert self.plan.endpoints is not None
             self.plan.endpoints.done(self.endpoint, failed, latency, runtime.clock.now())
+        elif self.plan.tls is not None:
+            self.request.url = self.target
         if failed is False and self.plan.latencies is not None:
             self.plan.latencies.add(latency)
         if self.span is not None:

@@ -48,23 +48,25 @@ _URL_EDITABLE = hasattr(httpx.URL("http://a/"), "_uri_reference") and hasattr(
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
-def url_with_host(url: httpx.URL, host: str, port: int | None) -> httpx.URL:
-    """Return ``url.copy_with(host=host, port=port)`` without parsing the URL again.
+def url_with_host(
+    url: httpx.URL, host: str, port: int | None, scheme: str | None = None
+) -> httpx.URL:
+    """Return ``url.copy_with(host=host, port=port)`` (and `scheme`) without parsing it again.
 
     `host` is an IP address (IPv6 without brackets) or a lowercase ASCII name, as
     `meshlib.Endpoints` and route targets hold them. copy_with re-parses and
     re-validates the whole URL (about 15 µs); on every attempt to an endpoint
     that is most of meshlib's cost. Anything else takes the public way.
     """
-    if not _URL_EDITABLE:  # pragma: no cover - a future httpx: the public way
-        return url.copy_with(host=host, port=port)
-    if not host.isascii() or host != host.lower():  # httpx's own normalising, then
-        return url.copy_with(host=host, port=port)
-    ref = url._uri_reference
-    if port == _DEFAULT_PORTS.get(ref.scheme):
+    ref = url._uri_reference if _URL_EDITABLE else None
+    scheme = scheme or url.scheme
+    if ref is None or not host.isascii() or host != host.lower() or scheme not in _DEFAULT_PORTS:
+        # httpx's own normalising, then (and a future httpx: the public way).
+        return url.copy_with(scheme=scheme, host=host, port=port)
+    if port == _DEFAULT_PORTS[scheme]:
         port = None  # httpx keeps a scheme's own port as None
     aimed = httpx.URL.__new__(httpx.URL)
-    aimed._uri_reference = ref._replace(host=host, port=port)
+    aimed._uri_reference = ref._replace(scheme=scheme, host=host, port=port)
     return aimed
 
 

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from ._checks import SECONDS_EXPECTED
 from ._errors import ConfigError
 from ._patterns import check_clusters, normalise_pattern, refuse_destination_layers
-from ._policy import SECONDS_EXPECTED, Policy, did_you_mean
+from ._policy import Policy, did_you_mean
 from ._schema import Setting, layer_settings, parse_duration, settings_of
 
 __all__ = [
@@ -129,9 +130,10 @@ class _Reader:
                     f"allowed: {', '.join(names)}{did_you_mean(name, names)}",
                 )
             if not setting.in_file:
+                what = "is a secret" if setting.secret else "takes a Python object"
                 raise self.error(
                     _join(path, name),
-                    f"{cls.__name__}.{name} takes a Python object; set it in code, not in a file",
+                    f"{cls.__name__}.{name} {what}; set it in code, not in a file",
                 )
             kwargs[name] = self.value(setting, value, _join(path, name), written)
         missing = [s.name for s in settings.values() if s.required and s.name not in kwargs]

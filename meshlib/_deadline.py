@@ -10,7 +10,7 @@ from contextvars import ContextVar, Token
 from datetime import timedelta
 from types import TracebackType
 
-from ._policy import duration
+from ._checks import duration
 from ._runtime import runtime
 
 __all__ = [

@@ -111,6 +111,22 @@ def _tracing(tracing: Any) -> str:
     )
 
 
+def _tls(tls: Any) -> str:
+    # Never the password: only whether the key needs one is the caller's business.
+    files = f"cert {tls.cert}" + (f", key {tls.key}" if tls.key != tls.cert else "")
+    parts = [files, f"ca {tls.ca}" if tls.ca is not None else "ca certifi"]
+    if tls.reload:
+        parts.append(f"reloaded every {format_duration(tls.reload_interval)}")
+    if tls.subject_alt_names or tls.subject_alt_name_prefixes:
+        names = [*tls.subject_alt_names, *(f"{p}*" for p in tls.subject_alt_name_prefixes)]
+        parts.append(f"server is one of {', '.join(names)}")
+    else:
+        parts.append("server's host name checked")
+    if tls.server_name is not None:
+        parts.append(f"SNI {tls.server_name}")
+    return "; ".join(parts)
+
+
 def _header(name: str, match: Any) -> str:
     if isinstance(match, str):
         return f"{name}: {match}"
@@ -231,6 +247,7 @@ _DESCRIBERS = {
     "tracing": _tracing,
     "routes": _routes,
     "fallback": _fallback,
+    "tls": _tls,
 }
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ._checks import duration
 from ._deadline import DEFAULT_HEADER, GRPC_HEADER, parse_budget_header
 from ._errors import ConfigError
-from ._policy import duration, is_token
+from ._policy import is_token
 from ._runtime import runtime
 
 __all__ = ["BudgetReader", "refuse_app"]

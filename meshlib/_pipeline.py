@@ -25,9 +25,11 @@ import httpx
 from ._call import DRAIN, RAISE, RETURN, SEND, WAIT, Attempt, Call, is_failure
 from ._errors import ConfigError
 from ._mesh import Mesh, default_mesh, refuse_destination_layers
+from ._origin import Origins, async_transport, sync_transport
 from ._policy import STANDARD, Policy
 from ._runtime import runtime
 from ._streams import close_shielded
+from ._tls import TLS
 from ._traffic import Endpoint
 
 __all__ = ["AsyncTransport", "Transport"]
@@ -124,6 +126,7 @@ class Transport(_Pipeline, httpx.BaseTransport):
         _refuse_inner("Transport", transport, asynchronous=False)
         super().__init__(policy)
         self.inner = transport
+        self._origins: Origins[httpx.HTTPTransport] = Origins(sync_transport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         call = Call(self.plans, self.policy, request, False)
@@ -133,7 +136,10 @@ class Transport(_Pipeline, httpx.BaseTransport):
                 if action == SEND:
                     try:
                         if call.hedge is None:
-                            response = self.inner.handle_request(request)
+                            if call.plan.tls is None:
+                                response = self.inner.handle_request(request)
+                            else:
+                                response = self._over(call.plan.tls).handle_request(request)
                         else:
                             response = self._hedged(call, call.hedge)
                     except Exception as exc:  # cancellation and Ctrl-C are handled below
@@ -188,13 +194,14 @@ class Transport(_Pipeline, httpx.BaseTransport):
         answers: queue.SimpleQueue[httpx.Response | Exception] = queue.SimpleQueue()
         hedge = call.plan.policy.hedge
         assert hedge is not None
+        inner = self.inner if call.plan.tls is None else self._over(call.plan.tls)
 
         def send(copy: httpx.Request, avoid: Endpoint | None) -> Endpoint | None:
             attempt = call.new_attempt(copy, avoid)
 
             def run() -> None:
                 try:
-                    response = self.inner.handle_request(copy)
+                    response = inner.handle_request(copy)
                 except Exception as exc:
                     attempt.end(exc, is_failure(exc))
                     answers.put(exc)
@@ -234,7 +241,16 @@ class Transport(_Pipeline, httpx.BaseTransport):
             _close_the_rest(answers, launched - failures)
             raise
 
+    def _over(self, tls: TLS) -> httpx.BaseTransport:
+        """Return the inner transport that connects with `tls` (see `_origin`)."""
+        inner, evicted = self._origins.get(tls)
+        for old in evicted:
+            old.close()
+        return inner
+
     def close(self) -> None:
+        for own in self._origins.close_all():
+            own.close()
         self.inner.close()
 
 
@@ -257,6 +273,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         _refuse_inner("AsyncTransport", transport, asynchronous=True)
         super().__init__(policy)
         self.inner = transport
+        self._origins: Origins[httpx.AsyncHTTPTransport] = Origins(async_transport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         call = Call(self.plans, self.policy, request, True)
@@ -266,7 +283,11 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 if action == SEND:
                     try:
                         if call.hedge is None:
-                            response = await self.inner.handle_async_request(request)
+                            if call.plan.tls is None:
+                                response = await self.inner.handle_async_request(request)
+                            else:
+                                inner = await self._over(call.plan.tls)
+                                response = await inner.handle_async_request(request)
                         else:
                             response = await self._hedged(call, call.hedge)
                     except Exception as exc:  # cancellation is handled below
@@ -319,6 +340,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         assert request is not None
         hedge = call.plan.policy.hedge
         assert hedge is not None
+        inner = self.inner if call.plan.tls is None else await self._over(call.plan.tls)
         answered = anyio.Event()
         winner: list[httpx.Response] = []
         errors: list[Exception] = []
@@ -327,7 +349,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         async def send(attempt: Attempt) -> None:
             copy = attempt.request
             try:
-                response = await self.inner.handle_async_request(copy)
+                response = await inner.handle_async_request(copy)
             except Exception as exc:
                 attempt.end(exc, is_failure(exc))
                 errors.append(exc)
@@ -365,7 +387,16 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
             return winner[0]
         raise errors[-1]
 
+    async def _over(self, tls: TLS) -> httpx.AsyncBaseTransport:
+        """Return the inner transport that connects with `tls` (see `_origin`)."""
+        inner, evicted = self._origins.get(tls)
+        for old in evicted:
+            await old.aclose()
+        return inner
+
     async def aclose(self) -> None:
+        for own in self._origins.close_all():
+            await own.aclose()
         await self.inner.aclose()
 
 

@@ -66,6 +66,7 @@ class Plan:
         "sketch",
         "telemetry",
         "timeouts_seen",
+        "tls",
         "total",
         "url_host",
         "url_port",
@@ -113,8 +114,11 @@ class Plan:
         self.attempt_timeout = timeout.attempt if timeout is not None else None
         self.faults = policy.faults
         self.hedge = policy.hedge
-        # No endpoints, no hedge: an attempt needs no `Attempt` unless it is traced.
-        self.plain = policy.endpoints is None and policy.hedge is None
+        # TLS meshlib originates itself (`_origin`): the inner transport is its own.
+        self.tls = policy.tls
+        # No endpoints, no hedge, no TLS to originate: an attempt needs no `Attempt`
+        # unless it is traced.
+        self.plain = policy.endpoints is None and policy.hedge is None and policy.tls is None
         tracing = policy.tracing
         # Only the destinations Tracing.propagate_to names (by default, those inside
         # the mesh) learn the caller's trace context and how long it will wait.

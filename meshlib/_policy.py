@@ -16,13 +16,14 @@ import functools
 import ipaddress
 import math
 import re
-import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, Literal, TypeVar, cast, get_args
 
+from ._checks import DURATION, duration
+from ._checks import fail as _fail
 from ._errors import ConfigError
+from ._tls import TLS
 
 __all__ = [
     "STANDARD",
@@ -120,53 +121,6 @@ def _known_keywords(kind: str) -> Callable[[type[T]], type[T]]:
         return cls
 
     return decorate
-
-
-#: The metadata of a field that holds seconds: a policy file may write it as a duration
-#: string (``"250ms"``, ``"2s"``), and ``meshlib explain`` shows it as one.
-DURATION: Mapping[str, bool] = types.MappingProxyType({"duration": True})
-
-#: What `duration` says a field takes; the file reader spells it the file's way.
-SECONDS_EXPECTED = "seconds (float or timedelta)"
-
-
-def is_duration(spec: dataclasses.Field[Any]) -> bool:
-    """Return whether the dataclass field `spec` holds seconds (it carries `DURATION`)."""
-    return bool(spec.metadata.get("duration", False))
-
-
-def _fail(owner: str, name: str, value: object, expected: str) -> ConfigError:
-    return ConfigError(
-        f"expected {expected}, got {value!r}",
-        field=f"{owner}.{name}",
-        value=value,
-        expected=expected,
-    )
-
-
-def duration(
-    owner: str,
-    name: str,
-    value: object,
-    *,
-    optional: bool = False,
-    positive: bool = False,
-) -> float | None:
-    """Return `value` as finite seconds, or raise a ConfigError naming the field."""
-    if value is None and optional:
-        return None
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        kind = SECONDS_EXPECTED + (" or None" if optional else "")
-        raise _fail(owner, name, value, kind)
-    if not math.isfinite(seconds):
-        raise _fail(owner, name, value, "a finite number of seconds")
-    if seconds < 0 or (positive and seconds == 0):
-        raise _fail(owner, name, value, "a positive duration" if positive else "a duration >= 0")
-    return seconds
 
 
 def _number(owner: str, name: str, value: object, *, minimum: float = 0.0) -> float:
@@ -1159,6 +1113,7 @@ _LAYERS: dict[str, type] = {
     "faults": Faults,
     "hedge": Hedge,
     "fallback": Fallback,
+    "tls": TLS,
 }
 
 
@@ -1169,6 +1124,12 @@ class Policy:
 
     ``Policy()`` equals `STANDARD`. Policies are immutable: derive a new one
     with `replace`.
+
+    ``tls`` (off in STANDARD): meshlib itself connects to the destination (or each
+    of its endpoints) over TLS with this `TLS`, presenting its certificate and
+    verifying the server with its CA and names, also for a request to an
+    ``http://`` URL, as a sidecar originates mTLS. The request's URL, its
+    ``Host`` header and ``response.url`` stay as the caller made them.
     """
 
     retry: Retry | None = field(default_factory=Retry)
@@ -1181,6 +1142,7 @@ class Policy:
     faults: Faults | None = None
     hedge: Hedge | None = None
     fallback: Fallback | None = None
+    tls: TLS | None = None
     # Policies are dictionary keys on every request (state lookup); hashing the
     # nested values each time would cost microseconds, so the hash is kept.
     _hash: int = field(init=False, repr=False, compare=False)

@@ -3,7 +3,7 @@
 The schema is read off the classes themselves (`dataclasses.fields`, their type hints
 and metadata, or a constructor's signature), so a layer added to `Policy` is readable
 from a file as soon as it exists. A field holds seconds when it is marked so
-(`meshlib._policy.DURATION`).
+(`meshlib._checks.DURATION`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._policy import Policy, is_duration
+from ._checks import is_duration, is_secret
+from ._policy import Policy
 
 __all__ = [
     "Setting",
@@ -80,10 +81,11 @@ class Setting:
     duration: bool  # seconds; strings such as "250ms" are accepted too
     takes_bool: bool
     takes_str: bool
-    in_file: bool  # False for Python objects (``Any``), which a file cannot spell
+    in_file: bool  # False for Python objects (``Any``) and secrets, which a file may not spell
     # Several settings classes (``str | PathExact | PathRegex``): a table is the one
     # whose settings hold its keys.
     choices: tuple[type, ...] = ()
+    secret: bool = False  # a password: never read from a file, never shown
 
 
 # The hint of a setting whose type could not be resolved: its value is passed as is.
@@ -99,7 +101,9 @@ def _is_settings_class(hint: object) -> bool:
     return hint.__module__.startswith("meshlib.") and "__init__" in vars(hint)
 
 
-def _setting(name: str, hint: object, required: bool, duration: bool) -> Setting:
+def _setting(
+    name: str, hint: object, required: bool, duration: bool, secret: bool = False
+) -> Setting:
     members: tuple[object, ...] = (hint,)
     if typing.get_origin(hint) is typing.Annotated:
         members = (typing.get_args(hint)[0],)
@@ -126,7 +130,7 @@ def _setting(name: str, hint: object, required: bool, duration: bool) -> Setting
             takes_bool = True
         elif member is str or member is _UNKNOWN:
             takes_str = True
-    in_file = hint is not Any
+    in_file = hint is not Any and not secret
     return Setting(
         name,
         required,
@@ -138,6 +142,7 @@ def _setting(name: str, hint: object, required: bool, duration: bool) -> Setting
         takes_str,
         in_file,
         tuple(choices) if len(choices) > 1 else (),
+        secret,
     )
 
 
@@ -168,7 +173,9 @@ def _read_settings(cls: type) -> dict[str, Setting]:
                 spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
             )
             hint = hints.get(spec.name, _UNKNOWN)
-            found[spec.name] = _setting(spec.name, hint, required, is_duration(spec))
+            found[spec.name] = _setting(
+                spec.name, hint, required, is_duration(spec), is_secret(spec)
+            )
         return found
     for parameter in list(inspect.signature(cls).parameters.values()):
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):

@@ -358,7 +358,7 @@ def policy_toml(
             in_code = [
                 n
                 for n, s in settings_of(type(value)).items()
-                if not s.in_file and getattr(value, n, None) is not None
+                if not s.in_file and not s.secret and getattr(value, n, None) is not None
             ]
             if in_code:
                 lines.append(f"# {name}: {', '.join(in_code)} set in code")

@@ -39,9 +39,9 @@ from typing import Any
 
 import certifi
 
+from ._checks import DURATION, SECRET, duration
 from ._compat import ConnectionHookContext
 from ._errors import ConfigError
-from ._policy import duration
 from ._runtime import runtime
 
 __all__ = ["TLS"]
@@ -69,7 +69,12 @@ class _Bad(Exception):
 
     def __init__(self, name: str, path: str, text: str) -> None:
         super().__init__(f"TLS.{name}: {text}")
+        self.name = name
         self.path = path
+        self.text = text
+
+    def error(self) -> ConfigError:
+        return ConfigError(self.text, field=f"TLS.{self.name}")
 
 
 class _NoPassword(Exception):
@@ -93,7 +98,12 @@ def _path(name: str, value: object) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"TLS.{name}: expected a path (str or os.PathLike[str]), got {value!r}")
+        raise ConfigError(
+            f"expected a path (str or os.PathLike[str]), got {value!r}",
+            field=f"TLS.{name}",
+            value=value,
+            expected="a path (str or os.PathLike[str])",
+        )
     # Absolute now, so that a later chdir cannot make a reload read other files.
     return os.path.abspath(value)
 
@@ -372,6 +382,22 @@ def _peer_names(certificate: Any) -> list[str]:
     return [value for kind, value in names if kind in _SAN_KINDS]
 
 
+@dataclass(frozen=True, slots=True)
+class _Expected:
+    """The names a server's certificate must carry one of: exactly, or by prefix."""
+
+    names: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    def accepts(self, presented: list[str]) -> bool:
+        return not self.names.isdisjoint(presented) or any(
+            name.startswith(self.prefixes) for name in presented
+        )
+
+    def __str__(self) -> str:
+        return ", ".join([*sorted(self.names), *(f"{p}*" for p in self.prefixes)])
+
+
 def _check_peer(connection: ssl.SSLSocket | ssl.SSLObject) -> None:
     """Refuse a server whose certificate carries none of the names its context expects.
 
@@ -379,14 +405,14 @@ def _check_peer(connection: ssl.SSLSocket | ssl.SSLObject) -> None:
         ssl.SSLCertVerificationError: as a failed chain or host name check would, so
             httpx reports a ConnectError that is never retried.
     """
-    expected: frozenset[str] | None = getattr(connection.context, "_meshlib_expected_names", None)
-    if not expected:
+    expected: _Expected | None = getattr(connection.context, "_meshlib_expected", None)
+    if expected is None:
         return
     presented = _peer_names(connection.getpeercert())
-    if not expected.intersection(presented):
+    if not expected.accepts(presented):
         error = ssl.SSLCertVerificationError(
             f"certificate verify failed: the server's subject alternative names "
-            f"{presented} include none of {sorted(expected)}"
+            f"{presented} include none of [{expected}]"
         )
         error.verify_message = "subject alternative name mismatch"
         raise error
@@ -409,17 +435,17 @@ class _NameCheckingObject(ssl.SSLObject):
 def _new_context(
     cls: type[ssl.SSLContext],
     minimum_version: ssl.TLSVersion,
-    expected_names: frozenset[str] = frozenset(),
+    expected: _Expected | None = None,
 ) -> ssl.SSLContext:
     # What ssl.create_default_context() does for a client, on a class of our choosing.
     context = cls(ssl.PROTOCOL_TLS_CLIENT)
     context.verify_mode = ssl.CERT_REQUIRED
-    if expected_names:
+    if expected is not None:
         # The chain is still verified; the check of the name asked for is replaced by
         # the check of these names once the handshake is done (a SPIFFE certificate
         # has no host name in it to match).
         context.check_hostname = False
-        context._meshlib_expected_names = expected_names  # type: ignore[attr-defined]
+        context._meshlib_expected = expected  # type: ignore[attr-defined]
         context.sslsocket_class = _NameCheckingSocket
         context.sslobject_class = _NameCheckingObject
     else:
@@ -459,7 +485,17 @@ class TLS:
             DNS name or IP address subject-alt-name, compared exactly; checked when the
             handshake completes, before anything is sent. Given, they replace the
             check of the host name asked for (Envoy's ``match_subject_alt_names``).
-            Empty: the host name is checked, as by default.
+            Empty (and no `subject_alt_name_prefixes`): the host name is checked,
+            as by default.
+        subject_alt_name_prefixes: as `subject_alt_names`, but a name the server's
+            certificate carries counts when it starts with one of these
+            (``spiffe://cluster.local/ns/default/`` accepts every workload of a
+            namespace; Envoy's ``prefix`` matcher).
+        server_name: where meshlib opens the connection (a `Policy`'s ``tls``), the
+            name sent as SNI and, without `subject_alt_names`, checked against the
+            server's certificate, instead of the host of the URL (Envoy's ``sni``).
+            None: the URL's host. A client you build with `ssl_context` sends
+            the URL's host (httpx's ``sni_hostname`` request extension overrides it).
 
     Raises:
         ConfigError: a value is invalid, or a file is missing, unreadable, not PEM,
@@ -470,12 +506,14 @@ class TLS:
     cert: str | os.PathLike[str]
     key: str | os.PathLike[str]
     ca: str | os.PathLike[str] | None = None
-    password: str | bytes | None = field(default=None, repr=False)
+    password: str | bytes | None = field(default=None, repr=False, metadata=SECRET)
     reload: bool = False
     _: KW_ONLY
-    reload_interval: float | timedelta = 1.0
+    reload_interval: float | timedelta = field(default=1.0, metadata=DURATION)
     minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
     subject_alt_names: Sequence[str] = ()
+    subject_alt_name_prefixes: Sequence[str] = ()
+    server_name: str | None = None
     _context: ssl.SSLContext = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -487,31 +525,53 @@ class TLS:
             if not isinstance(password, str | bytes):
                 # The type only: a value passed here by mistake may still be a secret.
                 raise ConfigError(
-                    f"TLS.password: expected str, bytes or None, got {type(password).__name__}"
+                    f"expected str, bytes or None, got {type(password).__name__}",
+                    field="TLS.password",
                 )
             size = len(password.encode() if isinstance(password, str) else password)
             if size > _MAX_PASSWORD_BYTES:
                 raise ConfigError(
-                    f"TLS.password: expected at most {_MAX_PASSWORD_BYTES} bytes, got {size} bytes"
+                    f"expected at most {_MAX_PASSWORD_BYTES} bytes, got {size} bytes",
+                    field="TLS.password",
                 )
         if not isinstance(self.reload, bool):
-            raise ConfigError(f"TLS.reload: expected True or False, got {self.reload!r}")
+            raise ConfigError(
+                f"expected True or False, got {self.reload!r}",
+                field="TLS.reload",
+                value=self.reload,
+                expected="True or False",
+            )
         interval = duration("TLS", "reload_interval", self.reload_interval)
         assert interval is not None  # not optional
         version = self.minimum_version
         if not isinstance(version, ssl.TLSVersion) or version not in _ALLOWED_VERSIONS:
+            expected = "ssl.TLSVersion.TLSv1_2 or ssl.TLSVersion.TLSv1_3"
             raise ConfigError(
-                "TLS.minimum_version: expected ssl.TLSVersion.TLSv1_2 or "
-                f"ssl.TLSVersion.TLSv1_3, got {version!r}"
+                f"expected {expected}, got {version!r}",
+                field="TLS.minimum_version",
+                value=version,
+                expected=expected,
             )
-        names = self.subject_alt_names
-        if not isinstance(names, list | tuple) or not all(
-            isinstance(name, str) and name for name in names
-        ):
+        for which in ("subject_alt_names", "subject_alt_name_prefixes"):
+            names = getattr(self, which)
+            if not isinstance(names, list | tuple) or not all(
+                isinstance(name, str) and name for name in names
+            ):
+                raise ConfigError(
+                    f"expected a list of non-empty names, got {names!r}",
+                    field=f"TLS.{which}",
+                    value=names,
+                    expected="a list of non-empty names",
+                )
+            object.__setattr__(self, which, tuple(names))
+        server_name = self.server_name
+        if server_name is not None and (not isinstance(server_name, str) or not server_name):
             raise ConfigError(
-                f"TLS.subject_alt_names: expected a list of non-empty names, got {names!r}"
+                f"expected a non-empty host name or None, got {server_name!r}",
+                field="TLS.server_name",
+                value=server_name,
+                expected="a non-empty host name or None",
             )
-        object.__setattr__(self, "subject_alt_names", tuple(names))
         object.__setattr__(self, "cert", cert)
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "ca", ca)
@@ -521,7 +581,9 @@ class TLS:
         context = _new_context(
             _ReloadingContext if self.reload else ssl.SSLContext,
             version,
-            frozenset(self.subject_alt_names),
+            _Expected(frozenset(self.subject_alt_names), tuple(self.subject_alt_name_prefixes))
+            if self.subject_alt_names or self.subject_alt_name_prefixes
+            else None,
         )
         try:
             if ca is None:
@@ -532,7 +594,7 @@ class TLS:
             with _checked_pair(source, cert_data, key_data) as load:
                 load(context)
         except _Bad as bad:
-            raise ConfigError(str(bad)) from None
+            raise bad.error() from None
         if isinstance(context, _ReloadingContext):
             # The digest of the bytes actually loaded: a file changed since is a change.
             context._meshlib_start(source, _digest(cert_data, key_data))

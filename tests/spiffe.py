@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["MeshCerts", "ProviderFiles", "mesh_certs"]
+__all__ = ["MeshCerts", "ProviderFiles", "issue_workload", "mesh_certs"]
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,16 @@ def mesh_certs(
         server_key=str(root / "server.key"),
         server_id=server_id,
     )
+
+
+def issue_workload(folder: str, name: str, spiffe_id: str) -> tuple[str, str]:
+    """Issue another workload certificate from the CA `mesh_certs` made in `folder`.
+
+    Returns the paths of the certificate and of its key (``NAME.pem``, ``NAME.key``).
+    """
+    root = Path(folder)
+    ca_certificate = x509.load_pem_x509_certificate((root / "root-cert.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((root / "root-cert.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    _issue(root, name, spiffe_id, (ca_certificate.subject, ca_key))
+    return str(root / f"{name}.pem"), str(root / f"{name}.key")

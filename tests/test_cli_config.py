@@ -117,7 +117,7 @@ def test_explain_an_exact_host(fleet: Path, capsys: pytest.CaptureFixture[str]) 
     )
     assert lines[3].endswith("(from STANDARD)")
     assert lines[4] == "  bulkhead   off  (from default)"
-    assert len(lines) == 11  # the header line and one per layer
+    assert len(lines) == 12  # the header line and one per layer
 
 
 def test_explain_a_host_and_port(fleet: Path, capsys: pytest.CaptureFixture[str]) -> None:

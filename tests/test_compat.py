@@ -143,12 +143,15 @@ def test_connection_hook_sees_wrap_socket_and_wrap_bio() -> None:
         ("bücher.example", 80),
     ],
 )
-def test_url_with_host_is_copy_with(url: str, host: str, port: int | None) -> None:
+@pytest.mark.parametrize("scheme", [None, "https"])
+def test_url_with_host_is_copy_with(
+    url: str, host: str, port: int | None, scheme: str | None
+) -> None:
     from meshlib._compat import url_with_host
 
     original = httpx.URL(url)
-    aimed = url_with_host(original, host, port)
-    expected = original.copy_with(host=host, port=port)
+    aimed = url_with_host(original, host, port, scheme)
+    expected = original.copy_with(scheme=scheme or original.scheme, host=host, port=port)
     assert aimed == expected
     assert (aimed.host, aimed.port, aimed.netloc, aimed.raw_path) == (
         expected.host,

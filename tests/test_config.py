@@ -304,6 +304,7 @@ def test_layer_origins_name_the_table_each_layer_comes_from() -> None:
         "faults": "STANDARD",
         "hedge": "STANDARD",
         "fallback": "STANDARD",
+        "tls": "STANDARD",
     }
     assert config.layer_origins(None)["timeout"] == "default"
     assert config.layer_origins(None)["retry"] == "STANDARD"
@@ -500,7 +501,7 @@ ERRORS: list[tuple[str, str]] = [
     (
         D + "retyr = { attempts = 2 }",
         f"{P}.retyr: unknown layer 'retyr'; layers: retry, timeout, breaker, bulkhead, tracing,"
-        " endpoints, routes, faults, hedge, fallback"
+        " endpoints, routes, faults, hedge, fallback, tls"
         " (did you mean 'retry'?)",
     ),
     (
@@ -1042,6 +1043,7 @@ def test_describe_shows_each_layer_on_its_own_line_with_units() -> None:
         "faults",
         "hedge",
         "fallback",
+        "tls",
     ]
     assert lines[0] == (
         "retry      3 attempts; backoff full jitter 50ms..1s; on status 408, 429, 502-504 for "

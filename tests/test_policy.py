@@ -136,7 +136,7 @@ def test_replace_suggests_the_closest_layer() -> None:
         STANDARD.replace(retries=None)
     assert str(caught.value) == (
         "Policy.replace: unknown layer 'retries'; layers: retry, timeout, breaker, bulkhead, "
-        "tracing, endpoints, routes, faults, hedge, fallback (did you mean 'retry'?)"
+        "tracing, endpoints, routes, faults, hedge, fallback, tls (did you mean 'retry'?)"
     )
 
 

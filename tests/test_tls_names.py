@@ -137,3 +137,39 @@ def test_the_names_are_part_of_the_value(certs: MeshCerts) -> None:
     assert value.subject_alt_names == (ORDERS,)
     assert ORDERS in repr(value)
     assert value != tls(certs, ())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_prefix_accepts_every_name_that_starts_with_it(
+    mode: str, certs: MeshCerts, server: FaultServer
+) -> None:
+    files = certs.client
+    namespace = meshlib.TLS(
+        files.certificate,
+        files.key,
+        files.ca,
+        subject_alt_name_prefixes=["spiffe://cluster.local/ns/default/"],
+    )
+    assert get(mode, namespace, server.url).status_code == 200
+    other = meshlib.TLS(
+        files.certificate,
+        files.key,
+        files.ca,
+        subject_alt_names=["spiffe://cluster.local/ns/default/sa/payments"],
+        subject_alt_name_prefixes=["spiffe://cluster.local/ns/prod/"],
+    )
+    with pytest.raises(httpx.ConnectError) as caught:
+        get(mode, other, server.url)
+    error = verification_failed(caught.value)
+    assert error is not None
+    assert "spiffe://cluster.local/ns/prod/*" in str(error)  # what was asked, prefixes too
+    assert server.request_count == 1  # only the accepted server got a request
+
+
+@pytest.mark.parametrize("bad", ["spiffe://one/", [""], None])
+def test_prefixes_that_are_not_a_list_of_names_are_a_config_error(
+    certs: MeshCerts, bad: object
+) -> None:
+    files = certs.client
+    with pytest.raises(meshlib.ConfigError, match=r"^TLS\.subject_alt_name_prefixes: expected"):
+        meshlib.TLS(files.certificate, files.key, files.ca, subject_alt_name_prefixes=bad)  # type: ignore[arg-type]

@@ -665,9 +665,9 @@ def test_round_robin_and_least_request_are_meshlibs_balancers() -> None:
         ),
         ({"type": "STRICT_DNS"}, "type", "'STRICT_DNS'"),
         ({"type": "ORIGINAL_DST"}, "type", "'ORIGINAL_DST'"),
-        (
+        (  # a TLS socket without its UpstreamTlsContext
             {"transport_socket": {"name": "envoy.transport_sockets.tls"}},
-            "transport_socket",
+            "transport_socket.typed_config",
             "envoy.transport_sockets.tls",
         ),
         ({"health_checks": [{"timeout": "1s"}]}, "health_checks", "timeout"),

@@ -19,8 +19,10 @@ from typing import Any
 
 from .._errors import ConfigError
 from .._policy import Budget, Bulkhead, Ejection, Endpoints
+from .._tls import TLS
 from .ads import MISSING_EXTRA
 from .fields import Refused, only, seconds
+from .tls import Certificates, upstream_tls
 
 try:
     from envoy.config.cluster.v3 import cluster_pb2
@@ -42,7 +44,6 @@ __all__ = [
 _CLUSTER = cluster_pb2.Cluster
 _ROUND_ROBIN = "type.googleapis.com/" + round_robin_pb2.RoundRobin.DESCRIPTOR.full_name
 _LEAST_REQUEST = "type.googleapis.com/" + least_request_pb2.LeastRequest.DESCRIPTOR.full_name
-_RAW_BUFFER = "envoy.transport_sockets.raw_buffer"
 _USABLE = (health_check_pb2.HEALTHY, health_check_pb2.UNKNOWN)
 _DEGRADED = health_check_pb2.DEGRADED
 
@@ -138,6 +139,7 @@ class ClusterSettings:
         static: a STATIC cluster's endpoints (None: none usable, or EDS).
         locality_weighted: ``locality_weighted_lb_config`` is set: within a
             priority, localities share its load by their weights.
+        tls: the TLS meshlib originates to the endpoints (``transport_socket``), or None.
     """
 
     name: str
@@ -149,10 +151,16 @@ class ClusterSettings:
     panic: float
     static: Endpoints | None = None
     locality_weighted: bool = False
+    tls: TLS | None = None
 
 
-def cluster_settings(cluster: Any) -> ClusterSettings:
-    """Translate a Cluster.
+_NO_CERTIFICATES = Certificates({})
+
+
+def cluster_settings(
+    cluster: Any, certificates: Certificates = _NO_CERTIFICATES
+) -> ClusterSettings:
+    """Translate a Cluster; `certificates` are the bootstrap's, for its TLS (`.tls`).
 
     Raises:
         Refused: a field meshlib cannot honour (lb_policy other than ROUND_ROBIN and
@@ -177,13 +185,7 @@ def cluster_settings(cluster: Any) -> ClusterSettings:
         if common.HasField("healthy_panic_threshold"):
             panic = min(1.0, common.healthy_panic_threshold.value / 100)
         locality_weighted = common.HasField("locality_weighted_lb_config")
-    if cluster.HasField("transport_socket") and cluster.transport_socket.name != _RAW_BUFFER:
-        raise Refused(
-            where,
-            "transport_socket",
-            cluster.transport_socket.name,
-            "upstream TLS from xDS is not supported yet",
-        )
+    tls = upstream_tls(cluster, where, certificates)
     bulkhead, budget = _circuit_breakers(cluster, where)
     ejection = _outlier_detection(cluster, where) if cluster.HasField("outlier_detection") else None
     eds_name: str | None = None
@@ -196,7 +198,7 @@ def cluster_settings(cluster: Any) -> ClusterSettings:
         eds_name = eds.service_name or cluster.name
     else:
         static = load_assignment_endpoints(cluster.load_assignment, settings, where)
-    return dataclasses.replace(settings, eds_name=eds_name, static=static)
+    return dataclasses.replace(settings, eds_name=eds_name, static=static, tls=tls)
 
 
 def _balance(cluster: Any, where: str) -> str:

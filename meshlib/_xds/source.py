@@ -39,6 +39,7 @@ from .bootstrap import Bootstrap
 from .clusters import ClusterSettings, cluster_settings, load_assignment_endpoints
 from .fields import Refused
 from .routes import XdsRoute, route_table
+from .tls import Certificates
 from .translate import ListenerRoutes, compose, listener_routes
 
 __all__ = ["XdsSource", "authority"]
@@ -78,6 +79,7 @@ class XdsSource:
         self.where = f"xDS {bootstrap.xds_server.server_uri}"
         self._default = default
         self._apply = apply
+        self._certificates = Certificates.of(bootstrap)
         self._changed = threading.Condition()
         self._listeners: dict[str, ListenerRoutes] = {}
         self._missing_listeners: set[str] = set()
@@ -288,7 +290,7 @@ class XdsSource:
         return table
 
     def _take_cluster(self, name: str, message: Any) -> None:
-        settings = cluster_settings(message)
+        settings = cluster_settings(message, self._certificates)
         found = settings.static
         if settings.eds_name is not None and settings.eds_name in self._assignments:
             where = f"ClusterLoadAssignment {settings.eds_name}"

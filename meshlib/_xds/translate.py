@@ -244,4 +244,5 @@ def _view(
         endpoints=found,
         faults=faults,
         hedge=None,
+        tls=cluster.tls,
     )
