@@ -32,7 +32,7 @@ from ._sources import FileSource, UrlSource
 from ._state import Destination, SharedState
 from ._telemetry import log_breaker, logger, redact_url, watch_breakers
 from ._traffic import EndpointPool, EndpointSnapshot, LatencyWindow
-from ._xds.bootstrap import load_bootstrap
+from ._xds.bootstrap import ENV_BOOTSTRAP, load_bootstrap
 
 __all__ = ["Mesh", "default_mesh"]
 
@@ -508,13 +508,18 @@ def default_mesh() -> Mesh:
     """Return the process-wide Mesh: clients wrapped with a bare Policy, or none, use it.
 
     Built on first use: from the file ``$MESHLIB_CONFIG`` names, followed for
-    changes (`Mesh.from_file`), when the variable is set; else with STANDARD
-    for every destination.
+    changes (`Mesh.from_file`), when the variable is set; from the control plane
+    the bootstrap ``$MESHLIB_XDS_BOOTSTRAP`` names (`Mesh.from_xds`, with
+    STANDARD as its default), when that one is set; else with STANDARD for
+    every destination. ``$GRPC_XDS_BOOTSTRAP`` alone does not steer it: a
+    service that also speaks proxyless gRPC joins the control plane for HTTP
+    only when asked to.
 
     Raises:
-        ConfigError: the file the variable names is missing or invalid; it
-            names the variable and the file. Nothing is kept, so the next call
-            tries again.
+        ConfigError: the file or bootstrap the variable names is missing or
+            invalid (it names the variable and the file), both variables are set,
+            or the bootstrap is set without the ``meshlib[xds]`` extra. Nothing
+            is kept, so the next call tries again.
     """
     mesh = _default
     if mesh is None:
@@ -528,7 +533,15 @@ def _build_default() -> Mesh:
         if _default is not None:  # another thread built it first
             return _default
         # A typo must not quietly mean STANDARD for every service: from_env refuses it.
-        _default = Mesh.from_env() or Mesh()
+        bootstrap = os.environ.get(ENV_BOOTSTRAP, "").strip()
+        if bootstrap and os.environ.get(ENV_VAR, "").strip():
+            raise ConfigError(
+                f"set ${ENV_VAR} (a policy file) or ${ENV_BOOTSTRAP} (a control plane) "
+                "for the default Mesh, not both",
+                where=f"${ENV_VAR} and ${ENV_BOOTSTRAP}",
+            )
+        # from_xds reads the bootstrap from the variable, and names it in its errors.
+        _default = Mesh.from_xds() if bootstrap else (Mesh.from_env() or Mesh())
         return _default
 
 

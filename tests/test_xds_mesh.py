@@ -426,3 +426,42 @@ def test_killing_the_control_plane_loses_no_request_and_a_restart_resumes_update
     finally:
         stop.set()
         mesh.close()
+
+
+def test_the_default_mesh_follows_the_control_plane_meshlib_xds_bootstrap_names(
+    upstreams: tuple[FaultServer, FaultServer],
+    bootstrap: tuple[AdsServer, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream, _ = upstreams
+    server, path = bootstrap
+    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
+    server.snapshot = _snapshot(routes, {"orders-v1": (upstream,)})
+    monkeypatch.delenv("MESHLIB_CONFIG", raising=False)
+    monkeypatch.setenv("MESHLIB_XDS_BOOTSTRAP", str(path))
+    meshlib.testing.reset()  # as a fresh process: the default Mesh is built on first use
+    try:
+        with meshlib.wrap(httpx.Client()) as client:  # no Mesh named: the default one
+            response = client.get(f"http://{ORDERS}/items")
+        assert response.status_code == 200
+        assert [r.path for r in upstream.requests] == ["/items"]  # routed by the control plane
+        assert meshlib.default_mesh().config_dump()["source"]["kind"] == "xds"
+    finally:
+        meshlib.default_mesh().close()
+        meshlib.testing.reset()
+
+
+def test_the_default_mesh_refuses_both_a_file_and_a_control_plane(
+    bootstrap: tuple[AdsServer, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = bootstrap
+    policy_file = tmp_path / "mesh.toml"
+    policy_file.write_text("[default]\n")
+    monkeypatch.setenv("MESHLIB_CONFIG", str(policy_file))
+    monkeypatch.setenv("MESHLIB_XDS_BOOTSTRAP", str(path))
+    meshlib.testing.reset()
+    try:
+        with pytest.raises(meshlib.ConfigError, match=r"MESHLIB_CONFIG.*MESHLIB_XDS_BOOTSTRAP"):
+            meshlib.wrap(httpx.Client()).get(f"http://{ORDERS}/")
+    finally:
+        meshlib.testing.reset()
