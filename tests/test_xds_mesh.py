@@ -96,6 +96,12 @@ def _snapshot(
     }
 
 
+def _one_cluster(upstream: FaultServer, **cluster_fields: Any) -> dict[str, dict[str, Any]]:
+    """Every path of the listener to the cluster orders-v1, whose one endpoint is `upstream`."""
+    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
+    return _snapshot(routes, {"orders-v1": (upstream,)}, **cluster_fields)
+
+
 @pytest.fixture
 def upstreams() -> Iterator[tuple[FaultServer, FaultServer]]:
     with FaultServer() as first, FaultServer() as second:
@@ -143,13 +149,12 @@ def test_an_eds_change_moves_traffic_without_a_restart(
 ) -> None:
     first, second = upstreams
     server, path = bootstrap
-    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
-    server.snapshot = _snapshot(routes, {"orders-v1": (first,)})
+    server.snapshot = _one_cluster(first)
     mesh = meshlib.Mesh.from_xds(path, watch=[ORDERS], ready_timeout=30)
     try:
         with meshlib.wrap(httpx.Client(), mesh) as client:
             assert client.get(f"http://{ORDERS}/").status_code == 200
-            server.set_snapshot(_snapshot(routes, {"orders-v1": (second,)}))
+            server.set_snapshot(_one_cluster(second))
             view = mesh.clusters[f"orders-v1@{ORDERS}#0"]  # the route's view of the cluster
             assert view.endpoints is not None
             assert view.endpoints.addresses == (f"127.0.0.1:{first.port}",)
@@ -216,8 +221,7 @@ def test_a_refused_cluster_is_nacked_naming_the_field(
 ) -> None:
     upstream, _ = upstreams
     server, path = bootstrap
-    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
-    server.snapshot = _snapshot(routes, {"orders-v1": (upstream,)}, lb_policy="MAGLEV")
+    server.snapshot = _one_cluster(upstream, lb_policy="MAGLEV")
     mesh = meshlib.Mesh.from_xds(path, watch=[ORDERS], ready_timeout=5)
     try:
         poll(
@@ -283,8 +287,7 @@ def test_the_first_request_to_a_destination_waits_for_its_answer(
 ) -> None:
     upstream, _ = upstreams
     server, path = bootstrap
-    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
-    server.snapshot = _snapshot(routes, {"orders-v1": (upstream,)})
+    server.snapshot = _one_cluster(upstream)
     # No watch=: subscribed by the first request, which waits for the whole chain
     # (orders.internal resolves nowhere: on default it could not be sent at all).
     mesh = meshlib.Mesh.from_xds(path, ready_timeout=30)
@@ -305,8 +308,7 @@ async def test_an_async_request_never_blocks_its_loop_and_the_answer_applies_nex
     upstream, _ = upstreams
     server, path = bootstrap
     direct = f"127.0.0.1:{upstream.port}"
-    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
-    snapshot = _snapshot(routes, {"orders-v1": (upstream,)})
+    snapshot = _one_cluster(upstream)
     server.snapshot = {**snapshot, LISTENER: {direct: _listener(direct)}}
     server.snapshot[ROUTE_CONFIGURATION]["orders-routes"].virtual_hosts[0].domains[:] = ["*"]
     mesh = meshlib.Mesh.from_xds(path, ready_timeout=30)
@@ -328,8 +330,7 @@ def test_config_dump_shows_what_is_in_force_and_the_last_refusal(
 ) -> None:
     upstream, _ = upstreams
     server, path = bootstrap
-    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
-    good = _snapshot(routes, {"orders-v1": (upstream,)})
+    good = _one_cluster(upstream)
     server.snapshot = good
     mesh = meshlib.Mesh.from_xds(path, watch=[ORDERS], ready_timeout=30)
     try:
@@ -351,9 +352,7 @@ def test_config_dump_shows_what_is_in_force_and_the_last_refusal(
         assert port["socketAddress"]["portValue"] == upstream.port
 
         # A refused update: the dump says which version, why, and keeps the good one.
-        refused = server.set_snapshot(
-            _snapshot(routes, {"orders-v1": (upstream,)}, lb_policy="MAGLEV")
-        )
+        refused = server.set_snapshot(_one_cluster(upstream, lb_policy="MAGLEV"))
         poll(
             lambda: (
                 mesh.config_dump()["xds"]["types"][CLUSTER]["resources"]["orders-v1"][
@@ -394,8 +393,7 @@ def test_killing_the_control_plane_loses_no_request_and_a_restart_resumes_update
 ) -> None:
     first, second = upstreams
     server, path = bootstrap
-    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
-    server.snapshot = _snapshot(routes, {"orders-v1": (first,)})
+    server.snapshot = _one_cluster(first)
     mesh = meshlib.Mesh.from_xds(path, watch=[ORDERS], ready_timeout=30)
     statuses: list[int | str] = []
     stop = threading.Event()
@@ -416,7 +414,7 @@ def test_killing_the_control_plane_loses_no_request_and_a_restart_resumes_update
             poll(lambda: not mesh.config_dump()["xds"]["connected"], what="the outage seen")
             during = len(statuses)
             poll(lambda: len(statuses) >= during + 20, what="requests during the outage")
-            server.set_snapshot(_snapshot(routes, {"orders-v1": (second,)}))
+            server.set_snapshot(_one_cluster(second))
             server.start()  # the same port, with the endpoints moved while it was away
             poll(lambda: second.request_count >= 5, what="updates after the restart")
             stop.set()
@@ -435,8 +433,7 @@ def test_the_default_mesh_follows_the_control_plane_meshlib_xds_bootstrap_names(
 ) -> None:
     upstream, _ = upstreams
     server, path = bootstrap
-    routes = _routes({"match": {"prefix": "/"}, "route": {"cluster": "orders-v1"}})
-    server.snapshot = _snapshot(routes, {"orders-v1": (upstream,)})
+    server.snapshot = _one_cluster(upstream)
     monkeypatch.delenv("MESHLIB_CONFIG", raising=False)
     monkeypatch.setenv("MESHLIB_XDS_BOOTSTRAP", str(path))
     meshlib.testing.reset()  # as a fresh process: the default Mesh is built on first use
