@@ -276,6 +276,9 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
         self._origins: Origins[httpx.AsyncHTTPTransport] = Origins(async_transport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        xds = self.mesh._xds  # a control plane: the first request to a destination waits
+        if xds is not None:
+            await xds.want_async(request.url)
         call = Call(self.plans, self.policy, request, True)
         try:
             action = call.start()

@@ -10,10 +10,12 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -302,25 +304,51 @@ def test_the_first_request_to_a_destination_waits_for_its_answer(
 
 
 @pytest.mark.anyio
-async def test_an_async_request_never_blocks_its_loop_and_the_answer_applies_next(
+async def test_an_async_first_request_waits_for_its_answer_without_blocking_the_loop(
     upstreams: tuple[FaultServer, FaultServer], bootstrap: tuple[AdsServer, Path]
 ) -> None:
     upstream, _ = upstreams
     server, path = bootstrap
-    direct = f"127.0.0.1:{upstream.port}"
-    snapshot = _one_cluster(upstream)
-    server.snapshot = {**snapshot, LISTENER: {direct: _listener(direct)}}
-    server.snapshot[ROUTE_CONFIGURATION]["orders-routes"].virtual_hosts[0].domains[:] = ["*"]
+    server.snapshot = _one_cluster(upstream)
+    mesh = meshlib.Mesh.from_xds(path, ready_timeout=30)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0.001)
+
+    try:
+        async with (
+            meshlib.wrap(httpx.AsyncClient(), mesh) as client,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(ticker)
+            # orders.internal resolves nowhere: only the control plane's answer can send it.
+            first = await client.get(f"http://{ORDERS}/first")
+            tg.cancel_scope.cancel()
+        assert first.status_code == 200
+        assert [r.path for r in upstream.requests] == ["/first"]
+        assert ticks > 1  # the loop ran while the request waited
+    finally:
+        mesh.close()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_async_first_request_stops_waiting_at_once(tmp_path: Path) -> None:
+    # A control plane that is never reachable: the wait could last ready_timeout (30 s).
+    path = tmp_path / "xds-bootstrap.json"
+    entry = {"server_uri": "127.0.0.1:9", "channel_creds": [{"type": "insecure"}]}
+    path.write_text(json.dumps({"xds_servers": [entry], "node": {"id": "tests"}}))
     mesh = meshlib.Mesh.from_xds(path, ready_timeout=30)
     try:
         async with meshlib.wrap(httpx.AsyncClient(), mesh) as client:
-            # In the loop the first request does not wait: it goes out on default, direct.
-            first = await client.get(f"http://{direct}/first")
-            assert first.status_code == 200
-            poll(lambda: direct in mesh.destinations, what="the listener's routes")
-            poll(lambda: mesh.clusters[f"orders-v1@{direct}#0"].faults is None, what="endpoints")
-            await client.get(f"http://{direct}/second")
-        assert list(mesh.endpoints()) == ["orders-v1"]  # the second went through the cluster
+            started = time.monotonic()
+            with anyio.move_on_after(0.2) as scope:
+                await client.get(f"http://{ORDERS}/")
+            assert scope.cancelled_caught  # cut by the caller's own scope, not meshlib's
+            assert time.monotonic() - started < 10.0  # not the 30 s it could have waited
     finally:
         mesh.close()
 

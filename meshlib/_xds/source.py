@@ -21,11 +21,16 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import anyio
+import httpx
+
+from .._compat import uri_reference
 from .._config import MeshConfig
 from .._deadline import remaining
 from .._errors import ConfigError
 from .._patterns import normalise_pattern
 from .._policy import Endpoints, Policy
+from .._state import Destination
 from .ads import (
     CLUSTER,
     CLUSTER_LOAD_ASSIGNMENT,
@@ -95,6 +100,8 @@ class XdsSource:
         self._wanted: set[str] = set()
         self.refused: tuple[float, str] | None = None
         self._watched: dict[str, set[str]] = {}  # per type but Listener, the names watched
+        # (scheme, host, port) of the URLs async requests asked about (`want_async`).
+        self._asked: set[tuple[str, str, int | None]] = set()
         self.client = client(bootstrap, self._handle)  # last: it may call back at once
 
     # --- from request threads ------------------------------------------------------
@@ -104,7 +111,8 @@ class XdsSource:
 
         The request that asks first waits for the answer, at most `ready_timeout`
         seconds and what is left of its deadline, unless it runs in an event loop
-        (which must never block): it then goes out on what is in force now.
+        (which must never block): an async request has waited in `want_async`
+        before it gets here.
         """
         if listener in self._wanted:  # a set read: no lock on the common path
             return
@@ -119,6 +127,33 @@ class XdsSource:
             wait = min(wait, left)
         if wait > 0 and not _in_event_loop():
             self.wait_ready([listener], wait)
+
+    async def want_async(self, url: httpx.URL) -> None:
+        """`want` for a request in an event loop: the first to a destination waits for it.
+
+        It waits at most `ready_timeout` seconds and what is left of its deadline,
+        without blocking the loop (it looks every 10 ms; only the first request to
+        each destination ever waits), and a cancellation ends the wait at once.
+        """
+        ref = uri_reference(url)
+        key = (ref.scheme, ref.host, ref.port)
+        if key in self._asked:  # a set read: the common path
+            return
+        self._asked.add(key)
+        listener = str(Destination.of(url)).partition("://")[2]
+        if listener in self._wanted:
+            return
+        self.want(listener)  # subscribes; in an event loop it does not wait
+        wait = self.ready_timeout
+        left = remaining()
+        if left is not None:
+            wait = min(wait, left)
+        stop_at = time.monotonic() + wait
+        while time.monotonic() < stop_at:
+            with self._changed:
+                if self._resolved(listener):
+                    return
+            await anyio.sleep(0.01)
 
     def wait_ready(self, listeners: Iterable[str], timeout: float) -> bool:
         """Wait until each of `listeners` is known to the end (or does not exist).
