@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
 
 from meshlib import _compat
+from meshlib.testing import FaultServer
 
 
 def test_uri_reference_is_httpx_parsed_url() -> None:
@@ -120,3 +121,16 @@ def test_connection_hook_sees_wrap_socket_and_wrap_bio() -> None:
         assert context.seen == 1
     context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="x")
     assert context.seen == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.network
+async def test_httpx_async_stream_is_what_the_async_transport_hands_back() -> None:
+    # Only this class's close is run in the caller's task (`close_shielded`): were httpx
+    # to hand back another, every close would take the slower task of its own.
+    assert _compat.HTTPX_ASYNC_STREAM is not None
+    with FaultServer() as server:
+        async with httpx.AsyncHTTPTransport() as transport:
+            response = await transport.handle_async_request(httpx.Request("GET", server.url))
+            assert type(response.stream) is _compat.HTTPX_ASYNC_STREAM
+            await response.aclose()
