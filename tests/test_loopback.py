@@ -330,7 +330,7 @@ async def test_a_cancellation_inside_httpx_own_close_arrives_at_once(server: Fau
         raised_at = ticks[0]
         stop.set()
         await ticker
-    assert raised_at - cancelled_at[0] <= 3
+    assert raised_at - cancelled_at[0] <= 5  # 2 with httpcore 1.0.9: its lock, then the wake-up
 
 
 @pytest.mark.anyio
