@@ -570,28 +570,19 @@ class Call:
             return RETURN
         return self._retry_status(response, retry)
 
-    def _bound_body(self, response: httpx.Response, stream: object) -> None:
+    def _bound_body(self, response: httpx.Response, stream: Any) -> None:
         """Read the body under the call's deadline (async: always, so a close is never cut)."""
         request = self.request
         assert request is not None
         deadline_at = self.deadline_at
+        # `stream` is the inner transport's own (Any: a cast would be a call on every response).
         if self.asynchronous:
             response.stream = AsyncDeadlineStream(
-                cast(httpx.AsyncByteStream, stream),
-                request,
-                response,
-                deadline_at,
-                self.plan.label,
-                self.timeouts,
+                stream, request, response, deadline_at, self.plan.label, self.timeouts
             )
         elif deadline_at is not None:
             response.stream = SyncDeadlineStream(
-                cast(httpx.SyncByteStream, stream),
-                request,
-                response,
-                deadline_at,
-                self.plan.label,
-                self.timeouts,
+                stream, request, response, deadline_at, self.plan.label, self.timeouts
             )
 
     def _retry_status(self, response: httpx.Response, retry: Retry) -> int:

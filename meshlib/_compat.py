@@ -21,6 +21,7 @@ from opentelemetry import context as otel_context
 __all__ = [
     "BAGGAGE_KEY",
     "HEADERS_EDITABLE",
+    "HTTPX_ASYNC_STREAM",
     "OTEL_GLOBALS_READABLE",
     "SUPPRESS_HTTP_KEY",
     "ConnectionHookContext",
@@ -78,6 +79,15 @@ HEADERS_EDITABLE = isinstance(getattr(httpx.Headers(), "_list", None), list)
 # header_items(headers): the list behind `headers` (only when HEADERS_EDITABLE); a C
 # getter, as cheap as the attribute, for it is read on every attempt.
 header_items: Callable[[httpx.Headers], list[tuple[bytes, bytes, bytes]]] = attrgetter("_list")
+
+
+# The class of the body httpx's own AsyncHTTPTransport hands back. Its close
+# (httpcore's: the connection's lock, then the pool's bookkeeping) waits for no
+# I/O, so `_streams.close_shielded` may run it in the caller's task. None: a
+# future httpx without it, and every close takes the task of its own.
+HTTPX_ASYNC_STREAM: type | None = getattr(
+    getattr(getattr(httpx, "_transports", None), "default", None), "AsyncResponseStream", None
+)
 
 
 def client_transports(

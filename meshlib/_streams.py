@@ -28,13 +28,15 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+import types
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
+from functools import partial
 from typing import Any
 
 import anyio
 import httpx
 
-from ._compat import HEADERS_EDITABLE, header_items
+from ._compat import HEADERS_EDITABLE, HTTPX_ASYNC_STREAM, header_items
 from ._deadline import DEADLINE_SLACK
 from ._errors import DeadlineExceeded
 from ._runtime import runtime
@@ -220,15 +222,28 @@ async def close_shielded(stream: httpx.AsyncByteStream) -> None:
     A close interrupted inside httpcore leaves its pooled connection marked in
     use for good (the encode/httpcore#1093 family). anyio's shield holds off
     anyio's own cancellations but not asyncio's ``task.cancel()`` (which
-    ``asyncio.timeout``, ``TaskGroup`` and servers dropping a request use), so
-    on asyncio the close runs in a task of its own under ``asyncio.shield``:
-    the caller's cancellation still arrives at once, and the close finishes.
+    ``asyncio.timeout``, ``TaskGroup`` and servers dropping a request use).
+    On asyncio, then:
+
+    - httpx's own body (its `AsyncHTTPTransport`'s) is closed in the caller's
+      task, and a cancellation that arrives meanwhile is held back until the
+      close is done, then raised. That close waits for no I/O (httpcore's
+      lock on the connection, then its pool's bookkeeping: a loop iteration or
+      two), so the cancellation still arrives at once; the caller's task is
+      never switched, which is what httpcore's anyio lock and cancel scopes
+      need, and no task is made for the common case.
+    - Any other body, whose close may wait on anything, is closed in a task
+      of its own under ``asyncio.shield``: the caller's cancellation arrives
+      at once, and the close finishes behind it.
     """
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # another backend (trio): its cancellation honours the shield
         with anyio.CancelScope(shield=True):
             await stream.aclose()
+        return
+    if type(stream) is HTTPX_ASYNC_STREAM:
+        await _close_uncut(stream.aclose(), loop)
         return
     closing = loop.create_task(stream.aclose())
     try:
@@ -237,6 +252,51 @@ async def close_shielded(stream: httpx.AsyncByteStream) -> None:
         _closing.add(closing)
         closing.add_done_callback(_finished)
         raise
+
+
+def _wake(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+@types.coroutine
+def _close_uncut(
+    close: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
+) -> Generator[Any, None, None]:
+    """Drive `close` in the caller's task without ever throwing a cancellation into it.
+
+    asyncio resumes a task with ``send(None)`` whatever it waited for, so the
+    close's own steps are passed on as they are, except that a future it
+    waits on is watched through one of this driver's own: a ``task.cancel()``
+    cancels the future the task waits on, and that must not be the close's.
+    The first cancellation caught meanwhile is raised when the close is done
+    (or has failed: nobody is left to be told of its error).
+    """
+    cancelled: asyncio.CancelledError | None = None
+    try:
+        step = close.send(None)
+        while True:
+            if step is None:  # a bare yield: one turn of the loop
+                try:
+                    yield None
+                except asyncio.CancelledError as exc:
+                    cancelled = cancelled or exc
+            else:  # it waits on a future
+                while not step.done():
+                    waiter = loop.create_future()
+                    step.add_done_callback(partial(_wake, waiter))
+                    try:
+                        yield from waiter
+                    except asyncio.CancelledError as exc:
+                        cancelled = cancelled or exc
+            step = close.send(None)
+    except StopIteration:
+        pass
+    except Exception:
+        if cancelled is None:
+            raise
+    if cancelled is not None:
+        raise cancelled
 
 
 class AsyncDeadlineStream(httpx.AsyncByteStream):

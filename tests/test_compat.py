@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
 
 from meshlib import _compat
+from meshlib.testing import FaultServer
 
 
 def test_uri_reference_is_httpx_parsed_url() -> None:
@@ -161,3 +162,16 @@ def test_url_with_host_is_copy_with(
     )
     assert str(aimed) == str(expected)
     assert original == httpx.URL(url)  # the original is untouched
+
+
+@pytest.mark.anyio
+@pytest.mark.network
+async def test_httpx_async_stream_is_what_the_async_transport_hands_back() -> None:
+    # Only this class's close is run in the caller's task (`close_shielded`): were httpx
+    # to hand back another, every close would take the slower task of its own.
+    assert _compat.HTTPX_ASYNC_STREAM is not None
+    with FaultServer() as server:
+        async with httpx.AsyncHTTPTransport() as transport:
+            response = await transport.handle_async_request(httpx.Request("GET", server.url))
+            assert type(response.stream) is _compat.HTTPX_ASYNC_STREAM
+            await response.aclose()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import anyio
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 import meshlib
+from meshlib import _compat
 from meshlib.testing import FakeClock, FaultServer, Hang, Reset, Respond
 
 pytestmark = [pytest.mark.network, pytest.mark.usefixtures("rng")]
@@ -244,6 +247,124 @@ async def test_bare_httpx_strands_the_connection_the_same_way(server: FaultServe
             await client.get(server.url + "/orders")
 
 
+def _cancel_inside_close(how: str) -> Callable[[str, dict[str, object]], Awaitable[None]]:
+    """An httpcore trace hook that cancels the calling task as httpx's own close begins.
+
+    "inside": the task cancels itself, so the cancellation lands on the close's first
+    suspension (httpcore's lock on the connection); "another task": the cancel comes
+    from a callback that runs while the close is suspended there.
+    """
+    caller = asyncio.current_task()
+    assert caller is not None
+    armed = [True]
+
+    async def trace(event: str, info: dict[str, object]) -> None:
+        if event == "http11.response_closed.started" and armed[0]:
+            armed[0] = False
+            if how == "inside":
+                caller.cancel()
+            else:
+                asyncio.get_running_loop().call_soon(caller.cancel)
+
+    return trace
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["inside", "another task"])
+@pytest.mark.parametrize("through", ["meshlib", "bare httpx"])
+async def test_a_cancellation_inside_httpx_own_close(
+    server: FaultServer, how: str, through: str
+) -> None:
+    # httpx's own body, unwrapped by any test stream: meshlib closes it in the caller's
+    # task, so the cancellation meets the real close. One connection: were the close
+    # stopped halfway, the next call would wait for a PoolTimeout (as bare httpx does).
+    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1))
+    client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0, pool=0.5))
+    if through == "meshlib":
+        client = meshlib.wrap(client, FAST)
+    async with client:
+        trace = _cancel_inside_close(how)
+        with pytest.raises(asyncio.CancelledError):
+            await client.get(server.url + "/orders", extensions={"trace": trace})
+        current = asyncio.current_task()
+        assert current is not None
+        current.uncancel()
+        if through == "bare httpx":  # the control: the race is real
+            with pytest.raises(httpx.PoolTimeout):
+                await client.get(server.url + "/orders")
+            return
+        # The cancellation was raised once the close was done: the connection is idle.
+        assert all(connection.is_idle() for connection in transport._pool.connections)
+        assert (await client.get(server.url + "/orders")).status_code == 200
+    assert server.connection_count == 1
+
+
+@pytest.mark.anyio
+async def test_a_cancellation_inside_httpx_own_close_arrives_at_once(server: FaultServer) -> None:
+    # Held back only while httpcore finishes the close (no I/O): a ticking task sees
+    # the loop turn at most a few times between the cancel and the caller's CancelledError.
+    ticks = [0]
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        while not stop.is_set():
+            ticks[0] += 1
+            await asyncio.sleep(0)
+
+    async def call(client: httpx.AsyncClient, cancelled_at: list[int]) -> None:
+        async def trace(event: str, info: dict[str, object]) -> None:
+            if event == "http11.response_closed.started":
+                cancelled_at.append(ticks[0])
+                caller.cancel()
+
+        caller = asyncio.current_task()
+        assert caller is not None
+        await client.get(server.url + "/orders", extensions={"trace": trace})
+
+    async with meshlib.wrap(httpx.AsyncClient(), FAST) as client:
+        ticker = asyncio.create_task(tick())
+        cancelled_at: list[int] = []
+        task = asyncio.create_task(call(client, cancelled_at))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        raised_at = ticks[0]
+        stop.set()
+        await ticker
+    assert raised_at - cancelled_at[0] <= 5  # 2 with httpcore 1.0.9: its lock, then the wake-up
+
+
+@pytest.mark.anyio
+async def test_concurrent_calls_cancelled_anywhere_leave_no_connection_in_use(
+    server: FaultServer,
+) -> None:
+    # Four tasks on two connections, each call cancelled at a seeded moment: before
+    # the answer, inside the close, or just after. Every connection ends idle.
+    rng = random.Random(7)
+    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=2))
+    timeout = httpx.Timeout(5.0, pool=2.0)
+    async with meshlib.wrap(httpx.AsyncClient(transport=transport, timeout=timeout), FAST) as c:
+
+        async def one() -> None:
+            where = rng.choice(["none", "none", "close", "soon"])
+            extensions = {"trace": _cancel_inside_close("inside")} if where == "close" else {}
+            task = asyncio.current_task()
+            assert task is not None
+            if where == "soon":
+                asyncio.get_running_loop().call_later(rng.uniform(0, 0.002), task.cancel)
+            await c.get(server.url + "/orders", extensions=extensions)
+
+        async def worker() -> None:
+            for _ in range(25):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.create_task(one())
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+        # One more call first: it also clears out any connection whose connect was
+        # cancelled (httpcore drops those at the next request); a stranded one stays.
+        assert (await c.get(server.url + "/orders")).status_code == 200
+        assert all(connection.is_idle() for connection in transport._pool.connections)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_async_calls_work_under_trio(server: FaultServer) -> None:
@@ -264,8 +385,9 @@ async def test_async_calls_work_under_trio(server: FaultServer) -> None:
     assert server.request_count == 5
 
 
-class _FailingClose(httpx.AsyncByteStream):
-    """A body whose close fails after yielding once, optionally cancelling its caller first."""
+class _FailingClose:
+    """An httpcore-like body whose close fails after yielding once, optionally
+    cancelling its caller first."""
 
     def __init__(self, caller: asyncio.Task[object] | None) -> None:
         self.caller = caller
@@ -280,9 +402,28 @@ class _FailingClose(httpx.AsyncByteStream):
         raise httpx.ReadError("the connection broke while closing")
 
 
+class _Body(httpx.AsyncByteStream):
+    """Any body of a transport other than httpx's own: its close gets a task of its own."""
+
+    def __init__(self, inner: _FailingClose) -> None:
+        self.inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+# httpx's own body class (what AsyncHTTPTransport hands back), around a stand-in for httpcore.
+HTTPX_BODY = cast("Callable[[object], httpx.AsyncByteStream]", _compat.HTTPX_ASYNC_STREAM)
+
+
 @pytest.mark.anyio
+@pytest.mark.parametrize("body", ["httpx's own", "another transport's"])
 @pytest.mark.parametrize("cancelled", [False, True])
-async def test_a_close_that_fails_is_reported_once(cancelled: bool) -> None:
+async def test_a_close_that_fails_is_reported_once(cancelled: bool, body: str) -> None:
     # Not cancelled: the caller gets the close's error. Cancelled: the caller gets the
     # cancellation, and the close's error is retrieved rather than logged by asyncio
     # as "Task exception was never retrieved".
@@ -291,8 +432,9 @@ async def test_a_close_that_fails_is_reported_once(cancelled: bool) -> None:
     loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
 
     def handler(request: httpx.Request) -> httpx.Response:
-        caller = asyncio.current_task() if cancelled else None
-        return httpx.Response(200, stream=_FailingClose(caller))
+        close = _FailingClose(asyncio.current_task() if cancelled else None)
+        stream = HTTPX_BODY(close) if body == "httpx's own" else _Body(close)
+        return httpx.Response(200, stream=stream)
 
     transport = httpx.MockTransport(handler)
     async with meshlib.wrap(httpx.AsyncClient(transport=transport), FAST) as client:
@@ -303,3 +445,47 @@ async def test_a_close_that_fails_is_reported_once(cancelled: bool) -> None:
         await asyncio.sleep(0)
     gc.collect()
     assert unretrieved == []
+
+
+class _WaitingClose:
+    """An httpcore-like body whose close waits on a future (as for a contended lock)."""
+
+    def __init__(self) -> None:
+        self.go_on = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self.outcome = "open"
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"ok"
+
+    async def aclose(self) -> None:
+        self.waiting.set()
+        try:
+            await self.go_on.wait()
+        except asyncio.CancelledError:
+            self.outcome = "cut"
+            raise
+        self.outcome = "closed"
+
+
+@pytest.mark.anyio
+async def test_a_cancellation_while_httpx_own_close_waits_does_not_cut_it() -> None:
+    # asyncio's task.cancel() cancels the future a task waits on: had meshlib let the
+    # close wait on its own future in the caller's task, the close would be cut there.
+    close = _WaitingClose()
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=HTTPX_BODY(close)))
+    async with meshlib.wrap(httpx.AsyncClient(transport=transport), FAST) as client:
+        task = asyncio.create_task(client.get("http://orders.internal/items"))
+        await close.waiting.wait()
+        task.cancel()
+        await asyncio.sleep(0)
+        task.cancel()  # twice, as anyio's cancel scopes do until the task gives in
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert close.outcome == "open"  # not cut
+        close.go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(3):
+            await asyncio.sleep(0)
+    assert close.outcome == "closed"

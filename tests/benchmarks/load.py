@@ -118,8 +118,8 @@ def check_pool(phase: Phase, client: httpx.Client | httpx.AsyncClient) -> None:
             + "; ".join(busy)
             + ". With h11 DONE/DONE the response was read in full and its close never "
             "finished: an asyncio task.cancel() landed inside httpcore's response close, "
-            "which anyio's shield does not stop (meshlib closes async bodies in a shielded "
-            "task of their own; bare httpx strands them)."
+            "which anyio's shield does not stop (meshlib never lets a cancellation into "
+            "a close; bare httpx strands them)."
         )
 
 
