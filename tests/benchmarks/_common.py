@@ -71,12 +71,14 @@ class HeaderOnly(httpx.BaseTransport):
         self.inner.close()
 
 
-def time_calls(call: Callable[[], object], count: int) -> float:
-    """Return microseconds per call over `count` calls in a row."""
-    start = time.perf_counter()
+def time_calls(
+    call: Callable[[], object], count: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Return microseconds per call over `count` calls in a row, by `clock`."""
+    start = clock()
     for _ in range(count):
         call()
-    return (time.perf_counter() - start) / count * 1e6
+    return (clock() - start) / count * 1e6
 
 
 def interleaved(
@@ -86,8 +88,13 @@ def interleaved(
     *,
     warmup: int = 200,
     max_seconds: float = 120.0,
+    clock: Callable[[], float] = time.perf_counter,
+    summary: Callable[[list[float]], float] = statistics.median,
 ) -> tuple[dict[str, float], int]:
-    """Time every variant once per round, in turn; return (median µs per call, rounds run).
+    """Time every variant once per round, in turn; return (µs per call, rounds run).
+
+    Each variant's figure is `summary` (the median by default) of its rounds,
+    timed by `clock` (wall time by default).
 
     The order rotates from round to round, so no variant always follows the
     same one (whose leftovers, garbage included, it would otherwise inherit);
@@ -105,10 +112,10 @@ def interleaved(
         shift = done % len(names)
         for name in names[shift:] + names[:shift]:
             gc.collect()
-            samples[name].append(time_calls(variants[name], requests))
+            samples[name].append(time_calls(variants[name], requests, clock))
         if done >= 3 and time.monotonic() > stop_at:
             break
-    return {name: statistics.median(values) for name, values in samples.items()}, done
+    return {name: summary(values) for name, values in samples.items()}, done
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
