@@ -22,7 +22,8 @@ import httpx
 
 from ._config import MAX_CONFIG_BYTES, MeshConfig, parse_config, read_config_file, too_large
 from ._errors import ConfigError
-from ._telemetry import logger
+from ._policy import SENSITIVE_QUERY
+from ._telemetry import logger, redact_url
 
 __all__ = ["FileSource", "OnConfig", "UrlSource"]
 
@@ -184,8 +185,11 @@ class UrlSource(_Poller):
         headers: Mapping[str, str],
         verify: Any,
     ) -> None:
-        super().__init__(url, interval)
+        # What messages, logs and the Mesh show: a query's tokens redacted as telemetry does.
+        shown = redact_url(httpx.URL(url), SENSITIVE_QUERY)
+        super().__init__(shown, interval)
         self.url = url
+        self.shown = shown
         # A plain client: the head office must stay reachable whatever the policies say.
         self._client = httpx.Client(timeout=timeout, headers=dict(headers), verify=verify)
         self._etag: str | None = None
@@ -203,12 +207,12 @@ class UrlSource(_Poller):
                 return response, b""  # a 304, or a refusal: the body does not matter
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_CONFIG_BYTES:
-                raise too_large(self.url, int(declared))
+                raise too_large(self.shown, int(declared))
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk
                 if len(body) > MAX_CONFIG_BYTES:
-                    raise too_large(self.url, None)
+                    raise too_large(self.shown, None)
         return response, bytes(body)
 
     def _parse(self, answer: tuple[httpx.Response, bytes]) -> MeshConfig | None:
@@ -217,7 +221,7 @@ class UrlSource(_Poller):
         if response.status_code == 304:
             return None
         if response.status_code != 200:
-            raise ConfigError(f"HTTP {response.status_code}", where=self.url)
+            raise ConfigError(f"HTTP {response.status_code}", where=self.shown)
         digest = hashlib.sha256(data).hexdigest()
         etag = response.headers.get("etag")
         if digest == self._digest:
@@ -227,7 +231,7 @@ class UrlSource(_Poller):
         fmt: Literal["toml", "json"] | None = (
             "json" if "json" in kind else "toml" if "toml" in kind else None
         )
-        config = parse_config(data, self.url, format=fmt)
+        config = parse_config(data, self.shown, format=fmt)
         self._digest, self._etag = digest, etag
         return config
 
@@ -237,7 +241,7 @@ class UrlSource(_Poller):
             config = self._parse(self._get())
         except httpx.HTTPError as exc:
             self.close()
-            raise ConfigError(f"cannot fetch: {exc}", where=self.url) from exc
+            raise ConfigError(f"cannot fetch: {exc}", where=self.shown) from exc
         except ConfigError:
             self.close()
             raise
@@ -253,7 +257,7 @@ class UrlSource(_Poller):
             config = self._parse(self._get())
         except httpx.HTTPError as exc:
             # Resets and refusals alike: one state, "cannot fetch", until it answers.
-            error = ConfigError(f"cannot fetch: {type(exc).__name__}: {exc}", where=self.url)
+            error = ConfigError(f"cannot fetch: {type(exc).__name__}: {exc}", where=self.shown)
             self._fail(error, "cannot fetch")
             return
         except ConfigError as exc:
@@ -262,8 +266,8 @@ class UrlSource(_Poller):
         if self._failing is not None:
             logger.info(
                 "policy source %s answers again",
-                self.url,
-                extra={"meshlib_event": "config_source_ok", "meshlib_source": self.url},
+                self.shown,
+                extra={"meshlib_event": "config_source_ok", "meshlib_source": self.shown},
             )
             self._failing = None
         if config is not None:

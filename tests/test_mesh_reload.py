@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -616,5 +617,40 @@ def test_an_oversized_remote_document_is_refused() -> None:
             assert mesh.default.retry.attempts == 2
         finally:
             mesh.close()
+    finally:
+        office.stop()
+
+
+@pytest.mark.network
+def test_a_url_sources_token_never_reaches_a_message_or_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    office = _Office("[default]\nretry = { attempts = 0 }\n")  # refused: a message to read
+    secret_url = office.url + "?token=S3CRET&region=eu"
+    try:
+        with pytest.raises(meshlib.ConfigError) as refused:
+            meshlib.Mesh.from_url(secret_url)
+        assert "S3CRET" not in str(refused.value)
+        assert "token=REDACTED" in str(refused.value)
+        office.document = POLICY_A
+        with caplog.at_level(logging.INFO, logger="meshlib"):
+            mesh = meshlib.Mesh.from_url(secret_url, interval=0.05)
+            try:
+                office.document = POLICY_B  # applied: a log line naming the source
+                _until(lambda: mesh.default.retry is not None and mesh.default.retry.attempts == 4)
+                office.document = "[default]\nretry = { attempts = 0 }\n"  # refused: another
+                _until(
+                    lambda: any(
+                        getattr(r, "meshlib_event", "") == "config_rejected" for r in caplog.records
+                    )
+                )
+                assert "S3CRET" not in repr(mesh)
+                assert "S3CRET" not in json.dumps(mesh.config_dump())
+            finally:
+                mesh.close()
+        lines = [r.getMessage() + repr(r.__dict__) for r in caplog.records]
+        assert lines, "no log line to check"
+        assert not [line for line in lines if "S3CRET" in line]
+        assert any("token=REDACTED" in r.getMessage() for r in caplog.records)
     finally:
         office.stop()
