@@ -2,6 +2,9 @@
 
 Pure objects with the clock and randomness passed in or read from
 `runtime`; the drivers in `_pipeline` act on what they decide.
+
+Just over 400 lines: the endpoint pool (its balancers, ejection and weights) is most
+of it, and shares its lock and its clock with nothing else in the module.
 """
 
 from __future__ import annotations

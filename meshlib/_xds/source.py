@@ -9,6 +9,10 @@ destination whose Listener does not exist, or whose routes are not known yet, is
 in the table: `default` applies to it, with plain DNS.
 
 Importing this module needs the ``meshlib[xds]`` extra (through `ads`).
+
+Over 400 lines because it is where the four resource types meet: what each one
+watches depends on the others (a listener's routes name clusters, a cluster names
+its endpoints), and that bookkeeping has to stay under one lock.
 """
 
 from __future__ import annotations
