@@ -1,8 +1,9 @@
-"""Run one request through a wrapped client, sync or async, from a sync test."""
+"""Run one request through a wrapped client, sync or async, from a sync test; and what failed."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -73,3 +74,13 @@ class Script:
     @property
     def count(self) -> int:
         return len(self.requests)
+
+
+def verification_failed(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """Return the certificate verification error down `exc`'s cause chain, or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

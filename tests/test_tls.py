@@ -29,6 +29,8 @@ import meshlib
 import meshlib._tls
 from meshlib.testing import FakeClock, FaultServer, RecordedRequest, use_clock
 
+from .helpers import verification_failed
+
 TIMEOUT = 5.0
 INTERVAL = 0.05  # reload_interval in these tests
 # The longest a test waits for a rotation to show on the wire: only a failing run waits this
@@ -152,15 +154,6 @@ def eventually(check: Callable[[], bool], timeout: float = ROTATION_WAIT) -> boo
 
 def reload_events(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "meshlib_event", None) == event]
-
-
-def verification_failed(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 # --- Presenting the certificate --------------------------------------------------------------

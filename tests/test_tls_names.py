@@ -19,6 +19,7 @@ import pytest
 import meshlib
 from meshlib.testing import FaultServer
 
+from .helpers import verification_failed
 from .spiffe import MeshCerts, mesh_certs
 
 pytestmark = pytest.mark.network
@@ -57,15 +58,6 @@ def get(mode: str, tls: meshlib.TLS, url: str) -> httpx.Response:
             return await client.get(url)
 
     return anyio.run(go)
-
-
-def verification_failed(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

@@ -27,6 +27,7 @@ from meshlib._explain import describe
 from meshlib._snapshot import policy_toml
 from meshlib.testing import FaultServer, Respond
 
+from .helpers import verification_failed
 from .spiffe import MeshCerts, issue_workload, mesh_certs
 
 pytestmark = pytest.mark.network
@@ -94,15 +95,6 @@ def send(
             return await client.get(url, headers=headers)
 
     return anyio.run(go)
-
-
-def verification_failed(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
