@@ -25,12 +25,12 @@ from ._fallback import FallbackPlan, StaleStore
 from ._patterns import PolicyTable
 from ._patterns import refuse_destination_layers as refuse_destination_layers
 from ._plan import Plan, Plans
-from ._policy import SENSITIVE_QUERY, STANDARD, Breaker, Budget, Bulkhead, Fallback, Policy
+from ._policy import STANDARD, Breaker, Budget, Bulkhead, Fallback, Policy
 from ._runtime import runtime
 from ._sketch import LatencySketch
 from ._sources import FileSource, UrlSource
 from ._state import Destination, SharedState
-from ._telemetry import log_breaker, logger, redact_url, watch_breakers
+from ._telemetry import log_breaker, logger, watch_breakers
 from ._traffic import EndpointPool, EndpointSnapshot, LatencyWindow
 from ._xds.bootstrap import ENV_BOOTSTRAP, load_bootstrap
 
@@ -347,13 +347,8 @@ class Mesh:
         the one in force. The status page serves it as ``/config_dump``.
         """
         source = self._source
-        found = None
-        if source is not None:
-            kind = getattr(source, "kind", None) or ("url" if hasattr(source, "url") else "file")
-            location = self._origin
-            if kind == "url":  # its query may carry a token: redacted as telemetry does
-                location = redact_url(httpx.URL(location), SENSITIVE_QUERY)
-            found = {"kind": kind, "location": location}
+        # A URL's query is redacted already: a UrlSource names itself so everywhere.
+        found = None if source is None else {"kind": source.kind, "location": self._origin}
         xds = self._xds
         return {"source": found, "xds": None if xds is None else xds.status().to_dict()}
 

@@ -117,7 +117,7 @@ def _source(source: Any) -> dict[str, Any] | None:
     version = getattr(source, "version", None)
     loaded = getattr(source, "loaded_at", None)
     return {
-        "kind": getattr(source, "kind", None) or ("url" if hasattr(source, "url") else "file"),
+        "kind": source.kind,
         "location": scrub(str(location)),
         "version": version[:12] if isinstance(version, str) else None,
         "loaded_at": _iso(loaded) if isinstance(loaded, float) else None,

@@ -125,6 +125,8 @@ class FileSource(_Poller):
     (`Mesh.from_file` resolves it), so a later ``os.chdir`` changes nothing.
     """
 
+    kind = "file"  # what the status page and config_dump call it
+
     def __init__(
         self, on_config: OnConfig, path: str | os.PathLike[str], digest: str, interval: float
     ) -> None:
@@ -176,6 +178,8 @@ class FileSource(_Poller):
 
 class UrlSource(_Poller):
     """Follow a policy document over HTTP(S), with ETag / If-None-Match."""
+
+    kind = "url"  # what the status page and config_dump call it
 
     def __init__(
         self,

@@ -125,12 +125,14 @@ class XdsSource:
                 return
             self._wanted.add(listener)
         self.client.subscribe(LISTENER, [listener])
-        wait = self.ready_timeout
-        left = remaining()
-        if left is not None:
-            wait = min(wait, left)
+        wait = self._first_wait()
         if wait > 0 and not _in_event_loop():
             self.wait_ready([listener], wait)
+
+    def _first_wait(self) -> float:
+        """Seconds a destination's first request may wait: `ready_timeout`, within its deadline."""
+        left = remaining()
+        return self.ready_timeout if left is None else min(self.ready_timeout, left)
 
     async def want_async(self, url: httpx.URL) -> None:
         """`want` for a request in an event loop: the first to a destination waits for it.
@@ -148,11 +150,7 @@ class XdsSource:
         if listener in self._wanted:
             return
         self.want(listener)  # subscribes; in an event loop it does not wait
-        wait = self.ready_timeout
-        left = remaining()
-        if left is not None:
-            wait = min(wait, left)
-        stop_at = time.monotonic() + wait
+        stop_at = time.monotonic() + self._first_wait()
         while time.monotonic() < stop_at:
             with self._changed:
                 if self._resolved(listener):
