@@ -73,7 +73,7 @@ import httpx
 from ._breaker import CLOSED
 from ._bulkhead import FULL, TAKEN, BulkheadState, Slot
 from ._compat import url_with_host
-from ._deadline import DEADLINE_SLACK, current_deadline, long_budget_header
+from ._deadline import DEADLINE_SLACK, current_deadline
 from ._errors import BulkheadFull, CircuitOpen, ConfigError, DeadlineExceeded, MeshError
 from ._fallback import failure_reason
 from ._headers import put_header
@@ -518,14 +518,13 @@ class Call:
                     }
             key = plan.deadline_key
             if key is not None and left is not None:
-                ms = left * 1000
-                put_header(
-                    request.headers,
-                    key,
-                    b"%d%s" % (ms, plan.deadline_unit)
-                    if ms <= plan.deadline_max
-                    else long_budget_header(key, left),  # never more digits than meshlib reads
-                )
+                # A nanosecond more than is left keeps a whole budget whole: 30 s less
+                # a float's rounding error would otherwise be sent as 29999 ms.
+                ms = left * 1000.0 + 1e-6
+                whole, value = plan.deadline_recent
+                if not whole <= ms < whole + 1.0:
+                    value = plan.deadline_value(ms)
+                put_header(request.headers, key, value)
         return SEND
 
     def new_attempt(self, request: httpx.Request, avoid: Endpoint | None) -> Attempt:

@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-from operator import itemgetter
-
 import httpx
 
 from ._compat import HEADERS_EDITABLE, header_items
 
 __all__ = ["header_values", "put_header", "set_header"]
 
-_LOWERCASE_NAME = itemgetter(1)
-
 
 def put_header(headers: httpx.Headers, key: bytes, value: bytes) -> None:
     """Set the header named `key` (lowercase ASCII) to `value`, replacing any copy.
 
     The result is what ``headers[name] = value`` gives, at a fraction of its
-    cost: the scan for an existing copy runs in C.
+    cost.
     """
     if not HEADERS_EDITABLE:  # pragma: no cover - a future httpx: the public way
         headers[key.decode("ascii")] = value.decode("latin-1")
         return
     items = header_items(headers)
     entry = (key, key, value)
-    if key not in map(_LOWERCASE_NAME, items):  # the common case: a first attempt
+    # A plain loop over a handful of headers: on a request's first touch its code is
+    # already in the cache, where map and itemgetter's C paths would not be.
+    for _, name, _ in items:
+        if name == key:
+            break
+    else:  # the common case: a first attempt
         items.append(entry)
         return
-    index = list(map(_LOWERCASE_NAME, items)).index(key)
+    index = [name for _, name, _ in items].index(key)
     # Replace the first copy in place and drop later ones, as __setitem__ does.
     items[index:] = [entry, *(later for later in items[index + 1 :] if later[1] != key)]
 

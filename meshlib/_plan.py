@@ -18,7 +18,13 @@ from ._breaker import BreakerState
 from ._budget import BudgetState
 from ._bulkhead import BulkheadState
 from ._compat import uri_reference
-from ._deadline import DEFAULT_HEADER, GRPC_HEADER, MAX_BUDGET_MS, MAX_GRPC_VALUE
+from ._deadline import (
+    DEFAULT_HEADER,
+    GRPC_HEADER,
+    MAX_BUDGET_MS,
+    MAX_GRPC_VALUE,
+    long_budget_header,
+)
 from ._fallback import FallbackPlan
 from ._policy import Policy
 from ._propagation import inside_mesh, propagates
@@ -45,6 +51,7 @@ class Plan:
         "cluster",
         "deadline_key",
         "deadline_max",
+        "deadline_recent",
         "deadline_unit",
         "destination",
         "endpoints",
@@ -146,6 +153,20 @@ class Plan:
         self.deadline_unit = b"m" if header == GRPC_HEADER else b""
         # The most milliseconds the inbound side accepts in that header.
         self.deadline_max = float(MAX_GRPC_VALUE if header == GRPC_HEADER else MAX_BUDGET_MS)
+        # The last value written, as (its whole milliseconds, the value): a client's first
+        # attempts all start with the same budget, and formatting a number is the header's
+        # dearest step when its code is not in the cache. One tuple, so threads see a pair.
+        self.deadline_recent: tuple[float, bytes] = (-2.0, b"")
+
+    def deadline_value(self, ms: float) -> bytes:
+        """Return the deadline header's value for `ms` milliseconds left (whole ms, floored)."""
+        if ms > self.deadline_max:
+            assert self.deadline_key is not None
+            return long_budget_header(self.deadline_key, ms / 1000.0)  # never more digits
+        whole = float(int(ms))
+        value = b"%d%s" % (whole, self.deadline_unit)
+        self.deadline_recent = (whole, value)
+        return value
 
 
 Build = Callable[[Policy | None, "httpx.URL | Destination"], Plan]

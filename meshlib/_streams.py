@@ -163,7 +163,7 @@ class SyncDeadlineStream(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         clock = runtime.clock
         left = self._deadline_at - clock.now()
-        if left <= 0:
+        if left <= 0.0:
             self.close()
             raise _expired(self._label, self._request)
         _bound_body_read(self._request, left)
@@ -174,7 +174,7 @@ class SyncDeadlineStream(httpx.SyncByteStream):
                 received += len(chunk)
                 yield chunk
                 left = self._deadline_at - clock.now()
-                if left <= 0:
+                if left <= 0.0:
                     raise _expired(self._label, self._request)
                 if self._watch is None and (expected is None or received < expected):
                     self._start_watch(left)
@@ -330,7 +330,7 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
     async def _bounded(self, deadline_at: float) -> AsyncIterator[bytes]:
         clock = runtime.clock
         left = deadline_at - clock.now()
-        if left <= 0:
+        if left <= 0.0:
             await self.aclose()
             raise _expired(self._label, self._request)
         _bound_body_read(self._request, left)
@@ -361,7 +361,7 @@ class AsyncDeadlineStream(httpx.AsyncByteStream):
             received += len(chunk)
             yield chunk
             left = deadline_at - clock.now()
-            if left <= 0:
+            if left <= 0.0:
                 await self.aclose()
                 raise _expired(self._label, self._request)
 

@@ -267,6 +267,31 @@ def test_each_attempt_carries_one_deadline_header_with_what_is_left(
     assert response.request.headers["x-other"] == "kept"
 
 
+def test_the_deadline_header_says_each_requests_own_whole_milliseconds(clock: FakeClock) -> None:
+    # Most requests of a client start with the same budget; each header must still say its
+    # own: the whole budget (not a float's rounding just below it), and never a value left
+    # over from an earlier request that had a different one.
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["x-envoy-expected-rq-timeout-ms"])
+        return httpx.Response(200)
+
+    policy = meshlib.Policy(timeout=meshlib.Timeout(total=30.0))
+    with meshlib.wrap(httpx.Client(transport=httpx.MockTransport(handler)), policy) as client:
+        clock.advance(0.1)  # now 1000.1: (now + 30) - now is 29.999999999999886 in floats
+        client.get(URL)
+        with meshlib.deadline(2.5):
+            client.get(URL)
+        client.get(URL)
+        with meshlib.deadline(2.5):
+            clock.advance(0.0004)
+            client.get(URL)  # 2499.6 ms left
+        clock.advance(12345.678)
+        client.get(URL)
+    assert seen == ["30000", "2500", "30000", "2499", "30000"]
+
+
 def test_nothing_is_sent_when_no_time_is_left(mode: str, clock: FakeClock) -> None:
     script = Script()
     with meshlib.deadline(1.0):
