@@ -22,16 +22,24 @@ only, from a config this script writes; listeners and admin bind port 0 and
 the ports are read back from the admin API. Certificates come from trustme.
 Without Envoy the Envoy rows are skipped, saying how to get it.
 
-Interleaved rounds: each round runs every variant for N requests (20) in
-turn (the order rotates; the collector runs once per round), so a burst of
-load from elsewhere falls on all variants alike. The rounds are cut into 10
+Interleaved rounds: each round sends one request per variant (N with
+--requests), in an order that rotates from round to round, so a burst of load
+from elsewhere or a cold cache falls on all variants alike. The collector is
+off during the rounds and runs between them, every 20 rounds: in one process
+a collector pause falls on whichever request trips it, not on the variant
+that made the garbage, so it would only add noise to the tails; what each
+variant leaves for the collector is counted instead (container objects per
+request, gc.get_count()), and the load test measures the pauses. The rounds are cut into 10
 blocks; a block gives each variant its p50/p90/p99 and its added latency over
 (a) in the same block; the tables show the median over blocks. Client CPU per
 request is this process's CPU time over the variant's turns (median over
-blocks); Envoy CPU per 1000 requests is the user + system time of the
-variant's Envoy processes (/proc/<pid>/stat) over its turns only, summed
-over the run. meshlib's cost is also measured on httpx.MockTransport
-(precise, no socket noise), for reference.
+blocks). Envoy CPU per 1000 requests is measured after the rounds, in a
+phase of its own: each proxied variant alone for 400 requests, five turns
+each in rotation, with the user + system time of its Envoy processes
+(/proc/<pid>/stat) read before and after each turn; the median turn is shown
+(reading /proc between timed requests would disturb only the Envoy
+variants). meshlib's cost is also measured on httpx.MockTransport (precise,
+no socket noise), for reference.
 """
 
 from __future__ import annotations
@@ -127,28 +135,47 @@ class HAProxy:
 BLOCKS = 10
 
 
+#: The collector runs between rounds, every this many (it is off during them).
+COLLECT_EVERY = 20
+#: Requests per proxied variant in the CPU phase, in this many turns (the median is shown).
+CPU_REQUESTS = 2000
+CPU_TURNS = 5
+
+
 @dataclass
 class Variant:
     """One way of sending the GET, and what each of its turns measured."""
 
     name: str
     call: Callable[[], object]
-    #: the proxies on this variant's path, whose CPU its turns are charged
+    #: the proxies on this variant's path, whose CPU the CPU phase charges to it
     proxies: list[Callable[[], float]] = field(default_factory=list)
     samples: list[float] = field(default_factory=list)  # seconds per request, in order
     client_cpu: list[float] = field(default_factory=list)  # seconds, per turn
-    proxy_cpu: float = 0.0  # seconds, all turns
+    garbage: int = 0  # container objects left for the collector, over all turns
+    proxy_cpu: list[float] = field(default_factory=list)  # seconds per request, per CPU turn
 
     def turn(self, count: int) -> None:
         call, clock, samples = self.call, time.perf_counter, self.samples
-        proxy_before = sum(cpu() for cpu in self.proxies)
+        objects_before = gc.get_count()[0]
         cpu_before = time.process_time()
         for _ in range(count):
             started = clock()
             call()
             samples.append(clock() - started)
         self.client_cpu.append(time.process_time() - cpu_before)
-        self.proxy_cpu += sum(cpu() for cpu in self.proxies) - proxy_before
+        self.garbage += gc.get_count()[0] - objects_before
+
+    def garbage_per_request(self) -> float:
+        """Container objects this variant's requests left for the collector, per request."""
+        return self.garbage / max(1, len(self.samples))
+
+    def measure_proxy_cpu(self, count: int) -> None:
+        """Send `count` requests alone and note its proxies' CPU per request over them."""
+        before = sum(cpu() for cpu in self.proxies)
+        for _ in range(count):
+            self.call()
+        self.proxy_cpu.append((sum(cpu() for cpu in self.proxies) - before) / count)
 
     def blocks(self) -> list[list[float]]:
         size = max(1, len(self.samples) // BLOCKS)
@@ -172,29 +199,39 @@ class Variant:
         )
 
     def proxy_cpu_per_1000(self) -> float:
-        """CPU seconds of this variant's proxies per 1000 requests, over all its turns."""
-        return self.proxy_cpu / len(self.samples) * 1000
+        """CPU seconds of this variant's proxies per 1000 requests: the CPU phase's median."""
+        return statistics.median(self.proxy_cpu) * 1000 if self.proxy_cpu else 0.0
 
 
 def run_rounds(variants: list[Variant], requests: int, rounds: int, max_seconds: float) -> int:
     """Run `rounds` interleaved rounds (fewer if `max_seconds` pass); return how many ran.
 
-    Turns are short (a few dozen requests), so a burst of load from elsewhere
-    on the machine falls on every variant alike; the collector runs once per
-    round, so its pauses fall on them alike too.
+    A turn is one request (`requests`), so variants alternate request by request:
+    whatever happens on the machine, and whatever the previous request left in
+    the caches, falls on every variant alike.
     """
     for variant in variants:  # warm up: connections open, TLS sessions made, caches filled
         for _ in range(200):
             variant.call()
     stop_at = time.monotonic() + max_seconds
     done = 0
-    for done in range(1, rounds + 1):
-        gc.collect()
-        shift = done % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            variant.turn(requests)
-        if done >= 3 * BLOCKS and time.monotonic() > stop_at:
-            break
+    gc.disable()
+    try:
+        for done in range(1, rounds + 1):
+            if done % COLLECT_EVERY == 1:
+                gc.collect()
+            shift = done % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                variant.turn(requests)
+            if done >= 3 * BLOCKS and done % 100 == 0 and time.monotonic() > stop_at:
+                break
+    finally:
+        gc.enable()
+    proxied = [variant for variant in variants if variant.proxies]
+    count = max(1, min(CPU_REQUESTS, done * requests) // CPU_TURNS)
+    for _ in range(CPU_TURNS):  # in turns, so a burst of load elsewhere falls on all alike
+        for variant in proxied:
+            variant.measure_proxy_cpu(count)
     return done
 
 
@@ -321,8 +358,8 @@ def build(stack: ExitStack, binary: str | None, folder: str, explain: bool) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=600)
-    parser.add_argument("--requests", type=int, default=20, help="per variant per round")
+    parser.add_argument("--rounds", type=int, default=12000)
+    parser.add_argument("--requests", type=int, default=1, help="per variant per round")
     parser.add_argument("--max-seconds", type=float, default=150.0, help="soft bound")
     parser.add_argument(
         "--explain", action="store_true", help="add meshlib STANDARD without its deadline"
@@ -371,6 +408,7 @@ def report(
         "added p99",
         "client CPU µs/req",
         "Envoy CPU s/1000",
+        "GC objects/req",
     )
     rows = []
     for v in variants:
@@ -386,10 +424,15 @@ def report(
                 f"{added(v, direct, 0.99):+.0f}",
                 f"{v.client_cpu_per_request():.0f}",
                 proxy,
+                f"{v.garbage_per_request():.1f}",
             )
         )
     print(_common.table(headers, rows))
-    print("\n(HAProxy's CPU, when its row is there, is in the Envoy column.)")
+    print(
+        "\n(HAProxy's CPU, when its row is there, is in the Envoy column. GC objects/req: "
+        "container objects each request left for the collector, which was off during the "
+        "timed requests.)"
+    )
 
     bare_mock, meshlib_mock, header_mock = mock
     mesh = by_name["(b)"]
@@ -398,6 +441,10 @@ def report(
         ("meshlib STANDARD adds, p50 (b - a)", f"{added(mesh, direct, 0.50):+.1f} µs"),
         ("meshlib STANDARD adds, p99 (b - a)", f"{added(mesh, direct, 0.99):+.1f} µs"),
         ("meshlib STANDARD adds, MockTransport (header included)", f"{meshlib_mock:+.1f} µs"),
+        (
+            "meshlib STANDARD adds for the collector (b - a)",
+            f"{mesh.garbage_per_request() - direct.garbage_per_request():+.1f} objects/request",
+        ),
     ]
     verdicts = []
     if "(c)" in by_name:
