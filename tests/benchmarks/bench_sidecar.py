@@ -288,12 +288,16 @@ def mock_overhead(requests: int, rounds: int) -> tuple[float, float, float]:
     )
 
 
-def build(stack: ExitStack, binary: str | None, folder: str, explain: bool) -> list[Variant]:
-    """Start the upstreams and the proxies; return the variants, (a) first."""
+def build(
+    stack: ExitStack, binary: str | None, folder: str, explain: bool, lifetime: float
+) -> list[Variant]:
+    """Start the upstreams (alive for `lifetime` seconds) and the proxies; return the variants."""
     certs = _envoy.make_certs(folder)
-    upstream = stack.enter_context(_common.ServerProcess("ok"))
+    upstream = stack.enter_context(_common.ServerProcess("ok", lifetime=lifetime))
     tls_upstream = stack.enter_context(
-        _common.ServerProcess("ok", tls=(certs.server_cert, certs.server_key, certs.ca))
+        _common.ServerProcess(
+            "ok", lifetime=lifetime, tls=(certs.server_cert, certs.server_key, certs.ca)
+        )
     )
     tls = meshlib.TLS(cert=certs.client_cert, key=certs.client_key, ca=certs.ca)
 
@@ -391,7 +395,8 @@ def main() -> None:
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="meshlib-bench-certs-") as folder, ExitStack() as stack:
-        variants = build(stack, binary, folder, args.explain)
+        # The upstreams outlive the rounds, the warm-up and the CPU phase with room to spare.
+        variants = build(stack, binary, folder, args.explain, lifetime=args.max_seconds + 600)
         rounds = run_rounds(variants, args.requests, args.rounds, args.max_seconds)
     seconds = time.monotonic() - started
     bare_mock, meshlib_mock, header_mock = mock_overhead(2000, 15)
