@@ -25,14 +25,15 @@ Without Envoy the Envoy rows are skipped, saying how to get it.
 Interleaved rounds: each round sends one request per variant (N with
 --requests), in an order that rotates from round to round, so a burst of load
 from elsewhere or a cold cache falls on all variants alike. The collector is
-off during the rounds and runs between them, every 20 rounds, followed by
-one untimed request per variant: in one process a collector pause (and the
-cold caches it leaves) falls on whichever request comes next, not on the
-variant that made the garbage, so it would only add noise to the tails; what each
-variant leaves for the collector is counted instead (container objects per
-request, gc.get_count()), and the load test measures the pauses. The rounds are cut into 10
+off during the rounds and runs between them, every 20 rounds, followed by one
+untimed request per variant: in one process a collector pause (and the cold
+caches it leaves) falls on whichever request comes next, not on the variant
+that made the garbage. What each variant leaves for the collector is counted
+instead (container objects per request, gc.get_count()), and the load test
+measures the pauses. The rounds are cut into 10
 blocks; a block gives each variant its p50/p90/p99 and its added latency over
-(a) in the same block; the tables show the median over blocks. Client CPU per
+(a) in the same block; the tables show the median over blocks (the bars also
+give its 98% interval). Client CPU per
 request is this process's CPU time over the variant's turns (median over
 blocks). Envoy CPU per 1000 requests is measured after the rounds, in a
 phase of its own: each proxied variant alone for 400 requests, five turns
