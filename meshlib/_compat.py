@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from operator import attrgetter
 from typing import Any
 
+import anyio
 import httpx
 from opentelemetry import baggage, metrics, trace
 from opentelemetry import context as otel_context
@@ -79,6 +80,41 @@ HEADERS_EDITABLE = isinstance(getattr(httpx.Headers(), "_list", None), list)
 # header_items(headers): the list behind `headers` (only when HEADERS_EDITABLE); a C
 # getter, as cheap as the attribute, for it is read on every attempt.
 header_items: Callable[[httpx.Headers], list[tuple[bytes, bytes, bytes]]] = attrgetter("_list")
+
+
+async def reclaim_orphaned_connections(transport: object) -> None:
+    """Close the connections in httpx's async pool that no request owns any more.
+
+    httpcore 1.0 leaks them (encode/httpcore#1093): a request cancelled after the
+    pool made it a connection, but before it used it, leaves that connection
+    behind, neither idle nor closed, holding one of the pool's slots for good
+    (and, once its socket is open, a file descriptor). Every request still in
+    the pool's queue owns its connection, so one no request names is an orphan.
+    Called after a cancelled attempt; the close is shielded, as httpcore shields
+    its own. A transport without httpcore's pool (a mock, a future httpx) is
+    left alone.
+    """
+    pool = getattr(transport, "_pool", None)
+    connections = getattr(pool, "_connections", None)
+    requests = getattr(pool, "_requests", None)
+    lock = getattr(pool, "_optional_thread_lock", None)
+    if not isinstance(connections, list) or not isinstance(requests, list) or lock is None:
+        return
+    with lock:
+        owned = {id(getattr(request, "connection", None)) for request in requests}
+        orphans = [
+            connection
+            for connection in connections
+            if id(connection) not in owned
+            and not connection.is_idle()
+            and not connection.is_closed()
+        ]
+        for connection in orphans:
+            connections.remove(connection)
+    if orphans:
+        with anyio.CancelScope(shield=True):
+            for connection in orphans:
+                await connection.aclose()
 
 
 # The class of the body httpx's own AsyncHTTPTransport hands back. Its close

@@ -26,6 +26,7 @@ import anyio
 import httpx
 
 from ._call import DRAIN, RAISE, RETURN, SEND, WAIT, Attempt, Call, is_failure
+from ._compat import reclaim_orphaned_connections
 from ._errors import ConfigError
 from ._mesh import Mesh, default_mesh, refuse_destination_layers
 from ._origin import Origins, async_transport, sync_transport
@@ -302,6 +303,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                             raise
                     except BaseException as exc:  # clean up, then re-raise: it propagates
                         call.cancelled(exc)
+                        await reclaim_orphaned_connections(self.inner)
                         raise
                     else:
                         action = call.answered(response)
@@ -364,6 +366,7 @@ class AsyncTransport(_Pipeline, httpx.AsyncBaseTransport):
                 return
             except BaseException as exc:  # a loser, cancelled: not the endpoint's fault
                 attempt.end(exc, None)
+                await reclaim_orphaned_connections(inner)
                 raise
             attempt.end(response, response.status_code >= 500)
             if winner:

@@ -294,7 +294,9 @@ async def test_a_cancellation_inside_httpx_own_close(
                 await client.get(server.url + "/orders")
             return
         # The cancellation was raised once the close was done: the connection is idle.
-        assert all(connection.is_idle() for connection in transport._pool.connections)
+        assert all(connection.is_idle() for connection in transport._pool.connections), [
+            repr(connection) for connection in transport._pool.connections
+        ]
         assert (await client.get(server.url + "/orders")).status_code == 200
     assert server.connection_count == 1
 
@@ -362,7 +364,32 @@ async def test_concurrent_calls_cancelled_anywhere_leave_no_connection_in_use(
         # One more call first: it also clears out any connection whose connect was
         # cancelled (httpcore drops those at the next request); a stranded one stays.
         assert (await c.get(server.url + "/orders")).status_code == 200
-        assert all(connection.is_idle() for connection in transport._pool.connections)
+        assert all(connection.is_idle() for connection in transport._pool.connections), [
+            repr(connection) for connection in transport._pool.connections
+        ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_request_cancelled_before_it_used_its_new_connection_frees_the_slot(
+    server: FaultServer,
+) -> None:
+    # httpcore 1.0 leaves such a connection in its pool, neither idle nor closed, holding a
+    # slot for good (encode/httpcore#1093): with one slot, every later request would wait
+    # for it and end in PoolTimeout. meshlib closes it when the cancellation passes by.
+    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1))
+    timeout = httpx.Timeout(5.0, pool=2.0)
+    async with meshlib.wrap(httpx.AsyncClient(transport=transport, timeout=timeout), FAST) as c:
+        tasks = [asyncio.create_task(c.get(server.url + "/orders")) for _ in range(2)]
+        await asyncio.sleep(0)  # the first is given a new connection, the second waits
+        assert [repr(connection) for connection in transport._pool.connections] == [
+            "<AsyncHTTPConnection [CONNECTING]>"
+        ]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert transport._pool.connections == []
+        assert (await c.get(server.url + "/orders")).status_code == 200
 
 
 @pytest.mark.anyio
