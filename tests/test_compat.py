@@ -11,6 +11,7 @@ import ssl
 import threading
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 from opentelemetry import baggage, metrics, propagate, trace
@@ -175,3 +176,21 @@ async def test_httpx_async_stream_is_what_the_async_transport_hands_back() -> No
             response = await transport.handle_async_request(httpx.Request("GET", server.url))
             assert type(response.stream) is _compat.HTTPX_ASYNC_STREAM
             await response.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_reclaim_finds_httpcores_pool_where_it_looks() -> None:
+    # What reclaim_orphaned_connections reads: httpx's pool, its connections and its queue
+    # of requests (each naming the connection it was given), and the lock that guards them.
+    # Should httpx or httpcore move them, the sweep would quietly do nothing.
+    transport = httpx.AsyncHTTPTransport()
+    pool: Any = getattr(transport, "_pool", None)
+    assert isinstance(pool, httpcore.AsyncConnectionPool)
+    assert pool._connections == []
+    assert pool._requests == []
+    with pool._optional_thread_lock:
+        pass
+    queued = httpcore._async.connection_pool.AsyncPoolRequest(httpcore.Request("GET", "http://a/"))
+    assert queued.connection is None
+    await transport.aclose()
